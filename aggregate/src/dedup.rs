@@ -1,0 +1,81 @@
+//! Deduplication of redelivered events by `event_id` within a horizon of event time.
+//!
+//! The set holds a 128-bit hash of each accepted `event_id` with its event time. Entries older than
+//! `watermark - horizon` are evicted at each commit; a duplicate arriving later than that is counted
+//! again (documented in DESIGN.md). The set is part of the commit's state snapshot, so a restart keeps it.
+
+use std::collections::HashMap;
+
+use aifinops_schemas::event::{EVENT_KEY, TS};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::TimestampMillisecondType;
+
+use crate::AggregateError;
+
+#[derive(Debug, Default, Clone)]
+pub struct Deduplicator {
+    seen: HashMap<u128, i64>,
+}
+
+impl Deduplicator {
+    /// Drops events already seen (in earlier batches or earlier in this one). Returns the kept batch and
+    /// the number of duplicates dropped.
+    pub fn filter(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64), AggregateError> {
+        let keys = batch
+            .column_by_name(EVENT_KEY)
+            .ok_or_else(|| AggregateError::Config("event batch has no event_key".into()))?
+            .as_fixed_size_binary();
+        let ts = batch.column_by_name(TS).ok_or_else(|| AggregateError::Config("event batch has no ts".into()))?.as_primitive::<TimestampMillisecondType>();
+        let mut dups = 0u64;
+        let mask: BooleanArray = (0..keys.len())
+            .map(|i| {
+                let k = u128::from_le_bytes(keys.value(i).try_into().expect("16-byte key"));
+                let fresh = self.seen.insert(k, ts.value(i)).is_none();
+                if !fresh {
+                    dups += 1;
+                }
+                Some(fresh)
+            })
+            .collect();
+        if dups == 0 {
+            return Ok((batch.clone(), 0));
+        }
+        let kept = filter_record_batch(batch, &mask).map_err(|e| AggregateError::Arrow { context: "dropping duplicates".into(), source: e })?;
+        Ok((kept, dups))
+    }
+
+    /// Forgets events older than `cutoff_ms` (event time).
+    pub fn evict_before(&mut self, cutoff_ms: i64) {
+        self.seen.retain(|_, ts| *ts >= cutoff_ms);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// 24 bytes per entry: key (16, little endian) + event time (8).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.seen.len() * 24);
+        for (k, ts) in &self.seen {
+            out.extend_from_slice(&k.to_le_bytes());
+            out.extend_from_slice(&ts.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
+        if bytes.len() % 24 != 0 {
+            return Err(AggregateError::State(format!("dedup state has {} bytes, not a multiple of 24", bytes.len())));
+        }
+        let seen = bytes
+            .chunks_exact(24)
+            .map(|c| (u128::from_le_bytes(c[..16].try_into().expect("16")), i64::from_le_bytes(c[16..].try_into().expect("8"))))
+            .collect();
+        Ok(Deduplicator { seen })
+    }
+}

@@ -1,0 +1,377 @@
+//! Alert rules of the first release: budget thresholds, unattributed spend and unpriced models.
+//! Spike, retry-storm and forecast detectors plug in beside these (see `Detector`).
+//!
+//! Rules read the finest partial rollup rows of each micro-batch (not raw events), so their cost is
+//! O(keys) per batch. Their state (period spend, thresholds already fired, identities and models already
+//! reported) is part of the commit's state snapshot, so a restart neither forgets nor re-sends an alert.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aifinops_schemas::event::UNATTRIBUTED;
+use aifinops_schemas::money::{format_usd, format_usd_rounded, parse_usd};
+use aifinops_schemas::{Alert, AlertType};
+use chrono::{Datelike, TimeZone, Utc};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
+use globset::{Glob, GlobMatcher};
+use serde::{Deserialize, Serialize};
+
+use crate::AggregateError;
+
+/// Budget period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Day,
+    Month,
+}
+
+fn star() -> String {
+    "*".into()
+}
+fn default_thresholds() -> Vec<u32> {
+    vec![50, 80, 100]
+}
+
+/// A budget from the config: a scope, a period, a limit and thresholds in percent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Unique name; part of the alert id.
+    pub name: String,
+    /// Owner id or glob (`*` = all owners).
+    #[serde(default = "star")]
+    pub owner: String,
+    /// Workflow glob.
+    #[serde(default = "star")]
+    pub workflow: String,
+    /// Environment glob.
+    #[serde(default = "star")]
+    pub environment: String,
+    pub period: Period,
+    /// Limit in USD, a decimal string (`"250.00"`).
+    pub limit_usd: String,
+    /// Percent thresholds, each fired once per period.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Vec<u32>,
+}
+
+struct Budget {
+    cfg: BudgetConfig,
+    limit: i128,
+    owner: GlobMatcher,
+    workflow: GlobMatcher,
+    environment: GlobMatcher,
+}
+
+mod usd {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&aifinops_schemas::money::format_usd(*v))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i128, D::Error> {
+        let s = String::deserialize(d)?;
+        aifinops_schemas::money::parse_usd("state", &s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Spend {
+    #[serde(with = "usd")]
+    cost: i128,
+    requests: i64,
+}
+
+/// Spend of one budget in one period, with what it is made of.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct BudgetAcc {
+    spend: Spend,
+    unpriced_requests: i64,
+    by_model: BTreeMap<String, Spend>,
+    by_identity: BTreeMap<String, Spend>,
+    by_owner: BTreeMap<String, Spend>,
+    risk_owners: BTreeMap<String, String>,
+    fired: BTreeSet<u32>,
+}
+
+/// Rule state carried in every commit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RulesState {
+    /// `budget name` -> `period key` -> accumulator.
+    budgets: BTreeMap<String, BTreeMap<String, BudgetAcc>>,
+    /// `day` -> identities already reported as unattributed.
+    unattributed: BTreeMap<String, BTreeSet<String>>,
+    /// `day` -> models already reported as unpriced.
+    unpriced: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The rules and their state.
+pub struct AlertRules {
+    source: String,
+    budgets: Vec<Budget>,
+    state: RulesState,
+    /// Periods older than this many days before the watermark are closed for alerting.
+    retention_days: i64,
+}
+
+/// Keeps the largest `n` entries of a contributor map (bounded memory for many identities).
+fn trim(map: &mut BTreeMap<String, Spend>, n: usize) {
+    if map.len() <= 2 * n {
+        return;
+    }
+    let mut v: Vec<_> = std::mem::take(map).into_iter().collect();
+    v.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then(b.1.requests.cmp(&a.1.requests)));
+    v.truncate(n);
+    *map = v.into_iter().collect();
+}
+
+fn top(map: &BTreeMap<String, Spend>, key: &str, n: usize) -> serde_json::Value {
+    let mut v: Vec<_> = map.iter().collect();
+    v.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then(b.1.requests.cmp(&a.1.requests)).then(a.0.cmp(b.0)));
+    serde_json::Value::Array(
+        v.into_iter()
+            .take(n)
+            .map(|(k, s)| serde_json::json!({ key: k, "cost_usd": format_usd(s.cost), "requests": s.requests }))
+            .collect(),
+    )
+}
+
+fn day_key(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms).single().map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+}
+
+fn period_bounds(p: Period, ms: i64) -> (String, i64, i64) {
+    let d = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().date_naive();
+    match p {
+        Period::Day => {
+            let start = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
+            (d.format("%Y-%m-%d").to_string(), start, start + 86_400_000)
+        }
+        Period::Month => {
+            let first = d.with_day(1).expect("day 1");
+            let next = if first.month() == 12 {
+                chrono::NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)
+            } else {
+                chrono::NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
+            }
+            .expect("valid month");
+            let ms = |n: chrono::NaiveDate| n.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
+            (first.format("%Y-%m").to_string(), ms(first), ms(next))
+        }
+    }
+}
+
+fn glob(field: &str, budget: &str, pat: &str) -> Result<GlobMatcher, AggregateError> {
+    Glob::new(pat)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| AggregateError::Config(format!("budget {budget:?}: {field} pattern {pat:?}: {e}")))
+}
+
+impl AlertRules {
+    pub fn new(source: &str, budgets: &[BudgetConfig]) -> Result<Self, AggregateError> {
+        let mut names = BTreeSet::new();
+        let mut out = Vec::new();
+        for b in budgets {
+            if !names.insert(b.name.clone()) {
+                return Err(AggregateError::Config(format!("budget name {:?} is used twice", b.name)));
+            }
+            let limit = parse_usd("limit_usd", &b.limit_usd).map_err(|e| AggregateError::Config(format!("budget {:?}: {e}", b.name)))?;
+            if limit <= 0 {
+                return Err(AggregateError::Config(format!("budget {:?}: limit_usd must be positive", b.name)));
+            }
+            if b.thresholds.is_empty() || b.thresholds.iter().any(|t| *t == 0) {
+                return Err(AggregateError::Config(format!("budget {:?}: thresholds must be positive percents", b.name)));
+            }
+            out.push(Budget {
+                cfg: b.clone(),
+                limit,
+                owner: glob("owner", &b.name, &b.owner)?,
+                workflow: glob("workflow", &b.name, &b.workflow)?,
+                environment: glob("environment", &b.name, &b.environment)?,
+            });
+        }
+        Ok(AlertRules { source: source.to_string(), budgets: out, state: RulesState::default(), retention_days: 3 })
+    }
+
+    pub fn state(&self) -> &RulesState {
+        &self.state
+    }
+
+    pub fn restore(&mut self, state: RulesState) {
+        self.state = state;
+    }
+
+    /// Forgets periods that can no longer receive alerts (older than the retention before `watermark_ms`).
+    pub fn prune(&mut self, watermark_ms: i64) {
+        let day_cut = day_key(watermark_ms - self.retention_days * 86_400_000);
+        let month_cut = day_cut[..7].to_string();
+        self.state.unattributed.retain(|d, _| *d >= day_cut);
+        self.state.unpriced.retain(|d, _| *d >= day_cut);
+        for periods in self.state.budgets.values_mut() {
+            periods.retain(|p, _| if p.len() == 7 { *p >= month_cut } else { *p >= day_cut });
+        }
+    }
+
+    /// Feeds the partial rollup rows of one micro-batch (finest window) and returns the alerts they raise.
+    pub fn observe(&mut self, rows: &RecordBatch, watermark_ms: Option<i64>, now_ms: i64) -> Vec<Alert> {
+        let mut alerts = Vec::new();
+        if rows.num_rows() == 0 {
+            return alerts;
+        }
+        let col = |n: &str| rows.column_by_name(n).unwrap_or_else(|| panic!("rollup rows have {n}"));
+        let start = col("window_start").as_primitive::<TimestampMillisecondType>();
+        let s = |n: &str| col(n).as_string::<i32>().clone();
+        let (owner, risk, workflow, env, identity, provider, model) =
+            (s("owner"), s("risk_owner"), s("workflow"), s("environment"), s("identity"), s("provider"), s("model"));
+        let requests = col("requests").as_primitive::<Int64Type>();
+        let unpriced = col("unpriced_requests").as_primitive::<Int64Type>();
+        let cost = col("cost_usd").as_primitive::<Decimal128Type>();
+        let retention_cut = watermark_ms.map(|w| day_key(w - self.retention_days * 86_400_000));
+
+        // Unattributed identities and unpriced models: aggregate this batch first, then alert once per day.
+        let mut unattr: BTreeMap<(String, String), (Spend, BTreeMap<String, Spend>, BTreeSet<String>)> = BTreeMap::new();
+        let mut unpr: BTreeMap<(String, String), (String, i64, BTreeMap<String, Spend>)> = BTreeMap::new();
+        for i in 0..rows.num_rows() {
+            let ts = start.value(i);
+            let day = day_key(ts);
+            if retention_cut.as_ref().is_some_and(|c| day < *c) {
+                continue; // too old to alert on; the rows still reach the lake
+            }
+            let c = if cost.is_null(i) { 0 } else { cost.value(i) };
+            let r = requests.value(i);
+            let spend = Spend { cost: c, requests: r };
+            if owner.value(i) == UNATTRIBUTED {
+                let e = unattr.entry((identity.value(i).to_string(), day.clone())).or_default();
+                add(&mut e.0, &spend);
+                add(e.1.entry(model.value(i).to_string()).or_default(), &spend);
+                if !workflow.value(i).is_empty() {
+                    e.2.insert(workflow.value(i).to_string());
+                }
+            }
+            if unpriced.value(i) > 0 {
+                let e = unpr.entry((model.value(i).to_string(), day.clone())).or_insert_with(|| (provider.value(i).to_string(), 0, BTreeMap::new()));
+                e.1 += unpriced.value(i);
+                add(e.2.entry(owner.value(i).to_string()).or_default(), &Spend { cost: 0, requests: unpriced.value(i) });
+            }
+            for b in &self.budgets {
+                if !(b.owner.is_match(owner.value(i)) && b.workflow.is_match(workflow.value(i)) && b.environment.is_match(env.value(i))) {
+                    continue;
+                }
+                let (pkey, _, _) = period_bounds(b.cfg.period, ts);
+                let acc = self.state.budgets.entry(b.cfg.name.clone()).or_default().entry(pkey).or_default();
+                add(&mut acc.spend, &spend);
+                acc.unpriced_requests += unpriced.value(i);
+                add(acc.by_model.entry(model.value(i).to_string()).or_default(), &spend);
+                add(acc.by_identity.entry(identity.value(i).to_string()).or_default(), &spend);
+                add(acc.by_owner.entry(owner.value(i).to_string()).or_default(), &spend);
+                acc.risk_owners.entry(owner.value(i).to_string()).or_insert_with(|| risk.value(i).to_string());
+            }
+        }
+        for ((ident, day), (spend, models, workflows)) in unattr {
+            if !self.state.unattributed.entry(day.clone()).or_default().insert(ident.clone()) {
+                continue;
+            }
+            alerts.push(Alert::new(
+                &self.source,
+                AlertType::SpendUnattributed,
+                format!("identity/{ident}"),
+                now_ms,
+                &[&ident, &day],
+                serde_json::json!({
+                    "owner": UNATTRIBUTED,
+                    "risk_owner": "",
+                    "identity": ident,
+                    "day": day,
+                    "observed_usd": format_usd(spend.cost),
+                    "requests": spend.requests,
+                    "workflows": workflows,
+                    "top_models": top(&models, "model", 5),
+                    "reason": "spend by an identity that matches no owner rule (leaked key or shadow agent?)",
+                }),
+            ));
+        }
+        for ((m, day), (prov, n, owners)) in unpr {
+            if !self.state.unpriced.entry(day.clone()).or_default().insert(m.clone()) {
+                continue;
+            }
+            let top_owner = owners.iter().max_by_key(|(_, s)| s.requests).map(|(o, _)| o.clone()).unwrap_or_default();
+            alerts.push(Alert::new(
+                &self.source,
+                AlertType::ModelUnpriced,
+                format!("model/{m}"),
+                now_ms,
+                &[&m, &day],
+                serde_json::json!({
+                    "owner": top_owner,
+                    "model": m,
+                    "provider": prov,
+                    "day": day,
+                    "unpriced_requests": n,
+                    "owners": top(&owners, "owner", 10),
+                    "reason": "model not in the price catalog: its tokens are counted, its cost is unknown (null), never $0",
+                }),
+            ));
+        }
+        for b in &self.budgets {
+            let Some(periods) = self.state.budgets.get_mut(&b.cfg.name) else { continue };
+            for (pkey, acc) in periods.iter_mut() {
+                trim(&mut acc.by_identity, 50);
+                trim(&mut acc.by_model, 50);
+                trim(&mut acc.by_owner, 50);
+                let mut thresholds = b.cfg.thresholds.clone();
+                thresholds.sort_unstable();
+                for t in thresholds {
+                    // spend * 100 >= limit * t, exact
+                    if acc.fired.contains(&t) || acc.spend.cost * 100 < b.limit * t as i128 {
+                        continue;
+                    }
+                    acc.fired.insert(t);
+                    let (_, pstart, pend) = period_bounds(b.cfg.period, parse_period_start(pkey));
+                    let owner_id = if b.cfg.owner.contains(['*', '?', '[']) {
+                        acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
+                    } else {
+                        b.cfg.owner.clone()
+                    };
+                    let percent = acc.spend.cost * 10_000 / b.limit; // hundredths of a percent
+                    alerts.push(Alert::new(
+                        &self.source,
+                        AlertType::BudgetThreshold,
+                        format!("budget/{}", b.cfg.name),
+                        now_ms,
+                        &[&b.cfg.name, pkey, &t.to_string()],
+                        serde_json::json!({
+                            "owner": owner_id,
+                            "risk_owner": acc.risk_owners.get(&owner_id).cloned().unwrap_or_default(),
+                            "budget": b.cfg.name,
+                            "scope": {"owner": b.cfg.owner, "workflow": b.cfg.workflow, "environment": b.cfg.environment},
+                            "period": {"kind": b.cfg.period, "key": pkey, "start": aifinops_schemas::alert::rfc3339_ms(pstart), "end": aifinops_schemas::alert::rfc3339_ms(pend)},
+                            "threshold_percent": t,
+                            "observed_usd": format_usd(acc.spend.cost),
+                            "limit_usd": format_usd(b.limit),
+                            "percent": format!("{}.{:02}", percent / 100, (percent % 100).abs()),
+                            "requests": acc.spend.requests,
+                            "unpriced_requests": acc.unpriced_requests,
+                            "top_models": top(&acc.by_model, "model", 5),
+                            "top_identities": top(&acc.by_identity, "identity", 5),
+                            "top_owners": top(&acc.by_owner, "owner", 5),
+                            "summary": format!("{} spent ${} of ${} ({}%) in {}", b.cfg.name, format_usd_rounded(acc.spend.cost, 2), format_usd_rounded(b.limit, 2), percent / 100, pkey),
+                        }),
+                    ));
+                }
+            }
+        }
+        alerts
+    }
+}
+
+fn add(a: &mut Spend, b: &Spend) {
+    a.cost += b.cost;
+    a.requests += b.requests;
+}
+
+fn parse_period_start(key: &str) -> i64 {
+    let full = if key.len() == 7 { format!("{key}-01") } else { key.to_string() };
+    chrono::NaiveDate::parse_from_str(&full, "%Y-%m-%d")
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
+        .unwrap_or(0)
+}

@@ -1,0 +1,290 @@
+//! Event-time tumbling windows on DataFusion: partial aggregation per micro-batch, merge of partials,
+//! emission of windows the watermark has passed.
+//!
+//! Each micro-batch of priced events is aggregated with SQL into partial rollup rows for the finest
+//! window size; coarser sizes are derived from the finer partial when they divide evenly (else from the
+//! events). Partial rows wait in `pending` until [`WindowEngine::close`] merges them with the open state
+//! (a second SQL: sums of sums) and emits every row whose `window_end <= watermark`. State is therefore
+//! O(open windows x keys), never O(events).
+//!
+//! A row is flagged `late` when its window had already ended more than `allowed_lateness` before the
+//! watermark when its events arrived. Late rows and rows for windows that closed earlier are emitted as
+//! additional, additive rows: a window's total is always the SUM of its rows.
+
+use std::sync::Arc;
+
+use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY};
+use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, rollup_schema};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::prelude::{SessionConfig, SessionContext};
+
+use crate::AggregateError;
+
+/// A window size, e.g. 1 minute, with its lake label (`1m`, `1h`, `1d`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSize {
+    pub label: String,
+    pub ms: i64,
+}
+
+impl WindowSize {
+    /// Parses `30s`, `1m`, `15m`, `1h`, `1d`.
+    pub fn parse(label: &str) -> Result<Self, AggregateError> {
+        let bad = || AggregateError::Config(format!("window size {label:?} is not like 30s, 1m, 1h or 1d"));
+        let (num, unit) = label.split_at(label.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+        let n: i64 = num.parse().map_err(|_| bad())?;
+        let unit_ms = match unit {
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        if n <= 0 {
+            return Err(bad());
+        }
+        Ok(WindowSize { label: label.to_string(), ms: n * unit_ms })
+    }
+}
+
+struct Series {
+    size: WindowSize,
+    /// Index of the finer series this one is derived from, if it divides evenly.
+    from: Option<usize>,
+    /// Partial rows not yet merged.
+    pending: Vec<RecordBatch>,
+    /// Merged rows of windows not yet emitted.
+    open: Option<RecordBatch>,
+}
+
+/// The windowed aggregation of one pipeline.
+pub struct WindowEngine {
+    ctx: SessionContext,
+    series: Vec<Series>,
+}
+
+/// Rows emitted for one window size.
+#[derive(Debug, Clone)]
+pub struct Emitted {
+    pub size: WindowSize,
+    pub rows: RecordBatch,
+}
+
+fn measures_sql(from_events: bool) -> String {
+    let mut cols = vec![if from_events { format!("count(*) AS {REQUESTS}") } else { format!("sum({REQUESTS}) AS {REQUESTS}") }];
+    for c in EVENT_COUNTS {
+        cols.push(format!("sum({c}) AS {c}"));
+    }
+    for m in EVENT_MONEY {
+        cols.push(format!("sum({m}) AS {m}"));
+    }
+    cols.join(", ")
+}
+
+fn ts_literal(ms: i64) -> String {
+    format!("to_timestamp_millis({ms})")
+}
+
+impl WindowEngine {
+    /// `sizes` in any order; the engine keeps them sorted finest first.
+    pub fn new(mut sizes: Vec<WindowSize>) -> Result<Self, AggregateError> {
+        if sizes.is_empty() {
+            return Err(AggregateError::Config("at least one window size is required".into()));
+        }
+        sizes.sort_by_key(|s| s.ms);
+        sizes.dedup_by_key(|s| s.ms);
+        let mut series: Vec<Series> = Vec::new();
+        for s in sizes {
+            let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
+            series.push(Series { size: s, from, pending: vec![], open: None });
+        }
+        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
+        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series })
+    }
+
+    pub fn sizes(&self) -> Vec<WindowSize> {
+        self.series.iter().map(|s| s.size.clone()).collect()
+    }
+
+    async fn sql(&self, table: &str, batch: RecordBatch, query: &str) -> Result<RecordBatch, AggregateError> {
+        if batch.num_rows() == 0 {
+            return Ok(RecordBatch::new_empty(rollup_schema()));
+        }
+        let _ = self.ctx.deregister_table(table);
+        self.ctx.register_batch(table, batch).map_err(|e| AggregateError::DataFusion { context: format!("registering {table}"), source: e })?;
+        let df = self.ctx.sql(query).await.map_err(|e| AggregateError::DataFusion { context: format!("planning {query}"), source: e })?;
+        let out = df.collect().await.map_err(|e| AggregateError::DataFusion { context: "aggregating".into(), source: e })?;
+        let _ = self.ctx.deregister_table(table);
+        conform(out)
+    }
+
+    /// SQL that buckets `table` rows into windows of `size` (from raw events or from finer partial rows).
+    fn bucket_sql(size: &WindowSize, table: &str, ts_col: &str, from_events: bool, late_cutoff_ms: i64) -> String {
+        let start = format!("date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))", size.ms);
+        let end = format!("({start} + INTERVAL '{} milliseconds')", size.ms);
+        let dims = DIMENSIONS.join(", ");
+        format!(
+            "SELECT {start} AS {WINDOW_START}, {end} AS {WINDOW_END}, {dims}, {measures}, \
+             ({end} <= {cutoff}) AS {LATE} FROM {table} GROUP BY {start}, {dims}, ({end} <= {cutoff})",
+            measures = measures_sql(from_events),
+            cutoff = ts_literal(late_cutoff_ms),
+        )
+    }
+
+    /// Adds one micro-batch of (deduplicated) priced events. `watermark_ms` is the watermark before this
+    /// batch; events whose window ended more than `allowed_lateness_ms` before it are flagged late.
+    /// Returns the partial rows of the finest window size (used by the alert rules).
+    pub async fn add(&mut self, events: &RecordBatch, watermark_ms: Option<i64>, allowed_lateness_ms: i64) -> Result<RecordBatch, AggregateError> {
+        let cutoff = watermark_ms.map_or(i64::MIN / 4, |w| w.saturating_sub(allowed_lateness_ms));
+        let mut partials: Vec<RecordBatch> = Vec::with_capacity(self.series.len());
+        for i in 0..self.series.len() {
+            let size = self.series[i].size.clone();
+            let part = match self.series[i].from {
+                Some(f) => {
+                    let q = Self::bucket_sql(&size, "finer", WINDOW_START, false, cutoff);
+                    self.sql("finer", partials[f].clone(), &q).await?
+                }
+                None => {
+                    let q = Self::bucket_sql(&size, "events", "ts", true, cutoff);
+                    self.sql("events", events.clone(), &q).await?
+                }
+            };
+            if part.num_rows() > 0 {
+                self.series[i].pending.push(part.clone());
+            }
+            partials.push(part);
+        }
+        Ok(partials.into_iter().next().expect("one series"))
+    }
+
+    async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
+        let all = concat_batches(&rollup_schema(), &batches).map_err(|e| AggregateError::Arrow { context: "concatenating partials".into(), source: e })?;
+        let dims = DIMENSIONS.join(", ");
+        let q = format!(
+            "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {measures}, {LATE} FROM partials \
+             GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
+            measures = measures_sql(false)
+        );
+        self.sql("partials", all, &q).await
+    }
+
+    /// Merges pending partials into the open state and returns the rows of every window whose end is at
+    /// or before `watermark_ms` (`None` = end of input: everything).
+    pub async fn close(&mut self, watermark_ms: Option<i64>) -> Result<Vec<Emitted>, AggregateError> {
+        let mut out = Vec::new();
+        for i in 0..self.series.len() {
+            let s = &mut self.series[i];
+            if s.pending.is_empty() && s.open.is_none() {
+                continue;
+            }
+            let mut batches = std::mem::take(&mut s.pending);
+            if let Some(o) = s.open.take() {
+                batches.push(o);
+            }
+            let size = s.size.clone();
+            let merged = self.merge(batches).await?;
+            let (closed, open) = match watermark_ms {
+                None => (merged, RecordBatch::new_empty(rollup_schema())),
+                Some(w) => split_closed(&merged, w)?,
+            };
+            let s = &mut self.series[i];
+            if open.num_rows() > 0 {
+                s.open = Some(open);
+            }
+            if closed.num_rows() > 0 {
+                out.push(Emitted { size, rows: closed });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Merged open state per window size, for the commit's state snapshot.
+    pub async fn snapshot(&mut self) -> Result<Vec<(WindowSize, RecordBatch)>, AggregateError> {
+        let mut out = Vec::new();
+        for i in 0..self.series.len() {
+            let mut batches = std::mem::take(&mut self.series[i].pending);
+            if let Some(o) = self.series[i].open.take() {
+                batches.push(o);
+            }
+            if batches.is_empty() {
+                continue;
+            }
+            let merged = self.merge(batches).await?;
+            self.series[i].open = Some(merged.clone());
+            out.push((self.series[i].size.clone(), merged));
+        }
+        Ok(out)
+    }
+
+    /// Replaces all state with a snapshot (on start and on rollback).
+    pub fn restore(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
+        for s in &mut self.series {
+            s.pending.clear();
+            s.open = None;
+        }
+        for (label, batch) in snapshot {
+            let s = self
+                .series
+                .iter_mut()
+                .find(|s| s.size.label == label)
+                .ok_or_else(|| AggregateError::Config(format!("state has window size {label} that is no longer configured; keep it in `windows` or start a new lake")))?;
+            s.open = Some(conform(vec![batch])?);
+        }
+        Ok(())
+    }
+
+    /// Number of open (window, key) rows held, for metrics.
+    pub fn open_rows(&self) -> usize {
+        self.series.iter().map(|s| s.open.as_ref().map_or(0, |b| b.num_rows()) + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()).sum()
+    }
+}
+
+/// Casts DataFusion output to the exact rollup schema (types and nullability).
+fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
+    let schema = rollup_schema();
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let mut cols = Vec::with_capacity(schema.fields().len());
+        for (i, f) in schema.fields().iter().enumerate() {
+            let c = b.column(i);
+            cols.push(if c.data_type() == f.data_type() {
+                c.clone()
+            } else {
+                cast(c, f.data_type()).map_err(|e| AggregateError::Arrow { context: format!("casting {}", f.name()), source: e })?
+            });
+        }
+        out.push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| AggregateError::Arrow { context: "building rollup rows".into(), source: e })?);
+    }
+    concat_batches(&schema, &out).map_err(|e| AggregateError::Arrow { context: "concatenating rollup rows".into(), source: e })
+}
+
+fn split_closed(b: &RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
+    let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
+    let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= watermark_ms))).collect();
+    let open = datafusion::arrow::compute::not(&closed).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })?;
+    let f = |m: &BooleanArray| filter_record_batch(b, m).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e });
+    let _ = Arc::new(());
+    Ok((f(&closed)?, f(&open)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_sizes_parse() {
+        assert_eq!(WindowSize::parse("1m").unwrap().ms, 60_000);
+        assert_eq!(WindowSize::parse("1h").unwrap().ms, 3_600_000);
+        assert_eq!(WindowSize::parse("1d").unwrap().ms, 86_400_000);
+        assert_eq!(WindowSize::parse("30s").unwrap().ms, 30_000);
+        assert!(WindowSize::parse("1w").is_err());
+        assert!(WindowSize::parse("m").is_err());
+        assert!(WindowSize::parse("0m").is_err());
+        let _ = Array::len(&BooleanArray::from(vec![true]));
+    }
+}

@@ -1,0 +1,620 @@
+//! Decoding canonical usage events (JSON) straight into Arrow column builders, validating, pricing and
+//! attributing them on the way. Bad records become [`DeadLetter`]s with a reason naming the field.
+//!
+//! The hot path deserializes each record into a borrowed struct (strings without escapes are not copied)
+//! and appends to column builders; there is no per-event heap object.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use aifinops_schemas::event::{UNATTRIBUTED, UNKNOWN_IDENTITY, priced_event_schema};
+use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, parse_usd};
+use aifinops_schemas::secret::{redact, redact_text};
+use aifinops_schemas::{DeadLetter, SourceRef};
+use datafusion::arrow::array::{
+    ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder,
+};
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::catalog::{PriceCatalog, Tier, Tokens};
+use crate::owners::{Identity, OwnerMap};
+
+/// Largest token count accepted (2^53, the largest integer every JSON reader keeps exact).
+pub const MAX_COUNT: u64 = 1 << 53;
+/// Event times outside [2000-01-01, 2200-01-01) are rejected as implausible (epoch seconds sent as
+/// milliseconds land in 1970; a broken clock in year 9999).
+pub const MIN_TS_MS: i64 = 946_684_800_000;
+pub const MAX_TS_MS: i64 = 7_258_118_400_000;
+
+/// What to keep of a dead letter's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPolicy {
+    /// Secret-looking tokens replaced by fingerprints (default: dead letters often have weaker access control).
+    #[default]
+    Redacted,
+    /// The bytes exactly as received.
+    Raw,
+}
+
+/// Counts of one decoded batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeStats {
+    pub accepted: u64,
+    pub dead_letters: u64,
+    pub unpriced: u64,
+    pub unattributed: u64,
+}
+
+/// The result of decoding a run of records.
+#[derive(Debug)]
+pub struct Decoded {
+    pub batch: RecordBatch,
+    pub dead_letters: Vec<DeadLetter>,
+    pub stats: DecodeStats,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Count {
+    Ok(i64),
+    Negative,
+    NotInteger,
+    TooLarge,
+    WrongType(&'static str),
+}
+
+struct CountVisitor;
+impl<'de> Visitor<'de> for CountVisitor {
+    type Value = Count;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a non-negative integer")
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
+        Ok(if v > MAX_COUNT { Count::TooLarge } else { Count::Ok(v as i64) })
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
+        Ok(if v < 0 {
+            Count::Negative
+        } else if v as u64 > MAX_COUNT {
+            Count::TooLarge
+        } else {
+            Count::Ok(v)
+        })
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Count, E> {
+        Ok(if !v.is_finite() || v.fract() != 0.0 {
+            Count::NotInteger
+        } else if v < 0.0 {
+            Count::Negative
+        } else if v > MAX_COUNT as f64 {
+            Count::TooLarge
+        } else {
+            Count::Ok(v as i64)
+        })
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+        Ok(Count::WrongType("string"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+        Ok(Count::WrongType("boolean"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Count, A::Error> {
+        while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Count::WrongType("object"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Count, A::Error> {
+        while s.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Count::WrongType("array"))
+    }
+}
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CountVisitor)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Ts {
+    Ms(i64),
+    Bad(&'static str),
+}
+struct TsVisitor;
+impl<'de> Visitor<'de> for TsVisitor {
+    type Value = Ts;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an RFC 3339 string or epoch milliseconds")
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Ts, E> {
+        Ok(i64::try_from(v).map(Ts::Ms).unwrap_or(Ts::Bad("epoch milliseconds out of range")))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Ts, E> {
+        Ok(Ts::Ms(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Ts, E> {
+        Ok(if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
+            Ts::Ms(v as i64)
+        } else {
+            Ts::Bad("epoch milliseconds must be an integer")
+        })
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Ts, E> {
+        Ok(match chrono::DateTime::parse_from_rfc3339(v) {
+            Ok(d) => Ts::Ms(d.timestamp_millis()),
+            Err(_) => Ts::Bad("not an RFC 3339 timestamp"),
+        })
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Ts, E> {
+        Ok(Ts::Bad("must be a string or a number, got boolean"))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Ts, A::Error> {
+        while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Ts::Bad("must be a string or a number, got object"))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Ts, A::Error> {
+        while s.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Ts::Bad("must be a string or a number, got array"))
+    }
+}
+impl<'de> Deserialize<'de> for Ts {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TsVisitor)
+    }
+}
+
+/// The canonical event as it appears on the wire. Unknown fields are ignored.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+    timestamp: Option<Ts>,
+    #[serde(borrow)]
+    provider: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    input_tokens: Option<Count>,
+    output_tokens: Option<Count>,
+    cache_read_tokens: Option<Count>,
+    cache_write_tokens: Option<Count>,
+    reasoning_tokens: Option<Count>,
+    retrieval_calls: Option<Count>,
+    #[serde(borrow)]
+    service_tier: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    status: Option<Cow<'a, str>>,
+    attempt: Option<Count>,
+    #[serde(borrow, rename = "trace_id")]
+    _trace_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    api_key_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    service_account: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "end_user")]
+    _end_user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    team: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    project: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    workflow: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    environment: Option<Cow<'a, str>>,
+    #[serde(rename = "tags")]
+    _tags: Option<IgnoredAny>,
+    #[serde(borrow)]
+    cost_usd: Option<&'a RawValue>,
+}
+
+const STRING_FIELDS: [&str; 13] = [
+    "event_id",
+    "provider",
+    "model",
+    "service_tier",
+    "status",
+    "trace_id",
+    "api_key_id",
+    "service_account",
+    "end_user",
+    "team",
+    "project",
+    "workflow",
+    "environment",
+];
+
+/// A rejected record: a short kind for metrics and a reason for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+fn reject(kind: &'static str, reason: impl Into<String>) -> Rejection {
+    Rejection { kind, reason: reason.into() }
+}
+
+fn count(field: &str, c: Option<Count>, required: bool) -> Result<i64, Rejection> {
+    match c {
+        None if required => Err(reject("missing_field", format!("missing required field `{field}`"))),
+        None => Ok(0),
+        Some(Count::Ok(v)) => Ok(v),
+        Some(Count::Negative) => Err(reject("invalid_count", format!("`{field}` is negative"))),
+        Some(Count::NotInteger) => Err(reject("invalid_count", format!("`{field}` is not an integer"))),
+        Some(Count::TooLarge) => Err(reject("invalid_count", format!("`{field}` is larger than 2^53"))),
+        Some(Count::WrongType(t)) => {
+            Err(reject("invalid_type", format!("`{field}` must be a non-negative integer, got {t}")))
+        }
+    }
+}
+
+fn required_str<'a>(field: &str, v: &'a Option<Cow<'a, str>>) -> Result<&'a str, Rejection> {
+    match v.as_deref() {
+        None => Err(reject("missing_field", format!("missing required field `{field}`"))),
+        Some(s) if s.trim().is_empty() => Err(reject("missing_field", format!("required field `{field}` is empty"))),
+        Some(s) => Ok(s),
+    }
+}
+
+/// Explains why serde could not read a record (cold path): names the field with the wrong type.
+fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
+    let text = match std::str::from_utf8(payload) {
+        Ok(t) => t,
+        Err(e) => return reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", e.valid_up_to())),
+    };
+    if text.trim().is_empty() {
+        return reject("empty", "empty record");
+    }
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return reject("not_json", format!("not valid JSON: {e}")),
+    };
+    let Some(obj) = value.as_object() else {
+        let t = match value {
+            serde_json::Value::Array(_) => "array",
+            serde_json::Value::String(_) => "string",
+            serde_json::Value::Number(_) => "number",
+            serde_json::Value::Bool(_) => "boolean",
+            _ => "null",
+        };
+        return reject("not_object", format!("a usage event must be a JSON object, got {t}"));
+    };
+    for f in STRING_FIELDS {
+        if let Some(v) = obj.get(f)
+            && !v.is_string()
+            && !v.is_null()
+        {
+            return reject("invalid_type", format!("`{f}` must be a string"));
+        }
+    }
+    if let Some(v) = obj.get("cost_usd")
+        && !(v.is_number() || v.is_string() || v.is_null())
+    {
+        return reject("invalid_type", "`cost_usd` must be a number or a decimal string");
+    }
+    reject("invalid_json", format!("cannot read usage event: {err}"))
+}
+
+/// Decodes, validates, prices and attributes records into one Arrow batch.
+pub struct Decoder {
+    catalog: Arc<PriceCatalog>,
+    owners: Arc<OwnerMap>,
+    max_record_bytes: usize,
+    raw_policy: RawPolicy,
+    scratch: Vec<usize>,
+    ts: TimestampMillisecondBuilder,
+    key: FixedSizeBinaryBuilder,
+    dims: [StringBuilder; 10],
+    counts: [Int64Builder; 9],
+    cost: Decimal128Builder,
+    reported: Decimal128Builder,
+    dead: Vec<DeadLetter>,
+    stats: DecodeStats,
+}
+
+impl Decoder {
+    pub fn new(catalog: Arc<PriceCatalog>, owners: Arc<OwnerMap>, max_record_bytes: usize, raw_policy: RawPolicy) -> Self {
+        Decoder {
+            catalog,
+            owners,
+            max_record_bytes,
+            raw_policy,
+            scratch: Vec::new(),
+            ts: TimestampMillisecondBuilder::new(),
+            key: FixedSizeBinaryBuilder::new(aifinops_schemas::event::EVENT_KEY_LEN),
+            dims: std::array::from_fn(|_| StringBuilder::new()),
+            counts: std::array::from_fn(|_| Int64Builder::new()),
+            cost: Decimal128Builder::new(),
+            reported: Decimal128Builder::new(),
+            dead: Vec::new(),
+            stats: DecodeStats::default(),
+        }
+    }
+
+    /// Number of accepted events waiting in the builders.
+    pub fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes one record. `source` is only rendered when the record is rejected.
+    /// Returns the event time of an accepted record, `None` for a dead letter.
+    pub fn push(&mut self, payload: &[u8], source: impl FnOnce() -> SourceRef, received_ms: i64) -> Option<i64> {
+        match self.try_push(payload) {
+            Ok(ts) => {
+                self.stats.accepted += 1;
+                Some(ts)
+            }
+            Err(r) => {
+                self.stats.dead_letters += 1;
+                let keep = payload.len().min(64 * 1024);
+                let raw = match self.raw_policy {
+                    RawPolicy::Raw => payload[..keep].to_vec(),
+                    RawPolicy::Redacted => redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes(),
+                };
+                self.dead.push(DeadLetter {
+                    source: source().to_string(),
+                    reason: r.reason,
+                    kind: r.kind,
+                    raw,
+                    received_at_ms: received_ms,
+                });
+                None
+            }
+        }
+    }
+
+    fn try_push(&mut self, payload: &[u8]) -> Result<i64, Rejection> {
+        if payload.len() > self.max_record_bytes {
+            return Err(reject(
+                "too_large",
+                format!("record is {} bytes, over the {} byte limit", payload.len(), self.max_record_bytes),
+            ));
+        }
+        let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| diagnose(payload, &e))?;
+        let event_id = required_str("event_id", &w.event_id)?;
+        let provider = required_str("provider", &w.provider)?;
+        let model = required_str("model", &w.model)?;
+        let ts = match w.timestamp {
+            None => return Err(reject("missing_field", "missing required field `timestamp`")),
+            Some(Ts::Bad(why)) => return Err(reject("invalid_timestamp", format!("`timestamp` {why}"))),
+            Some(Ts::Ms(ms)) if !(MIN_TS_MS..MAX_TS_MS).contains(&ms) => {
+                return Err(reject(
+                    "invalid_timestamp",
+                    format!("`timestamp` {ms} ms is outside 2000-01-01..2200-01-01 (seconds instead of milliseconds?)"),
+                ));
+            }
+            Some(Ts::Ms(ms)) => ms,
+        };
+        let t = Tokens {
+            input: count("input_tokens", w.input_tokens, true)?,
+            output: count("output_tokens", w.output_tokens, true)?,
+            cache_read: count("cache_read_tokens", w.cache_read_tokens, false)?,
+            cache_write: count("cache_write_tokens", w.cache_write_tokens, false)?,
+            reasoning: count("reasoning_tokens", w.reasoning_tokens, false)?,
+        };
+        let retrieval = count("retrieval_calls", w.retrieval_calls, false)?;
+        if t.cache_read + t.cache_write > t.input {
+            return Err(reject(
+                "inconsistent_tokens",
+                format!(
+                    "cache_read_tokens ({}) + cache_write_tokens ({}) exceed input_tokens ({}); they are counted inside it",
+                    t.cache_read, t.cache_write, t.input
+                ),
+            ));
+        }
+        if t.reasoning > t.output {
+            return Err(reject(
+                "inconsistent_tokens",
+                format!("reasoning_tokens ({}) exceed output_tokens ({}); they are counted inside it", t.reasoning, t.output),
+            ));
+        }
+        let tier = match w.service_tier.as_deref() {
+            None | Some("") => Tier::Default,
+            Some(s) => Tier::parse(s).ok_or_else(|| {
+                reject("invalid_value", format!("`service_tier` {s:?} is not one of default, batch, flex, priority"))
+            })?,
+        };
+        let error = match w.status.as_deref() {
+            None | Some("") | Some("ok") | Some("success") => 0,
+            Some("error") | Some("failure") => 1,
+            Some(s) => return Err(reject("invalid_value", format!("`status` {s:?} is not ok or error"))),
+        };
+        let attempt = match w.attempt {
+            None => 1,
+            Some(c) => count("attempt", Some(c), false)?,
+        };
+        let reported = match w.cost_usd {
+            None => None,
+            Some(raw) => {
+                let text = raw.get();
+                let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+                if text == "null" {
+                    None
+                } else {
+                    let v = parse_usd("cost_usd", text).map_err(|e| reject("invalid_value", format!("`cost_usd`: {e}")))?;
+                    Some(v)
+                }
+            }
+        };
+
+        // Attribution on the raw values (rules may name key ids), then secrets become fingerprints.
+        let idn = Identity {
+            api_key_id: w.api_key_id.as_deref(),
+            service_account: w.service_account.as_deref(),
+            team: w.team.as_deref(),
+            project: w.project.as_deref(),
+            workflow: w.workflow.as_deref(),
+        };
+        let owner = self.owners.resolve(&idn, &mut self.scratch);
+        let identity = w
+            .api_key_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(w.service_account.as_deref().filter(|s| !s.is_empty()))
+            .unwrap_or(UNKNOWN_IDENTITY);
+        let cost = self.catalog.lookup(provider, model, ts).and_then(|p| p.cost(&t, tier));
+
+        // All checks passed: append (nothing below can fail, so columns stay aligned).
+        self.ts.append_value(ts);
+        let h = xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()).to_le_bytes();
+        self.key.append_value(h).expect("16 bytes");
+        let (owner_id, risk) = match owner {
+            Some(o) => (o.id.as_str(), o.risk_owner.as_str()),
+            None => {
+                self.stats.unattributed += 1;
+                (UNATTRIBUTED, "")
+            }
+        };
+        let dims = &mut self.dims;
+        dims[0].append_value(owner_id);
+        dims[1].append_value(risk);
+        for (b, v) in dims[2..6].iter_mut().zip([&w.team, &w.project, &w.workflow, &w.environment]) {
+            match v.as_deref() {
+                None => b.append_value(""),
+                Some(s) => b.append_value(redact(s)),
+            }
+        }
+        dims[6].append_value(redact(identity));
+        dims[7].append_value(redact(provider));
+        dims[8].append_value(redact(model));
+        dims[9].append_value(tier.as_str());
+        let unpriced = cost.is_none() as i64;
+        self.stats.unpriced += unpriced as u64;
+        let values = [error, (attempt > 1) as i64, unpriced, t.input, t.cache_read, t.cache_write, t.output, t.reasoning, retrieval];
+        for (b, v) in self.counts.iter_mut().zip(values) {
+            b.append_value(v);
+        }
+        self.cost.append_option(cost);
+        self.reported.append_option(reported);
+        Ok(ts)
+    }
+
+    /// Takes the accepted events as one batch and the rejected records, resetting the decoder.
+    pub fn finish(&mut self) -> Decoded {
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(24);
+        cols.push(Arc::new(self.ts.finish().with_timezone("UTC")));
+        cols.push(Arc::new(self.key.finish()));
+        for d in &mut self.dims {
+            cols.push(Arc::new(d.finish()));
+        }
+        for c in &mut self.counts {
+            cols.push(Arc::new(c.finish()));
+        }
+        for m in [&mut self.cost, &mut self.reported] {
+            cols.push(Arc::new(
+                m.finish().with_precision_and_scale(COST_PRECISION, COST_SCALE).expect("valid decimal type"),
+            ));
+        }
+        let batch = RecordBatch::try_new(priced_event_schema(), cols).expect("decoder builds the priced event schema");
+        Decoded { batch, dead_letters: std::mem::take(&mut self.dead), stats: std::mem::take(&mut self.stats) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+
+    fn decoder() -> Decoder {
+        let owners = OwnerMap::from_toml_str(
+            "o",
+            "[[owner]]\nid = \"search\"\nrisk_owner = \"lead@x\"\napi_key_id = [\"key-search-*\"]\n",
+        )
+        .unwrap();
+        Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(owners), 1 << 20, RawPolicy::Redacted)
+    }
+
+    fn src() -> SourceRef {
+        SourceRef::File { path: "in.ndjson".into(), line: 7 }
+    }
+
+    fn reason_of(line: &str) -> (String, String) {
+        let mut d = decoder();
+        assert!(d.push(line.as_bytes(), src, 0).is_none(), "accepted: {line}");
+        let out = d.finish();
+        assert_eq!(out.batch.num_rows(), 0);
+        let dl = &out.dead_letters[0];
+        assert_eq!(dl.source, "in.ndjson:7");
+        (dl.kind.to_string(), dl.reason.clone())
+    }
+
+    const GOOD: &str = r#"{"event_id":"r1","timestamp":"2026-11-30T10:00:00Z","provider":"openai","model":"gpt-4o","input_tokens":1000,"output_tokens":100,"cache_read_tokens":400,"api_key_id":"key-search-1","team":"search","cost_usd":0.0035}"#;
+
+    #[test]
+    fn accepts_and_prices_a_canonical_event() {
+        let mut d = decoder();
+        assert!(d.push(GOOD.as_bytes(), src, 0).is_some());
+        let out = d.finish();
+        let b = &out.batch;
+        assert_eq!(b.num_rows(), 1);
+        assert_eq!(b.column_by_name("owner").unwrap().as_string::<i32>().value(0), "search");
+        assert_eq!(b.column_by_name("risk_owner").unwrap().as_string::<i32>().value(0), "lead@x");
+        // 600 uncached x 2.5/M + 400 cached x 1.25/M + 100 x 10/M = 0.0015 + 0.0005 + 0.001
+        let cost = b.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>().value(0);
+        assert_eq!(cost, parse_usd("c", "0.003").unwrap());
+        let reported = b.column_by_name("reported_cost_usd").unwrap().as_primitive::<Decimal128Type>().value(0);
+        assert_eq!(reported, parse_usd("c", "0.0035").unwrap());
+        assert_eq!(b.column_by_name("cache_read_tokens").unwrap().as_primitive::<Int64Type>().value(0), 400);
+        assert_eq!(out.stats, DecodeStats { accepted: 1, ..Default::default() });
+    }
+
+    #[test]
+    fn epoch_millis_unknown_fields_and_secrets() {
+        let mut d = decoder();
+        let line = r#"{"event_id":"r2","timestamp":1764496800000,"provider":"openai","model":"gpt-9","input_tokens":5,"output_tokens":1,"api_key_id":"sk-proj-abcdEFGH1234ijklMNOP5678qrst","extra":{"x":[1,2]}}"#;
+        assert!(d.push(line.as_bytes(), src, 0).is_some());
+        let b = d.finish();
+        let id = b.batch.column_by_name("identity").unwrap().as_string::<i32>().value(0).to_string();
+        assert!(id.starts_with("fp:"), "{id}");
+        assert_eq!(b.batch.column_by_name("owner").unwrap().as_string::<i32>().value(0), UNATTRIBUTED);
+        assert!(b.batch.column_by_name("cost_usd").unwrap().is_null(0), "unpriced is null, not 0");
+        assert_eq!(b.stats.unpriced, 1);
+        assert_eq!(b.stats.unattributed, 1);
+    }
+
+    #[test]
+    fn rejects_with_reasons_naming_the_field() {
+        let cases = [
+            ("not json", "not_json", "not valid JSON"),
+            ("[1,2]", "not_object", "array"),
+            (r#"{"timestamp":"2026-11-30T10:00:00Z","provider":"p","model":"m","input_tokens":1,"output_tokens":1}"#, "missing_field", "event_id"),
+            (r#"{"event_id":"a","timestamp":"yesterday","provider":"p","model":"m","input_tokens":1,"output_tokens":1}"#, "invalid_timestamp", "RFC 3339"),
+            (r#"{"event_id":"a","timestamp":1764496800,"provider":"p","model":"m","input_tokens":1,"output_tokens":1}"#, "invalid_timestamp", "seconds"),
+            (r#"{"event_id":"a","timestamp":"9999-01-01T00:00:00Z","provider":"p","model":"m","input_tokens":1,"output_tokens":1}"#, "invalid_timestamp", "outside"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":-1,"output_tokens":1}"#, "invalid_count", "`input_tokens` is negative"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":1.5,"output_tokens":1}"#, "invalid_count", "not an integer"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":9007199254740993,"output_tokens":1}"#, "invalid_count", "2^53"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":"12","output_tokens":1}"#, "invalid_type", "got string"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":10,"output_tokens":1,"cache_read_tokens":11}"#, "inconsistent_tokens", "exceed input_tokens"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":10,"output_tokens":1,"reasoning_tokens":2}"#, "inconsistent_tokens", "exceed output_tokens"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":5,"input_tokens":10,"output_tokens":1}"#, "invalid_type", "`model` must be a string"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":10,"output_tokens":1,"service_tier":"gold"}"#, "invalid_value", "service_tier"),
+            (r#"{"event_id":"a","timestamp":1764496800000,"provider":"p","model":"m","input_tokens":10}"#, "missing_field", "output_tokens"),
+            ("", "empty", "empty"),
+        ];
+        for (line, kind, needle) in cases {
+            let (k, r) = reason_of(line);
+            assert_eq!(k, kind, "{line} -> {r}");
+            assert!(r.contains(needle), "{line}: reason {r:?} should mention {needle:?}");
+        }
+        let mut d = decoder();
+        assert!(d.push(&[0xff, 0xfe, b'{'], src, 0).is_none());
+        assert_eq!(d.finish().dead_letters[0].kind, "invalid_utf8");
+    }
+
+    #[test]
+    fn oversized_records_are_dead_letters_and_secrets_are_redacted_in_them() {
+        let mut d = Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(OwnerMap::default()), 100, RawPolicy::Redacted);
+        let big = format!(r#"{{"event_id":"a","api_key_id":"sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789","pad":"{}"}}"#, "x".repeat(200));
+        assert!(d.push(big.as_bytes(), src, 0).is_none());
+        let out = d.finish();
+        assert_eq!(out.dead_letters[0].kind, "too_large");
+        let raw = String::from_utf8(out.dead_letters[0].raw.clone()).unwrap();
+        assert!(!raw.contains("sk-ant-api03"), "{raw}");
+    }
+}

@@ -1,0 +1,34 @@
+//! aifinops ingest: reads usage records from Kafka or NDJSON files, decodes and validates them, prices
+//! every token class exactly and attributes each call to an owner, producing priced Arrow batches
+//! (`aifinops_schemas::event::priced_event_schema`) and dead letters.
+
+pub mod catalog;
+pub mod decode;
+pub mod file;
+pub mod kafka;
+pub mod owners;
+
+pub use catalog::PriceCatalog;
+pub use decode::{Decoded, Decoder, RawPolicy};
+pub use owners::OwnerMap;
+
+/// Everything that can go wrong while ingesting, with the input it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("price catalog {file}: {reason}")]
+    Catalog { file: String, reason: String },
+    #[error("owner map {file}: {reason}")]
+    OwnerMap { file: String, reason: String },
+    #[error("kafka: {context}: {source}")]
+    Kafka {
+        context: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}

@@ -1,0 +1,203 @@
+//! The owner map: who pays for a call. `[[owner]]` rules with glob match lists; first match wins.
+//!
+//! ```toml
+//! [[owner]]
+//! id = "search"
+//! risk_owner = "lead@example.com"
+//! api_key_id = ["key-search-1", "key-search-*"]
+//! team = ["search"]
+//! ```
+//! A rule matches a call when ANY of its lists matches the call's field of that name (lists are
+//! alternatives: "this key, or anything from this team"). Rules are tried in file order.
+
+use std::path::Path;
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
+
+use crate::IngestError;
+
+/// Attribution fields of one call, as read from the record (before fingerprinting).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Identity<'a> {
+    pub api_key_id: Option<&'a str>,
+    pub service_account: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub project: Option<&'a str>,
+    pub workflow: Option<&'a str>,
+}
+
+/// One owner: the id that rollups carry and the person accountable for its risk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub id: String,
+    pub risk_owner: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerFile {
+    #[serde(default)]
+    owner: Vec<OwnerRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerRule {
+    id: String,
+    #[serde(default)]
+    risk_owner: String,
+    #[serde(default)]
+    api_key_id: Vec<String>,
+    #[serde(default)]
+    service_account: Vec<String>,
+    #[serde(default)]
+    team: Vec<String>,
+    #[serde(default)]
+    project: Vec<String>,
+    #[serde(default)]
+    workflow: Vec<String>,
+}
+
+/// One glob set per attribution field; each pattern maps back to the rule that owns it.
+#[derive(Debug, Clone)]
+struct FieldMatcher {
+    set: GlobSet,
+    rule_of_pattern: Vec<usize>,
+}
+
+impl FieldMatcher {
+    fn best(&self, value: Option<&str>, scratch: &mut Vec<usize>) -> Option<usize> {
+        let v = value?;
+        self.set.matches_into(v, scratch);
+        scratch.iter().map(|&i| self.rule_of_pattern[i]).min()
+    }
+}
+
+/// Maps a call's identity fields to its owner.
+#[derive(Debug, Clone)]
+pub struct OwnerMap {
+    owners: Vec<Owner>,
+    fields: [FieldMatcher; 5],
+}
+
+impl Default for OwnerMap {
+    fn default() -> Self {
+        OwnerMap::from_toml_str("<empty>", "").expect("empty owner map")
+    }
+}
+
+impl OwnerMap {
+    pub fn load(path: &Path) -> Result<Self, IngestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| IngestError::Io {
+            context: format!("reading owner map {}", path.display()),
+            source: e,
+        })?;
+        Self::from_toml_str(&path.display().to_string(), &text)
+    }
+
+    pub fn from_toml_str(name: &str, text: &str) -> Result<Self, IngestError> {
+        let file: OwnerFile = toml::from_str(text).map_err(|e| IngestError::OwnerMap {
+            file: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut builders: Vec<(GlobSetBuilder, Vec<usize>)> = (0..5).map(|_| (GlobSetBuilder::new(), vec![])).collect();
+        let mut owners = Vec::with_capacity(file.owner.len());
+        for (idx, rule) in file.owner.iter().enumerate() {
+            if rule.id.trim().is_empty() {
+                return Err(IngestError::OwnerMap {
+                    file: name.to_string(),
+                    reason: format!("owner #{} has an empty id", idx + 1),
+                });
+            }
+            let lists = [&rule.api_key_id, &rule.service_account, &rule.team, &rule.project, &rule.workflow];
+            for (f, list) in lists.iter().enumerate() {
+                for pat in list.iter() {
+                    let glob = Glob::new(pat).map_err(|e| IngestError::OwnerMap {
+                        file: name.to_string(),
+                        reason: format!("owner {:?}: pattern {pat:?}: {e}", rule.id),
+                    })?;
+                    builders[f].0.add(glob);
+                    builders[f].1.push(idx);
+                }
+            }
+            owners.push(Owner { id: rule.id.clone(), risk_owner: rule.risk_owner.clone() });
+        }
+        let mut fields = Vec::with_capacity(5);
+        for (b, rule_of_pattern) in builders {
+            let set = b.build().map_err(|e| IngestError::OwnerMap { file: name.to_string(), reason: e.to_string() })?;
+            fields.push(FieldMatcher { set, rule_of_pattern });
+        }
+        let fields: [FieldMatcher; 5] = fields.try_into().expect("five fields");
+        Ok(OwnerMap { owners, fields })
+    }
+
+    pub fn owners(&self) -> &[Owner] {
+        &self.owners
+    }
+
+    /// The first rule (in file order) that any field matches, or `None` (unattributed).
+    pub fn resolve(&self, id: &Identity<'_>, scratch: &mut Vec<usize>) -> Option<&Owner> {
+        let values = [id.api_key_id, id.service_account, id.team, id.project, id.workflow];
+        let mut best: Option<usize> = None;
+        for (m, v) in self.fields.iter().zip(values) {
+            if let Some(r) = m.best(v, scratch) {
+                best = Some(best.map_or(r, |b| b.min(r)));
+                if r == 0 {
+                    break;
+                }
+            }
+        }
+        best.map(|i| &self.owners[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAP: &str = r#"
+        [[owner]]
+        id = "search"
+        risk_owner = "lead@example.com"
+        api_key_id = ["key-search-1", "key-search-*"]
+        team = ["search"]
+
+        [[owner]]
+        id = "agents"
+        risk_owner = "ml@example.com"
+        workflow = ["agent-*"]
+        service_account = ["svc-agent-?"]
+
+        [[owner]]
+        id = "catch-team-x"
+        team = ["x*"]
+    "#;
+
+    #[test]
+    fn first_matching_rule_wins_across_fields() {
+        let m = OwnerMap::from_toml_str("o.toml", MAP).unwrap();
+        let mut s = vec![];
+        let r = |id: Identity| m.resolve(&id, &mut vec![]).map(|o| o.id.clone());
+        assert_eq!(r(Identity { api_key_id: Some("key-search-7"), ..Default::default() }).as_deref(), Some("search"));
+        assert_eq!(r(Identity { team: Some("search"), ..Default::default() }).as_deref(), Some("search"));
+        assert_eq!(r(Identity { workflow: Some("agent-nightly"), ..Default::default() }).as_deref(), Some("agents"));
+        assert_eq!(r(Identity { service_account: Some("svc-agent-1"), ..Default::default() }).as_deref(), Some("agents"));
+        // workflow says agents but the key says search: search is the earlier rule
+        assert_eq!(
+            r(Identity { api_key_id: Some("key-search-1"), workflow: Some("agent-x"), ..Default::default() }).as_deref(),
+            Some("search")
+        );
+        assert_eq!(r(Identity { team: Some("xylophone"), ..Default::default() }).as_deref(), Some("catch-team-x"));
+        assert!(m.resolve(&Identity { api_key_id: Some("key-nobody"), ..Default::default() }, &mut s).is_none());
+        assert_eq!(m.owners()[0].risk_owner, "lead@example.com");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_rule() {
+        let e = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"a\"\nteam = [\"[\"]\n").unwrap_err().to_string();
+        assert!(e.contains("o.toml") && e.contains("\"a\""), "{e}");
+        let e = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"a\"\nteams = [\"x\"]\n").unwrap_err().to_string();
+        assert!(e.contains("teams"), "{e}");
+    }
+}

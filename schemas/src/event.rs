@@ -1,0 +1,76 @@
+//! The priced, attributed usage event batch: what `ingest` hands to `aggregate`.
+//!
+//! One row per accepted model call. The canonical *input* format (JSON) is documented in
+//! `schemas/usage_event.schema.json` and `schemas/usage_event.avsc`; this is its normalized, priced form.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::money::cost_type;
+
+/// Event time (call start), UTC milliseconds.
+pub const TS: &str = "ts";
+/// 128-bit hash of `event_id`, the deduplication key.
+pub const EVENT_KEY: &str = "event_key";
+/// Length in bytes of [`EVENT_KEY`].
+pub const EVENT_KEY_LEN: i32 = 16;
+
+/// Dimension columns (strings) shared by events and rollups, in rollup order.
+pub const DIMENSIONS: [&str; 10] = [
+    "owner",
+    "risk_owner",
+    "team",
+    "project",
+    "workflow",
+    "environment",
+    "identity",
+    "provider",
+    "model",
+    "service_tier",
+];
+
+/// Count measures of an event (0/1 flags and token counts), summed in rollups under the same name.
+/// `requests` is not an event column: it is `count(*)`.
+pub const EVENT_COUNTS: [&str; 9] = [
+    "error_requests",
+    "retry_requests",
+    "unpriced_requests",
+    "input_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "retrieval_calls",
+];
+
+/// Money measures (Decimal128(38, 18), null = unknown).
+pub const EVENT_MONEY: [&str; 2] = ["cost_usd", "reported_cost_usd"];
+
+/// The Arrow schema of a priced event batch.
+pub fn priced_event_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields = vec![
+                Field::new(TS, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+                Field::new(EVENT_KEY, DataType::FixedSizeBinary(EVENT_KEY_LEN), false),
+            ];
+            for d in DIMENSIONS {
+                fields.push(Field::new(d, DataType::Utf8, false));
+            }
+            for c in EVENT_COUNTS {
+                fields.push(Field::new(c, DataType::Int64, false));
+            }
+            for m in EVENT_MONEY {
+                fields.push(Field::new(m, cost_type(), true));
+            }
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Owner given to calls that match no owner rule.
+pub const UNATTRIBUTED: &str = "unattributed";
+/// Identity given to calls that carry no API key and no service account.
+pub const UNKNOWN_IDENTITY: &str = "unknown";

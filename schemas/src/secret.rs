@@ -1,0 +1,118 @@
+//! Secrets never leave ingest: values that look like credentials are replaced by a stable fingerprint.
+
+use sha2::{Digest, Sha256};
+
+/// Prefix of every fingerprint, so readers can tell a fingerprint from a key id.
+pub const FINGERPRINT_PREFIX: &str = "fp:";
+
+/// True when `value` looks like a credential rather than a key *id*: provider key prefixes
+/// (`sk-`, `sk-ant-`, `AKIA…`, `ghp_`, `xox?-`, `AIza…`), bearer tokens, JWTs, and long high-entropy tokens.
+pub fn looks_like_secret(value: &str) -> bool {
+    let v = value.trim();
+    if v.len() < 16 {
+        return false;
+    }
+    let lower_prefixes = ["sk-", "sk_", "rk_", "pk_live", "sk_live", "ghp_", "gho_", "github_pat_", "xoxb-", "xoxp-", "glpat-", "hf_", "aiza"];
+    let lower = v.get(..12).unwrap_or(v).to_ascii_lowercase();
+    if lower_prefixes.iter().any(|p| lower.starts_with(p)) || lower.starts_with("bearer ") || lower.starts_with("basic ") {
+        return true;
+    }
+    if (v.starts_with("AKIA") || v.starts_with("ASIA")) && v.len() >= 20 && v[..20].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+        return true;
+    }
+    if v.starts_with("eyJ") && v.matches('.').count() == 2 {
+        return true; // JWT
+    }
+    // Long opaque token: >= 32 chars of [A-Za-z0-9_-+/=] mixing lower, upper and digits, no separators a human id would use.
+    if v.len() >= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b)) {
+        let lowers = v.bytes().filter(|b| b.is_ascii_lowercase()).count();
+        let uppers = v.bytes().filter(|b| b.is_ascii_uppercase()).count();
+        let digits = v.bytes().filter(|b| b.is_ascii_digit()).count();
+        if lowers >= 4 && uppers >= 4 && digits >= 4 {
+            return true;
+        }
+    }
+    false
+}
+
+/// The stable fingerprint of a secret: `fp:` + 16 hex chars of SHA-256. Same input, same fingerprint.
+pub fn fingerprint(value: &str) -> String {
+    let digest = Sha256::digest(value.trim().as_bytes());
+    let mut s = String::with_capacity(FINGERPRINT_PREFIX.len() + 16);
+    s.push_str(FINGERPRINT_PREFIX);
+    for b in &digest[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// `value` itself, or its fingerprint when it looks like a secret.
+pub fn redact(value: &str) -> std::borrow::Cow<'_, str> {
+    if looks_like_secret(value) { fingerprint(value).into() } else { value.into() }
+}
+
+/// Replaces every secret-looking token inside free text (split on whitespace, quotes and JSON punctuation).
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut token = String::new();
+    let flush = |token: &mut String, out: &mut String| {
+        if !token.is_empty() {
+            out.push_str(&redact(token));
+            token.clear();
+        }
+    };
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_whitespace() || "\"',:{}[]\\;".contains(c) {
+            // keep "Bearer <token>" together so the scheme word does not hide the token
+            if c == ' ' && token.eq_ignore_ascii_case("bearer") {
+                token.push(c);
+                continue;
+            }
+            flush(&mut token, &mut out);
+            out.push(c);
+        } else {
+            token.push(c);
+        }
+        if chars.peek().is_none() {
+            flush(&mut token, &mut out);
+        }
+    }
+    flush(&mut token, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_keys_are_secrets_but_key_ids_are_not() {
+        assert!(looks_like_secret("sk-proj-abcdEFGH1234ijklMNOP5678qrst"));
+        assert!(looks_like_secret("sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"));
+        assert!(looks_like_secret("AKIAIOSFODNN7EXAMPLE"));
+        assert!(looks_like_secret("Bearer abcdefghijklmnop1234"));
+        assert!(looks_like_secret("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXN0dWZm"));
+        assert!(!looks_like_secret("key-search-1"));
+        assert!(!looks_like_secret("svc-support-bot@prod"));
+        assert!(!looks_like_secret("research-agents-nightly-workflow"));
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_hides_the_value() {
+        let k = "sk-proj-abcdEFGH1234ijklMNOP5678qrst";
+        assert_eq!(fingerprint(k), fingerprint(k));
+        assert!(fingerprint(k).starts_with("fp:"));
+        assert!(!fingerprint(k).contains("abcd"));
+        assert_eq!(redact("key-search-1"), "key-search-1");
+    }
+
+    #[test]
+    fn free_text_is_scrubbed() {
+        let t = r#"{"api_key":"sk-proj-abcdEFGH1234ijklMNOP5678qrst","auth":"Bearer abcdefghijklmnop1234xyz"}"#;
+        let r = redact_text(t);
+        assert!(!r.contains("sk-proj"), "{r}");
+        assert!(!r.contains("abcdefghijklmnop1234xyz"), "{r}");
+        assert!(r.contains("\"api_key\""));
+    }
+}

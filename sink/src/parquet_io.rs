@@ -1,0 +1,36 @@
+//! Parquet writing: zstd, one row group per file of a commit, written to a staging path and fsynced.
+
+use std::fs::File;
+use std::path::Path;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+
+use crate::{SinkError, io_err};
+
+/// Writes `batches` (one schema) to `path` and fsyncs it. Returns bytes written.
+pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkError> {
+    let schema = batches.first().map(|b| b.schema()).ok_or_else(|| SinkError::Manifest {
+        path: path.display().to_string(),
+        reason: "no rows to write".into(),
+    })?;
+    let pe = |e| SinkError::Parquet { path: path.display().to_string(), source: e };
+    let file = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("zstd level 3")))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_created_by("aifinops".into())
+        .build();
+    let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(pe)?;
+    for (i, b) in batches.iter().enumerate() {
+        w.write(b).map_err(pe)?;
+        if i == 0 {
+            crate::fault::point("mid_parquet");
+        }
+    }
+    let file = w.into_inner().map_err(pe)?;
+    file.sync_all().map_err(io_err(format!("fsync {}", path.display())))?;
+    Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+}

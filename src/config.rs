@@ -1,0 +1,248 @@
+//! The configuration tree: defaults, then the TOML file, then `AIFINOPS__SECTION__KEY` environment
+//! variables, then command-line flags. Unknown keys are errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aifinops_aggregate::BudgetConfig;
+use aifinops_ingest::RawPolicy;
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The example configuration shipped with aifinops (`aifinops config example`); a test parses it.
+pub const EXAMPLE: &str = include_str!("../aifinops.example.toml");
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub kafka: KafkaConfig,
+    #[serde(default)]
+    pub lake: LakeConfig,
+    #[serde(default)]
+    pub prices: PricesConfig,
+    #[serde(default)]
+    pub owners: OwnersConfig,
+    #[serde(default, rename = "budget")]
+    pub budgets: Vec<BudgetConfig>,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Name of this pipeline; the CloudEvents `source` of its alerts is `aifinops/<name>`.
+    pub name: String,
+    /// Tumbling window sizes (`30s`, `1m`, `1h`, `1d`).
+    pub windows: Vec<String>,
+    /// Bounded out-of-orderness: the watermark trails the event-time clock by this much.
+    #[serde(with = "humantime_serde")]
+    pub watermark_delay: Duration,
+    /// Rows for windows that ended more than this before the watermark are flagged `late = true`.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// A partition silent for this long no longer holds the watermark back.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Event times further than this ahead of the wall clock do not advance the watermark beyond it.
+    #[serde(with = "humantime_serde")]
+    pub max_future_skew: Duration,
+    /// Redelivered events (same `event_id`) within this much event time count once.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+    /// Most records decoded into one micro-batch.
+    pub batch_max_events: usize,
+    /// Longest wait to fill a micro-batch.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
+    /// How often the lake commits (offsets, closed windows, alerts, state).
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Records larger than this are dead letters.
+    pub max_record_bytes: usize,
+    /// What dead letters keep of a record: `redacted` (secrets fingerprinted) or `raw`.
+    pub dead_letter_raw: RawPolicy,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            name: "aifinops".into(),
+            windows: vec!["1m".into(), "1h".into(), "1d".into()],
+            watermark_delay: Duration::from_secs(5),
+            allowed_lateness: Duration::from_secs(24 * 3600),
+            idle_timeout: Duration::from_secs(30),
+            max_future_skew: Duration::from_secs(3600),
+            dedup_horizon: Duration::from_secs(24 * 3600),
+            batch_max_events: 50_000,
+            batch_max_wait: Duration::from_millis(500),
+            commit_interval: Duration::from_secs(2),
+            max_record_bytes: 1 << 20,
+            dead_letter_raw: RawPolicy::Redacted,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group: String,
+    pub alert_topic: String,
+    /// Topic for records that could not be read; empty = lake only.
+    pub dead_letter_topic: String,
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Extra librdkafka consumer properties (security, `queued.max.messages.kbytes`, ...).
+    pub consumer: BTreeMap<String, String>,
+    /// Extra librdkafka producer properties.
+    pub producer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "localhost:9092".into(),
+            topics: vec!["llm-usage".into()],
+            group: "aifinops".into(),
+            alert_topic: "aifinops.alerts".into(),
+            dead_letter_topic: "aifinops.dead-letters".into(),
+            session_timeout: Duration::from_secs(10),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig { dir: PathBuf::from("./aifinops-lake") }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PricesConfig {
+    /// Load the built-in catalog first (common models' list prices).
+    pub builtin: bool,
+    /// LiteLLM JSON (`.json`) or aifinops TOML catalogs, later files override earlier ones.
+    pub files: Vec<PathBuf>,
+}
+
+impl Default for PricesConfig {
+    fn default() -> Self {
+        PricesConfig { builtin: true, files: vec![] }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OwnersConfig {
+    /// Owner map TOML; without one every call is `unattributed`.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus listen address for `run`, e.g. `127.0.0.1:9898`; empty = off.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `aifinops=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+impl Config {
+    /// Defaults, then `file` (if any), then `AIFINOPS__…` environment variables.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("AIFINOPS__").split("__"));
+        let cfg: Config = fig.extract().with_context(|| match file {
+            Some(f) => format!("invalid configuration in {} (or AIFINOPS__* environment variables)", f.display()),
+            None => "invalid configuration in AIFINOPS__* environment variables".to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[cfg(test)]
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Config> {
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)).extract()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let sizes: Vec<_> = self
+            .pipeline
+            .windows
+            .iter()
+            .map(|w| aifinops_aggregate::WindowSize::parse(w))
+            .collect::<Result<_, _>>()
+            .context("pipeline.windows")?;
+        let finest = sizes.iter().map(|s| s.ms).min().context("pipeline.windows must not be empty")?;
+        if 86_400_000 % finest != 0 {
+            anyhow::bail!("pipeline.windows: the finest window ({finest} ms) must divide a day evenly (budget periods are days and months)");
+        }
+        if self.pipeline.batch_max_events == 0 {
+            anyhow::bail!("pipeline.batch_max_events must be at least 1");
+        }
+        aifinops_aggregate::AlertRules::new("check", &self.budgets).context("budget")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_matches_the_documented_defaults() {
+        let cfg = Config::from_toml_str(EXAMPLE).expect("aifinops.example.toml parses");
+        assert_eq!(cfg.pipeline.windows, vec!["1m", "1h", "1d"]);
+        assert_eq!(cfg.pipeline.allowed_lateness, Duration::from_secs(86_400));
+        assert_eq!(cfg.kafka.topics, vec!["llm-usage"]);
+        assert!(!cfg.budgets.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = Config::from_toml_str("[kafka]\nbroker = \"x:1\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("broker"), "{e:#}");
+        let e = Config::from_toml_str("[pipeline]\nwindows = [\"7m\"]\n").unwrap_err();
+        assert!(format!("{e:#}").contains("divide a day"), "{e:#}");
+    }
+}

@@ -1,0 +1,251 @@
+//! The `aifinops` binary: wires ingest -> aggregate -> sink into `run` (Kafka), `replay` (files), `demo`
+//! (an embedded broker and a synthetic day), `query` (SQL over the lake) and `config`.
+
+mod config;
+mod demo;
+mod traffic;
+mod pipeline;
+mod query;
+mod replay;
+mod run;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "aifinops", version, about = "FinOps for AI: price, attribute and govern LLM spend from Kafka into Parquet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by `run` and `replay` that override the config file.
+#[derive(clap::Args, Clone, Default)]
+struct Overrides {
+    /// Configuration file (TOML); optional.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Lake directory (overrides lake.dir).
+    #[arg(long)]
+    lake: Option<PathBuf>,
+    /// Price catalog: LiteLLM JSON or aifinops TOML (repeatable; overrides prices.files).
+    #[arg(long = "prices")]
+    prices: Vec<PathBuf>,
+    /// Owner map TOML (overrides owners.file).
+    #[arg(long)]
+    owners: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A synthetic day of gateway traffic through an embedded broker and the real pipeline, no setup.
+    Demo {
+        /// Where the demo writes its lake and inputs.
+        #[arg(long, default_value = "./aifinops-demo")]
+        dir: PathBuf,
+    },
+    /// Consume the input topics in a consumer group until SIGINT/SIGTERM (flush, commit, exit 0).
+    Run {
+        #[command(flatten)]
+        o: Overrides,
+        /// Bootstrap servers (overrides kafka.brokers).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Input topic (repeatable; overrides kafka.topics).
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// Consumer group (overrides kafka.group).
+        #[arg(long)]
+        group: Option<String>,
+        /// Alert topic (overrides kafka.alert_topic).
+        #[arg(long)]
+        alert_topic: Option<String>,
+        /// Exit (after a final flush of all windows) once every partition is consumed to its end.
+        #[arg(long)]
+        until_caught_up: bool,
+    },
+    /// Backfill from exported gateway logs (NDJSON, `.gz`, `-` for stdin) through the same pipeline.
+    Replay {
+        #[command(flatten)]
+        o: Overrides,
+        /// Replay files even if the lake says they were replayed already.
+        #[arg(long)]
+        force: bool,
+        /// Input files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Run DataFusion SQL over the lake (tables `rollups`, `alerts`, `dead_letters`).
+    Query {
+        #[arg(long)]
+        lake: PathBuf,
+        /// Output format.
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        sql: String,
+    },
+    /// Print the commented example configuration, or check a configuration file.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Produce NDJSON lines (one record per message) into a topic, e.g. to try `run`.
+    Produce {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// NDJSON files (`-` for stdin).
+        files: Vec<PathBuf>,
+    },
+    /// Write synthetic gateway traffic as NDJSON (the demo's day), for trying replay.
+    Gen {
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Day to generate (YYYY-MM-DD, UTC); default yesterday.
+        #[arg(long)]
+        day: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Print the example configuration.
+    Example,
+    /// Validate a configuration file and the files it points to.
+    Check { file: PathBuf },
+}
+
+fn init_logging(cfg: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+}
+
+fn apply(o: &Overrides) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(o.config.as_deref())?;
+    if let Some(l) = &o.lake {
+        cfg.lake.dir = l.clone();
+    }
+    if !o.prices.is_empty() {
+        cfg.prices.files = o.prices.clone();
+    }
+    if let Some(f) = &o.owners {
+        cfg.owners.file = Some(f.clone());
+    }
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aifinops: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aifinops: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo { dir } => {
+            let cfg = Config::default();
+            init_logging(&Config { log: config::LogConfig { level: "warn".into(), ..cfg.log.clone() }, ..cfg });
+            demo::run(&dir).await
+        }
+        Command::Run { o, brokers, topics, group, alert_topic, until_caught_up } => {
+            let mut cfg = apply(&o)?;
+            if let Some(b) = brokers {
+                cfg.kafka.brokers = b;
+            }
+            if !topics.is_empty() {
+                cfg.kafka.topics = topics;
+            }
+            if let Some(g) = group {
+                cfg.kafka.group = g;
+            }
+            if let Some(t) = alert_topic {
+                cfg.kafka.alert_topic = t;
+            }
+            init_logging(&cfg);
+            if !cfg.metrics.listen.is_empty() {
+                let addr: std::net::SocketAddr = cfg.metrics.listen.parse().with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .with_http_listener(addr)
+                    .install()
+                    .with_context(|| format!("starting the Prometheus endpoint on {addr}"))?;
+                tracing::info!(%addr, "Prometheus metrics on /metrics");
+            }
+            let stop = run::shutdown_signal();
+            let summary = run::run(&cfg, stop, until_caught_up).await?;
+            eprintln!("{summary}");
+            Ok(())
+        }
+        Command::Replay { o, force, files } => {
+            let cfg = apply(&o)?;
+            init_logging(&cfg);
+            let summary = replay::run(&cfg, &files, force).await?;
+            eprintln!("{summary}");
+            Ok(())
+        }
+        Command::Query { lake, format, sql } => {
+            let out = query::run(&lake, &sql, &format).await?;
+            print!("{out}");
+            Ok(())
+        }
+        Command::Config { action } => match action {
+            ConfigAction::Example => {
+                print!("{}", config::EXAMPLE);
+                Ok(())
+            }
+            ConfigAction::Check { file } => {
+                let cfg = Config::load(Some(&file))?;
+                let (catalog, owners) = pipeline::load_reference(&cfg)?;
+                println!(
+                    "{}: ok ({} windows, {} budgets, {} priced models, {} ignored cost fields, {} owners)",
+                    file.display(),
+                    cfg.pipeline.windows.len(),
+                    cfg.budgets.len(),
+                    catalog.stats.priced_models,
+                    catalog.stats.ignored_cost_fields,
+                    owners.owners().len()
+                );
+                Ok(())
+            }
+        },
+        Command::Produce { brokers, topic, files } => {
+            let n = demo::produce_files(&brokers, &topic, &files).await?;
+            eprintln!("produced {n} records to {topic}");
+            Ok(())
+        }
+        Command::Gen { out, seed, day } => {
+            let start = match day {
+                Some(d) => aifinops_ingest::catalog::parse_date_ms(&d).with_context(|| format!("--day {d:?} is not YYYY-MM-DD"))?,
+                None => demo::yesterday_ms(),
+            };
+            let lines = traffic::demo_day(start, seed).join("\n") + "\n";
+            if out.as_os_str() == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(lines.as_bytes())?;
+            } else {
+                std::fs::write(&out, lines).with_context(|| format!("writing {}", out.display()))?;
+            }
+            Ok(())
+        }
+    }
+}

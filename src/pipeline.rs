@@ -1,0 +1,245 @@
+//! The pipeline that `run`, `replay` and `demo` share: decode -> dedup -> windows + rules -> lake commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aifinops_aggregate::{AlertRules, Deduplicator, Emitted, RulesState, WindowEngine, WindowSize};
+use aifinops_ingest::{Decoder, OwnerMap, PriceCatalog};
+use aifinops_schemas::{Alert, DeadLetter};
+use aifinops_sink::{Commit, CommitInfo, Lake, Manifest, StateSnapshot};
+use anyhow::Context;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::Int64Type;
+
+use crate::config::Config;
+
+/// Counters since start (also exported as Prometheus metrics).
+#[derive(Debug, Default, Clone)]
+pub struct Totals {
+    pub records: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub dead_letters: u64,
+    pub unpriced: u64,
+    pub unattributed: u64,
+    pub late_rows: u64,
+    pub alerts: u64,
+    pub commits: u64,
+}
+
+pub struct Pipeline {
+    cfg: Config,
+    pub decoder: Decoder,
+    dedup: Deduplicator,
+    windows: WindowEngine,
+    rules: AlertRules,
+    lake: Lake,
+    emitted: Vec<Emitted>,
+    alerts: Vec<Alert>,
+    dead: Vec<DeadLetter>,
+    watermark: Option<i64>,
+    dirty: bool,
+    last_commit: Instant,
+    pub totals: Totals,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Loads the price catalog and owner map the config names.
+pub fn load_reference(cfg: &Config) -> anyhow::Result<(PriceCatalog, OwnerMap)> {
+    let mut catalog = if cfg.prices.builtin { PriceCatalog::builtin() } else { PriceCatalog::default() };
+    for f in &cfg.prices.files {
+        catalog.add_file(f).with_context(|| format!("loading prices from {}", f.display()))?;
+    }
+    let owners = match &cfg.owners.file {
+        Some(f) => OwnerMap::load(f)?,
+        None => OwnerMap::default(),
+    };
+    Ok((catalog, owners))
+}
+
+impl Pipeline {
+    /// Opens the lake (recovering from any crash) and restores the state of its last commit.
+    pub fn open(cfg: &Config) -> anyhow::Result<(Pipeline, Option<Manifest>)> {
+        let (catalog, owners) = load_reference(cfg)?;
+        tracing::info!(
+            priced_models = catalog.stats.priced_models,
+            ignored_cost_fields = catalog.stats.ignored_cost_fields,
+            owners = owners.owners().len(),
+            "price catalog and owner map loaded"
+        );
+        let sizes = cfg.pipeline.windows.iter().map(|w| WindowSize::parse(w)).collect::<Result<Vec<_>, _>>()?;
+        let windows = WindowEngine::new(sizes)?;
+        let rules = AlertRules::new(&format!("aifinops/{}", cfg.pipeline.name), &cfg.budgets)?;
+        std::fs::create_dir_all(&cfg.lake.dir).with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
+        let (lake, recovered) = Lake::open(&cfg.lake.dir).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
+        let decoder = Decoder::new(Arc::new(catalog), Arc::new(owners), cfg.pipeline.max_record_bytes, cfg.pipeline.dead_letter_raw);
+        let mut p = Pipeline {
+            cfg: cfg.clone(),
+            decoder,
+            dedup: Deduplicator::default(),
+            windows,
+            rules,
+            lake,
+            emitted: vec![],
+            alerts: vec![],
+            dead: vec![],
+            watermark: None,
+            dirty: false,
+            last_commit: Instant::now(),
+            totals: Totals::default(),
+        };
+        let manifest = recovered.as_ref().map(|r| r.manifest.clone());
+        if let Some(r) = recovered {
+            p.restore(r.manifest.watermark_ms, r.state)?;
+            tracing::info!(seq = r.manifest.seq, watermark = ?r.manifest.watermark_ms, "resumed from the lake's last commit");
+        }
+        Ok((p, manifest))
+    }
+
+    fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
+        self.windows.restore(state.partials)?;
+        self.dedup = Deduplicator::from_bytes(&state.dedup)?;
+        let rules: RulesState = if state.rules.is_null() { RulesState::default() } else { serde_json::from_value(state.rules).context("rule state")? };
+        self.rules.restore(rules);
+        self.watermark = watermark;
+        Ok(())
+    }
+
+    /// Discards everything since the last commit (after a rebalance).
+    pub fn rollback(&mut self) -> anyhow::Result<()> {
+        let _ = self.decoder.finish();
+        self.emitted.clear();
+        self.alerts.clear();
+        self.dead.clear();
+        self.dirty = false;
+        let (lake, recovered) = Lake::open(self.lake.root())?;
+        self.lake = lake;
+        match recovered {
+            Some(r) => self.restore(r.manifest.watermark_ms, r.state)?,
+            None => self.restore(None, StateSnapshot::default())?,
+        }
+        tracing::info!("rolled back to the last lake commit after a rebalance");
+        Ok(())
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
+    pub fn commit_due(&self) -> bool {
+        self.dirty && self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Processes what the decoder holds: dedup, windows, rules. `watermark` is the input's new watermark.
+    pub async fn process(&mut self, records: u64, watermark: Option<i64>) -> anyhow::Result<()> {
+        let decoded = self.decoder.finish();
+        self.totals.records += records;
+        self.totals.accepted += decoded.stats.accepted;
+        self.totals.dead_letters += decoded.stats.dead_letters;
+        self.totals.unpriced += decoded.stats.unpriced;
+        self.totals.unattributed += decoded.stats.unattributed;
+        metrics::counter!("aifinops_records_consumed_total").increment(records);
+        metrics::counter!("aifinops_events_decoded_total").increment(decoded.stats.accepted);
+        metrics::counter!("aifinops_unpriced_requests_total").increment(decoded.stats.unpriced);
+        metrics::counter!("aifinops_unattributed_requests_total").increment(decoded.stats.unattributed);
+        for d in &decoded.dead_letters {
+            tracing::warn!(source = %d.source, kind = d.kind, reason = %d.reason, "dead letter");
+            metrics::counter!("aifinops_dead_letters_total", "reason" => d.kind).increment(1);
+        }
+        if records > 0 || !decoded.dead_letters.is_empty() {
+            self.dirty = true;
+        }
+        self.dead.extend(decoded.dead_letters);
+        let (events, dups) = self.dedup.filter(&decoded.batch)?;
+        self.totals.duplicates += dups;
+        metrics::counter!("aifinops_duplicate_events_total").increment(dups);
+        if events.num_rows() > 0 {
+            let lateness = self.cfg.pipeline.allowed_lateness.as_millis() as i64;
+            let finest = self.windows.add(&events, self.watermark, lateness).await?;
+            let late: u64 = late_requests(&finest);
+            self.totals.late_rows += late;
+            metrics::counter!("aifinops_late_events_total").increment(late);
+            let alerts = self.rules.observe(&finest, self.watermark, now_ms());
+            self.alerts.extend(alerts);
+        }
+        if let Some(w) = watermark
+            && self.watermark.is_none_or(|cur| w > cur)
+        {
+            self.watermark = Some(w);
+            metrics::gauge!("aifinops_watermark_seconds").set(w as f64 / 1000.0);
+        }
+        Ok(())
+    }
+
+    /// Commits closed windows, alerts, dead letters, state and the input positions. `final_flush`
+    /// closes every window (end of a bounded input).
+    pub async fn commit(
+        &mut self,
+        offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+        files: BTreeMap<String, u64>,
+        publish: bool,
+        final_flush: bool,
+    ) -> anyhow::Result<CommitInfo> {
+        let close_at = if final_flush { None } else { self.watermark };
+        if close_at.is_some() || final_flush {
+            self.emitted.extend(self.windows.close(close_at).await?);
+        }
+        if let Some(w) = self.watermark {
+            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+            self.rules.prune(w);
+        }
+        let partials = self.windows.snapshot().await?;
+        let state = StateSnapshot {
+            partials: partials.into_iter().map(|(s, b)| (s.label, b)).collect(),
+            dedup: self.dedup.to_bytes(),
+            rules: serde_json::to_value(self.rules.state())?,
+        };
+        let commit = Commit {
+            offsets,
+            files,
+            rollups: self.emitted.drain(..).map(|e| (e.size.label, e.rows)).collect(),
+            alerts: std::mem::take(&mut self.alerts),
+            dead_letters: std::mem::take(&mut self.dead),
+            state,
+            watermark_ms: self.watermark,
+            partition_max_ts: BTreeMap::new(),
+            totals: BTreeMap::from([
+                ("records_since_start".to_string(), self.totals.records),
+                ("duplicates_since_start".to_string(), self.totals.duplicates),
+                ("dead_letters_since_start".to_string(), self.totals.dead_letters),
+            ]),
+            publish,
+        };
+        let n_alerts = commit.alerts.len() as u64;
+        let info = self.lake.commit(commit)?;
+        self.totals.alerts += n_alerts;
+        self.totals.commits += 1;
+        self.dirty = false;
+        self.last_commit = Instant::now();
+        metrics::counter!("aifinops_lake_commits_total").increment(1);
+        metrics::counter!("aifinops_lake_bytes_total").increment(info.bytes);
+        metrics::gauge!("aifinops_window_open_rows").set(self.windows.open_rows() as f64);
+        metrics::gauge!("aifinops_dedup_keys").set(self.dedup.len() as f64);
+        tracing::debug!(seq = info.seq, files = info.files, bytes = info.bytes, rows = info.rollup_rows, "lake commit");
+        Ok(info)
+    }
+}
+
+fn late_requests(rows: &datafusion::arrow::array::RecordBatch) -> u64 {
+    let (Some(late), Some(req)) = (rows.column_by_name("late"), rows.column_by_name("requests")) else { return 0 };
+    let late = late.as_boolean();
+    let req = req.as_primitive::<Int64Type>();
+    (0..rows.num_rows()).filter(|&i| late.is_valid(i) && late.value(i)).map(|i| req.value(i) as u64).sum()
+}

@@ -1,0 +1,164 @@
+//! `aifinops run`: the consumer-group pipeline. Offsets live in the lake's commit (see DESIGN.md);
+//! alerts and dead letters are published after each commit from its outbox.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aifinops_aggregate::watermark::{PartitionClock, compute};
+use aifinops_ingest::kafka::{KafkaSettings, KafkaSource};
+use aifinops_sink::Publisher;
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::pipeline::{Pipeline, now_ms};
+
+/// A flag set by SIGINT or SIGTERM.
+pub fn shutdown_signal() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested: flushing and committing");
+        f.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+/// Publishes every committed outbox not yet published. Returns false if Kafka refused (retried later).
+async fn drain_outbox(p: &Pipeline, publisher: &Publisher) -> bool {
+    let pending = match p.lake().pending_outboxes() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the outbox");
+            return false;
+        }
+    };
+    for (seq, outbox) in pending {
+        aifinops_sink::fault::point("before_publish");
+        match publisher.publish(&outbox).await {
+            Ok(()) => {
+                for a in &outbox.alerts {
+                    metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone()).increment(1);
+                    tracing::info!(id = %a.id, kind = %a.kind, subject = %a.subject, owner = a.owner(), "alert published");
+                }
+                aifinops_sink::fault::point("after_publish");
+                if let Err(e) = p.lake().mark_published(seq) {
+                    tracing::error!(error = %e, "recording outbox publication");
+                    return false;
+                }
+            }
+            Err(e) => {
+                metrics::counter!("aifinops_alert_publish_failures_total").increment(1);
+                tracing::warn!(error = %e, seq, "publishing alerts failed; will retry after the next commit");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
+    let mut m: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for ((t, p), o) in src.next_offsets() {
+        m.entry(t).or_default().insert(p, o);
+    }
+    m
+}
+
+pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<String> {
+    let started = Instant::now();
+    let (mut p, manifest) = Pipeline::open(cfg)?;
+    let mut committed = std::collections::HashMap::new();
+    if let Some(m) = &manifest {
+        for (t, parts) in &m.offsets {
+            for (part, o) in parts {
+                committed.insert((t.clone(), *part), *o);
+            }
+        }
+    }
+    let dlq = (!cfg.kafka.dead_letter_topic.is_empty()).then_some(cfg.kafka.dead_letter_topic.as_str());
+    let publisher = Publisher::new(&cfg.kafka.brokers, &cfg.kafka.alert_topic, dlq, &cfg.kafka.producer)?;
+    drain_outbox(&p, &publisher).await;
+    let settings = KafkaSettings {
+        brokers: cfg.kafka.brokers.clone(),
+        group: cfg.kafka.group.clone(),
+        topics: cfg.kafka.topics.clone(),
+        session_timeout_ms: cfg.kafka.session_timeout.as_millis() as u32,
+        properties: cfg.kafka.consumer.clone(),
+    };
+    let mut src = KafkaSource::connect(&settings, committed).context("connecting to Kafka")?;
+    tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, group = %cfg.kafka.group, lake = %cfg.lake.dir.display(), "consuming");
+    let delay = cfg.pipeline.watermark_delay.as_millis() as i64;
+    let idle = cfg.pipeline.idle_timeout;
+    let skew = cfg.pipeline.max_future_skew.as_millis() as i64;
+    let mut outbox_ok = true;
+    let mut last_caught_up_check = Instant::now();
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        if !stopping {
+            let poll = src.poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms).await?;
+            if poll.rebalanced {
+                if p.is_dirty() || !p.decoder.is_empty() {
+                    p.rollback()?;
+                } else {
+                    let _ = p.decoder.finish();
+                }
+                src.reset_progress();
+                continue;
+            }
+            let clocks: Vec<PartitionClock> = src
+                .progress()
+                .values()
+                .map(|pp| PartitionClock { max_ts_ms: pp.max_ts_ms, idle: pp.last_active.elapsed() >= idle })
+                .collect();
+            let wm = compute(&clocks, delay, Some((now_ms(), skew)));
+            if wm.clamped_partitions > 0 {
+                metrics::counter!("aifinops_watermark_clamped_total").increment(wm.clamped_partitions as u64);
+            }
+            p.process(poll.records, wm.watermark_ms).await?;
+        }
+        let caught_up = until_caught_up
+            && !stopping
+            && last_caught_up_check.elapsed() >= Duration::from_millis(500)
+            && !src.assigned().is_empty()
+            && {
+                last_caught_up_check = Instant::now();
+                src.caught_up(Duration::from_secs(5)).unwrap_or(false)
+            };
+        let finishing = stopping || caught_up;
+        if p.commit_due() || finishing || !outbox_ok {
+            let offsets = offsets_map(&src);
+            let info = p.commit(offsets.clone(), BTreeMap::new(), true, caught_up).await?;
+            let flat = offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o))).collect();
+            src.committed(&flat);
+            outbox_ok = drain_outbox(&p, &publisher).await;
+            tracing::debug!(seq = info.seq, "committed");
+        }
+        if finishing {
+            if !outbox_ok {
+                tracing::warn!("some alerts could not be published yet; they stay in the lake's outbox and are sent on the next start");
+            }
+            break;
+        }
+    }
+    let t = &p.totals;
+    Ok(format!(
+        "run: {} records in {:.1}s: {} events, {} duplicates dropped, {} dead letters, {} unpriced, {} unattributed; {} alerts; {} commits; lake {}",
+        t.records,
+        started.elapsed().as_secs_f64(),
+        t.accepted - t.duplicates,
+        t.duplicates,
+        t.dead_letters,
+        t.unpriced,
+        t.unattributed,
+        t.alerts,
+        t.commits,
+        cfg.lake.dir.display()
+    ))
+}
