@@ -20,14 +20,19 @@ use crate::traffic;
 
 pub fn yesterday_ms() -> i64 {
     let today = chrono::Utc::now().date_naive();
-    (today - chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis()
+    (today - chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight")
+        .and_utc()
+        .timestamp_millis()
 }
 
 pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let lake = dir.join("lake");
     if lake.exists() {
-        std::fs::remove_dir_all(&lake).with_context(|| format!("clearing the previous demo lake {}", lake.display()))?;
+        std::fs::remove_dir_all(&lake)
+            .with_context(|| format!("clearing the previous demo lake {}", lake.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let owners = dir.join("owners.toml");
@@ -39,12 +44,23 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     println!("aifinops demo: starting an embedded Kafka-protocol broker (librdkafka mock cluster)");
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    cluster.create_topic("llm-usage", 3, 1).context("creating llm-usage")?;
-    cluster.create_topic("aifinops.alerts", 1, 1).context("creating aifinops.alerts")?;
-    cluster.create_topic("aifinops.dead-letters", 1, 1).context("creating aifinops.dead-letters")?;
+    cluster
+        .create_topic("llm-usage", 3, 1)
+        .context("creating llm-usage")?;
+    cluster
+        .create_topic("aifinops.alerts", 1, 1)
+        .context("creating aifinops.alerts")?;
+    cluster
+        .create_topic("aifinops.dead-letters", 1, 1)
+        .context("creating aifinops.dead-letters")?;
 
-    let day_str = chrono::DateTime::from_timestamp_millis(day).unwrap_or_default().format("%Y-%m-%d");
-    println!("producing {} gateway records for {day_str} (owners: search, support-bot, research-agents, growth; a runaway agent hour at 14:00, a leaked key, an unknown model, 6 malformed records, 10 redelivered duplicates)", lines.len());
+    let day_str = chrono::DateTime::from_timestamp_millis(day)
+        .unwrap_or_default()
+        .format("%Y-%m-%d");
+    println!(
+        "producing {} gateway records for {day_str} (owners: search, support-bot, research-agents, growth; a runaway agent hour at 14:00, a leaked key, an unknown model, 6 malformed records, 10 redelivered duplicates)",
+        lines.len()
+    );
     produce_lines(&brokers, "llm-usage", &lines).await?;
 
     let mut cfg = Config::default();
@@ -55,9 +71,16 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     cfg.owners.file = Some(owners);
     cfg.pipeline.commit_interval = Duration::from_secs(1);
     cfg.pipeline.batch_max_wait = Duration::from_millis(200);
+    // small micro-batches so the day unfolds in many commits, as it would live
+    cfg.pipeline.batch_max_events = 1000;
+    cfg.pipeline.commit_interval = Duration::from_millis(200);
     cfg.budgets = toml::from_str::<DemoBudgets>(DEMO_BUDGETS)?.budget;
     std::fs::write(dir.join("aifinops.toml"), toml::to_string(&cfg)?)?;
-    println!("running the pipeline (consumer group {}, lake {})", cfg.kafka.group, lake.display());
+    println!(
+        "running the pipeline (consumer group {}, lake {})",
+        cfg.kafka.group,
+        lake.display()
+    );
     let summary = crate::run::run(&cfg, Arc::new(AtomicBool::new(false)), true).await?;
     println!("{summary}\n");
 
@@ -65,28 +88,37 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let spend = ctx
         .sql(
             "SELECT owner, sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, \
-             CAST(sum(cost_usd) AS DECIMAL(18,4)) AS cost_usd, sum(unpriced_requests) AS unpriced, sum(error_requests) AS errors \
-             FROM rollups WHERE \"window\" = '1d' GROUP BY owner ORDER BY sum(cost_usd) DESC NULLS LAST",
+             CAST(sum(cost_usd) AS DECIMAL(18,4)) AS usd, sum(unpriced_requests) AS unpriced, sum(error_requests) AS errors \
+             FROM rollups WHERE \"window\" = '1d' GROUP BY owner ORDER BY usd DESC NULLS LAST",
         )
         .await?
         .collect()
         .await?;
-    println!("Spend per owner for {day_str} (UTC):\n{}\n", pretty_format_batches(&spend)?);
+    println!(
+        "Spend per owner for {day_str} (UTC):\n{}\n",
+        pretty_format_batches(&spend)?
+    );
     let hourly = ctx
         .sql(
-            "SELECT CAST(window_start AS VARCHAR) AS hour, CAST(sum(cost_usd) AS DECIMAL(18,2)) AS cost_usd, sum(requests) AS requests \
-             FROM rollups WHERE \"window\" = '1h' AND owner = 'research-agents' GROUP BY window_start ORDER BY sum(cost_usd) DESC LIMIT 3",
+            "SELECT CAST(window_start AS VARCHAR) AS hour, CAST(sum(cost_usd) AS DECIMAL(18,2)) AS usd, sum(requests) AS requests \
+             FROM rollups WHERE \"window\" = '1h' AND owner = 'research-agents' GROUP BY window_start ORDER BY usd DESC LIMIT 3",
         )
         .await?
         .collect()
         .await?;
-    println!("research-agents, most expensive hours (the runaway loop):\n{}\n", pretty_format_batches(&hourly)?);
+    println!(
+        "research-agents, most expensive hours (the runaway loop):\n{}\n",
+        pretty_format_batches(&hourly)?
+    );
     let dead = ctx
         .sql("SELECT source, kind, reason FROM dead_letters ORDER BY source")
         .await?
         .collect()
         .await?;
-    println!("Dead letters (kept in the lake and on aifinops.dead-letters, with the reason):\n{}\n", pretty_format_batches(&dead)?);
+    println!(
+        "Dead letters (kept in the lake and on aifinops.dead-letters, with the reason):\n{}\n",
+        pretty_format_batches(&dead)?
+    );
 
     // Read the alerts back from the alert topic with a separate consumer, as a downstream system would.
     let consumer: StreamConsumer = ClientConfig::new()
@@ -96,31 +128,62 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&["aifinops.alerts"])?;
-    let expected = ctx.sql("SELECT count(*) FROM alerts").await?.collect().await?;
-    let expected = datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(expected[0].column(0)).value(0) as usize;
+    let expected = ctx
+        .sql("SELECT count(*) FROM alerts")
+        .await?
+        .collect()
+        .await?;
+    let expected = datafusion::arrow::array::AsArray::as_primitive::<
+        datafusion::arrow::datatypes::Int64Type,
+    >(expected[0].column(0))
+    .value(0) as usize;
     println!("Alerts published to topic aifinops.alerts (CloudEvents, key = owner):");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut seen = 0usize;
     while seen < expected {
-        let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
+        let Ok(Ok(m)) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
         seen += 1;
-        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
         let d = &v["data"];
         let what = match v["type"].as_str().unwrap_or_default() {
             "aifinops.budget.threshold" => d["summary"].as_str().unwrap_or_default().to_string(),
-            "aifinops.spend.unattributed" => format!("identity {} spent ${} with no owner on {}", d["identity"].as_str().unwrap_or_default(), d["observed_usd"].as_str().unwrap_or_default(), d["day"].as_str().unwrap_or_default()),
-            "aifinops.model.unpriced" => format!("model {} is not in the price catalog ({} calls on {})", d["model"].as_str().unwrap_or_default(), d["unpriced_requests"], d["day"].as_str().unwrap_or_default()),
+            "aifinops.spend.unattributed" => format!(
+                "identity {} spent ${} with no owner on {}",
+                d["identity"].as_str().unwrap_or_default(),
+                d["observed_usd"].as_str().unwrap_or_default(),
+                d["day"].as_str().unwrap_or_default()
+            ),
+            "aifinops.model.unpriced" => format!(
+                "model {} is not in the price catalog ({} calls on {})",
+                d["model"].as_str().unwrap_or_default(),
+                d["unpriced_requests"],
+                d["day"].as_str().unwrap_or_default()
+            ),
             _ => v["subject"].as_str().unwrap_or_default().to_string(),
         };
-        println!("  [{}] key={} {}", v["type"].as_str().unwrap_or_default(), String::from_utf8_lossy(m.key().unwrap_or_default()), what);
+        println!(
+            "  [{}] key={} {}",
+            v["type"].as_str().unwrap_or_default(),
+            String::from_utf8_lossy(m.key().unwrap_or_default()),
+            what
+        );
     }
     if seen < expected {
         println!("  (read {seen} of {expected} alerts from the topic before the timeout)");
     }
     let abs = std::fs::canonicalize(&lake)?;
     println!("\nQuery the lake yourself:");
-    println!("  duckdb -c \"SELECT owner, sum(cost_usd) AS usd FROM read_parquet('{}/rollups/**/*.parquet', hive_partitioning=true) WHERE \\\"window\\\"='1d' GROUP BY owner ORDER BY usd DESC\"", abs.display());
-    println!("  aifinops query --lake {} \"SELECT owner, model, sum(cost_usd) FROM rollups WHERE \\\"window\\\"='1h' GROUP BY owner, model\"", abs.display());
+    println!(
+        "  duckdb -c \"SELECT owner, sum(cost_usd) AS usd FROM read_parquet('{}/rollups/**/*.parquet', hive_partitioning=true) WHERE \\\"window\\\"='1d' GROUP BY owner ORDER BY usd DESC\"",
+        abs.display()
+    );
+    println!(
+        "  aifinops query --lake {} \"SELECT owner, model, sum(cost_usd) FROM rollups WHERE \\\"window\\\"='1h' GROUP BY owner, model\"",
+        abs.display()
+    );
     println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
     drop(consumer);
     drop(cluster);
@@ -142,7 +205,13 @@ pub async fn produce_lines(brokers: &str, topic: &str, lines: &[String]) -> anyh
         let key = format!("k{}", i % 97);
         let topic = topic.to_string();
         sends.push(tokio::spawn(async move {
-            p.send(FutureRecord::to(&topic).key(&key).payload(&l), Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| e)
+            p.send(
+                FutureRecord::to(&topic).key(&key).payload(&l),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
         }));
     }
     for s in sends {
@@ -152,7 +221,11 @@ pub async fn produce_lines(brokers: &str, topic: &str, lines: &[String]) -> anyh
 }
 
 /// `aifinops produce`: NDJSON files into a topic.
-pub async fn produce_files(brokers: &str, topic: &str, files: &[std::path::PathBuf]) -> anyhow::Result<usize> {
+pub async fn produce_files(
+    brokers: &str,
+    topic: &str,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<usize> {
     let mut lines = Vec::new();
     for f in files {
         let text = if f.as_os_str() == "-" {
@@ -160,7 +233,11 @@ pub async fn produce_files(brokers: &str, topic: &str, files: &[std::path::PathB
         } else {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
         };
-        lines.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+        lines.extend(
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string),
+        );
     }
     produce_lines(brokers, topic, &lines).await?;
     Ok(lines.len())
@@ -189,5 +266,5 @@ limit_usd = "40"
 name = "all-ai-monthly"
 owner = "*"
 period = "month"
-limit_usd = "5000"
+limit_usd = "300"
 "#;

@@ -3,11 +3,11 @@
 
 mod config;
 mod demo;
-mod traffic;
 mod pipeline;
 mod query;
 mod replay;
 mod run;
+mod traffic;
 
 use std::path::PathBuf;
 
@@ -17,7 +17,11 @@ use clap::{Parser, Subcommand};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "aifinops", version, about = "FinOps for AI: price, attribute and govern LLM spend from Kafka into Parquet")]
+#[command(
+    name = "aifinops",
+    version,
+    about = "FinOps for AI: price, attribute and govern LLM spend from Kafka into Parquet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,9 +128,16 @@ enum ConfigAction {
 
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if cfg.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn apply(o: &Overrides) -> anyhow::Result<Config> {
@@ -145,7 +156,11 @@ fn apply(o: &Overrides) -> anyhow::Result<Config> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aifinops: cannot start the runtime: {e}");
@@ -165,10 +180,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { dir } => {
             let cfg = Config::default();
-            init_logging(&Config { log: config::LogConfig { level: "warn".into(), ..cfg.log.clone() }, ..cfg });
+            init_logging(&Config {
+                log: config::LogConfig {
+                    level: "error".into(),
+                    ..cfg.log.clone()
+                },
+                ..cfg
+            });
             demo::run(&dir).await
         }
-        Command::Run { o, brokers, topics, group, alert_topic, until_caught_up } => {
+        Command::Run {
+            o,
+            brokers,
+            topics,
+            group,
+            alert_topic,
+            until_caught_up,
+        } => {
             let mut cfg = apply(&o)?;
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
@@ -184,7 +212,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             init_logging(&cfg);
             if !cfg.metrics.listen.is_empty() {
-                let addr: std::net::SocketAddr = cfg.metrics.listen.parse().with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
+                let addr: std::net::SocketAddr = cfg
+                    .metrics
+                    .listen
+                    .parse()
+                    .with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
                 metrics_exporter_prometheus::PrometheusBuilder::new()
                     .with_http_listener(addr)
                     .install()
@@ -228,14 +260,19 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Produce { brokers, topic, files } => {
+        Command::Produce {
+            brokers,
+            topic,
+            files,
+        } => {
             let n = demo::produce_files(&brokers, &topic, &files).await?;
             eprintln!("produced {n} records to {topic}");
             Ok(())
         }
         Command::Gen { out, seed, day } => {
             let start = match day {
-                Some(d) => aifinops_ingest::catalog::parse_date_ms(&d).with_context(|| format!("--day {d:?} is not YYYY-MM-DD"))?,
+                Some(d) => aifinops_ingest::catalog::parse_date_ms(&d)
+                    .with_context(|| format!("--day {d:?} is not YYYY-MM-DD"))?,
                 None => demo::yesterday_ms(),
             };
             let lines = traffic::demo_day(start, seed).join("\n") + "\n";
@@ -243,7 +280,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 use std::io::Write;
                 std::io::stdout().write_all(lines.as_bytes())?;
             } else {
-                std::fs::write(&out, lines).with_context(|| format!("writing {}", out.display()))?;
+                std::fs::write(&out, lines)
+                    .with_context(|| format!("writing {}", out.display()))?;
             }
             Ok(())
         }

@@ -50,9 +50,15 @@ pub fn now_ms() -> i64 {
 
 /// Loads the price catalog and owner map the config names.
 pub fn load_reference(cfg: &Config) -> anyhow::Result<(PriceCatalog, OwnerMap)> {
-    let mut catalog = if cfg.prices.builtin { PriceCatalog::builtin() } else { PriceCatalog::default() };
+    let mut catalog = if cfg.prices.builtin {
+        PriceCatalog::builtin()
+    } else {
+        PriceCatalog::default()
+    };
     for f in &cfg.prices.files {
-        catalog.add_file(f).with_context(|| format!("loading prices from {}", f.display()))?;
+        catalog
+            .add_file(f)
+            .with_context(|| format!("loading prices from {}", f.display()))?;
     }
     let owners = match &cfg.owners.file {
         Some(f) => OwnerMap::load(f)?,
@@ -71,12 +77,24 @@ impl Pipeline {
             owners = owners.owners().len(),
             "price catalog and owner map loaded"
         );
-        let sizes = cfg.pipeline.windows.iter().map(|w| WindowSize::parse(w)).collect::<Result<Vec<_>, _>>()?;
+        let sizes = cfg
+            .pipeline
+            .windows
+            .iter()
+            .map(|w| WindowSize::parse(w))
+            .collect::<Result<Vec<_>, _>>()?;
         let windows = WindowEngine::new(sizes)?;
         let rules = AlertRules::new(&format!("aifinops/{}", cfg.pipeline.name), &cfg.budgets)?;
-        std::fs::create_dir_all(&cfg.lake.dir).with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
-        let (lake, recovered) = Lake::open(&cfg.lake.dir).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
-        let decoder = Decoder::new(Arc::new(catalog), Arc::new(owners), cfg.pipeline.max_record_bytes, cfg.pipeline.dead_letter_raw);
+        std::fs::create_dir_all(&cfg.lake.dir)
+            .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
+        let (lake, recovered) = Lake::open(&cfg.lake.dir)
+            .with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
+        let decoder = Decoder::new(
+            Arc::new(catalog),
+            Arc::new(owners),
+            cfg.pipeline.max_record_bytes,
+            cfg.pipeline.dead_letter_raw,
+        );
         let mut p = Pipeline {
             cfg: cfg.clone(),
             decoder,
@@ -103,7 +121,11 @@ impl Pipeline {
     fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
         self.windows.restore(state.partials)?;
         self.dedup = Deduplicator::from_bytes(&state.dedup)?;
-        let rules: RulesState = if state.rules.is_null() { RulesState::default() } else { serde_json::from_value(state.rules).context("rule state")? };
+        let rules: RulesState = if state.rules.is_null() {
+            RulesState::default()
+        } else {
+            serde_json::from_value(state.rules).context("rule state")?
+        };
         self.rules.restore(rules);
         self.watermark = watermark;
         Ok(())
@@ -153,7 +175,8 @@ impl Pipeline {
         metrics::counter!("aifinops_records_consumed_total").increment(records);
         metrics::counter!("aifinops_events_decoded_total").increment(decoded.stats.accepted);
         metrics::counter!("aifinops_unpriced_requests_total").increment(decoded.stats.unpriced);
-        metrics::counter!("aifinops_unattributed_requests_total").increment(decoded.stats.unattributed);
+        metrics::counter!("aifinops_unattributed_requests_total")
+            .increment(decoded.stats.unattributed);
         for d in &decoded.dead_letters {
             tracing::warn!(source = %d.source, kind = d.kind, reason = %d.reason, "dead letter");
             metrics::counter!("aifinops_dead_letters_total", "reason" => d.kind).increment(1);
@@ -197,7 +220,8 @@ impl Pipeline {
             self.emitted.extend(self.windows.close(close_at).await?);
         }
         if let Some(w) = self.watermark {
-            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+            self.dedup
+                .evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
             self.rules.prune(w);
         }
         let partials = self.windows.snapshot().await?;
@@ -209,7 +233,11 @@ impl Pipeline {
         let commit = Commit {
             offsets,
             files,
-            rollups: self.emitted.drain(..).map(|e| (e.size.label, e.rows)).collect(),
+            rollups: self
+                .emitted
+                .drain(..)
+                .map(|e| (e.size.label, e.rows))
+                .collect(),
             alerts: std::mem::take(&mut self.alerts),
             dead_letters: std::mem::take(&mut self.dead),
             state,
@@ -218,7 +246,10 @@ impl Pipeline {
             totals: BTreeMap::from([
                 ("records_since_start".to_string(), self.totals.records),
                 ("duplicates_since_start".to_string(), self.totals.duplicates),
-                ("dead_letters_since_start".to_string(), self.totals.dead_letters),
+                (
+                    "dead_letters_since_start".to_string(),
+                    self.totals.dead_letters,
+                ),
             ]),
             publish,
         };
@@ -232,14 +263,26 @@ impl Pipeline {
         metrics::counter!("aifinops_lake_bytes_total").increment(info.bytes);
         metrics::gauge!("aifinops_window_open_rows").set(self.windows.open_rows() as f64);
         metrics::gauge!("aifinops_dedup_keys").set(self.dedup.len() as f64);
-        tracing::debug!(seq = info.seq, files = info.files, bytes = info.bytes, rows = info.rollup_rows, "lake commit");
+        tracing::debug!(
+            seq = info.seq,
+            files = info.files,
+            bytes = info.bytes,
+            rows = info.rollup_rows,
+            "lake commit"
+        );
         Ok(info)
     }
 }
 
 fn late_requests(rows: &datafusion::arrow::array::RecordBatch) -> u64 {
-    let (Some(late), Some(req)) = (rows.column_by_name("late"), rows.column_by_name("requests")) else { return 0 };
+    let (Some(late), Some(req)) = (rows.column_by_name("late"), rows.column_by_name("requests"))
+    else {
+        return 0;
+    };
     let late = late.as_boolean();
     let req = req.as_primitive::<Int64Type>();
-    (0..rows.num_rows()).filter(|&i| late.is_valid(i) && late.value(i)).map(|i| req.value(i) as u64).sum()
+    (0..rows.num_rows())
+        .filter(|&i| late.is_valid(i) && late.value(i))
+        .map(|i| req.value(i) as u64)
+        .sum()
 }

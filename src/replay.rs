@@ -30,19 +30,29 @@ pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result
             if force {
                 done.remove(&name);
             } else {
-                bail!("{name} was already replayed into {} (its spend is in the lake); use --force to count it again", cfg.lake.dir.display());
+                bail!(
+                    "{name} was already replayed into {} (its spend is in the lake); use --force to count it again",
+                    cfg.lake.dir.display()
+                );
             }
         }
     }
     let mut src = FileSource::new(files.to_vec());
-    src.resume_from(done.iter().filter(|(_, v)| **v != u64::MAX).map(|(k, v)| (k.clone(), *v)).collect());
+    src.resume_from(
+        done.iter()
+            .filter(|(_, v)| **v != u64::MAX)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
+    );
     let total_bytes = src.total_bytes();
     let bar = if std::io::stderr().is_terminal() && total_bytes > 0 {
         let b = indicatif::ProgressBar::new(total_bytes);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {per_sec} {msg}")
-                .expect("template")
-                .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {bytes}/{total_bytes} [{bar:30}] {per_sec} {msg}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
         );
         Some(b)
     } else {
@@ -57,13 +67,24 @@ pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result
             clock = Some(clock.map_or(t, |c| c.max(t)));
         }
         // A file is one ordered stream: its clock is the watermark input (no wall-clock cap for history).
-        let wm = compute(&[PartitionClock { max_ts_ms: clock, idle: false }], delay, None);
+        let wm = compute(
+            &[PartitionClock {
+                max_ts_ms: clock,
+                idle: false,
+            }],
+            delay,
+            None,
+        );
         p.process(chunk.records, wm.watermark_ms).await?;
         if let Some(b) = &bar {
             b.set_position(src.bytes_read());
             b.set_message(format!("{} events", p.totals.accepted));
         } else if last_report.elapsed().as_secs() >= 10 {
-            tracing::info!(events = p.totals.accepted, dead_letters = p.totals.dead_letters, "replay progress");
+            tracing::info!(
+                events = p.totals.accepted,
+                dead_letters = p.totals.dead_letters,
+                "replay progress"
+            );
             last_report = Instant::now();
         }
         if chunk.done {

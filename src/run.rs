@@ -19,7 +19,8 @@ pub fn shutdown_signal() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -44,7 +45,8 @@ async fn drain_outbox(p: &Pipeline, publisher: &Publisher) -> bool {
         match publisher.publish(&outbox).await {
             Ok(()) => {
                 for a in &outbox.alerts {
-                    metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone()).increment(1);
+                    metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone())
+                        .increment(1);
                     tracing::info!(id = %a.id, kind = %a.kind, subject = %a.subject, owner = a.owner(), "alert published");
                 }
                 aifinops_sink::fault::point("after_publish");
@@ -71,7 +73,11 @@ fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
     m
 }
 
-pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<String> {
+pub async fn run(
+    cfg: &Config,
+    stop: Arc<AtomicBool>,
+    until_caught_up: bool,
+) -> anyhow::Result<String> {
     let started = Instant::now();
     let (mut p, manifest) = Pipeline::open(cfg)?;
     let mut committed = std::collections::HashMap::new();
@@ -82,8 +88,14 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
             }
         }
     }
-    let dlq = (!cfg.kafka.dead_letter_topic.is_empty()).then_some(cfg.kafka.dead_letter_topic.as_str());
-    let publisher = Publisher::new(&cfg.kafka.brokers, &cfg.kafka.alert_topic, dlq, &cfg.kafka.producer)?;
+    let dlq =
+        (!cfg.kafka.dead_letter_topic.is_empty()).then_some(cfg.kafka.dead_letter_topic.as_str());
+    let publisher = Publisher::new(
+        &cfg.kafka.brokers,
+        &cfg.kafka.alert_topic,
+        dlq,
+        &cfg.kafka.producer,
+    )?;
     drain_outbox(&p, &publisher).await;
     let settings = KafkaSettings {
         brokers: cfg.kafka.brokers.clone(),
@@ -102,7 +114,14 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
-            let poll = src.poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms).await?;
+            let poll = src
+                .poll_into(
+                    &mut p.decoder,
+                    cfg.pipeline.batch_max_events,
+                    cfg.pipeline.batch_max_wait,
+                    now_ms,
+                )
+                .await?;
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
                     p.rollback()?;
@@ -115,11 +134,15 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
             let clocks: Vec<PartitionClock> = src
                 .progress()
                 .values()
-                .map(|pp| PartitionClock { max_ts_ms: pp.max_ts_ms, idle: pp.last_active.elapsed() >= idle })
+                .map(|pp| PartitionClock {
+                    max_ts_ms: pp.max_ts_ms,
+                    idle: pp.last_active.elapsed() >= idle,
+                })
                 .collect();
             let wm = compute(&clocks, delay, Some((now_ms(), skew)));
             if wm.clamped_partitions > 0 {
-                metrics::counter!("aifinops_watermark_clamped_total").increment(wm.clamped_partitions as u64);
+                metrics::counter!("aifinops_watermark_clamped_total")
+                    .increment(wm.clamped_partitions as u64);
             }
             p.process(poll.records, wm.watermark_ms).await?;
         }
@@ -134,15 +157,22 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         let finishing = stopping || caught_up;
         if p.commit_due() || finishing || !outbox_ok {
             let offsets = offsets_map(&src);
-            let info = p.commit(offsets.clone(), BTreeMap::new(), true, caught_up).await?;
-            let flat = offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o))).collect();
+            let info = p
+                .commit(offsets.clone(), BTreeMap::new(), true, caught_up)
+                .await?;
+            let flat = offsets
+                .iter()
+                .flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o)))
+                .collect();
             src.committed(&flat);
             outbox_ok = drain_outbox(&p, &publisher).await;
             tracing::debug!(seq = info.seq, "committed");
         }
         if finishing {
             if !outbox_ok {
-                tracing::warn!("some alerts could not be published yet; they stay in the lake's outbox and are sent on the next start");
+                tracing::warn!(
+                    "some alerts could not be published yet; they stay in the lake's outbox and are sent on the next start"
+                );
             }
             break;
         }

@@ -73,7 +73,9 @@ struct Call<'a> {
 }
 
 fn line(id: &str, c: &Call<'_>) -> String {
-    let ts = chrono::DateTime::from_timestamp_millis(c.ts).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let ts = chrono::DateTime::from_timestamp_millis(c.ts)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
     let mut s = format!(
         r#"{{"event_id":"{id}","timestamp":"{ts}","provider":"{}","model":"{}","input_tokens":{},"output_tokens":{}"#,
         c.provider, c.model, c.input, c.output
@@ -122,9 +124,28 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let mini = rng.chance(80);
             let input = rng.range(300, 3_000);
-            let key = if rng.chance(50) { "key-search-1" } else { "key-search-2" };
-            let attrs = format!(r#","api_key_id":"{key}","team":"search","project":"web-search","environment":"prod""#);
-            let c = Call { ts, provider: "openai", model: if mini { "gpt-4o-mini" } else { "gpt-4o" }, input, cache_read: input / 3, cache_write: 0, output: rng.range(50, 400), reasoning: 0, attrs: &attrs, tier: None, status_error: rng.chance(2), attempt: 1 };
+            let key = if rng.chance(50) {
+                "key-search-1"
+            } else {
+                "key-search-2"
+            };
+            let attrs = format!(
+                r#","api_key_id":"{key}","team":"search","project":"web-search","environment":"prod""#
+            );
+            let c = Call {
+                ts,
+                provider: "openai",
+                model: if mini { "gpt-4o-mini" } else { "gpt-4o" },
+                input,
+                cache_read: input / 3,
+                cache_write: 0,
+                output: rng.range(50, 400),
+                reasoning: 0,
+                attrs: &attrs,
+                tier: None,
+                status_error: rng.chance(2),
+                attempt: 1,
+            };
             push(&mut rng, &mut calls, h, c);
         }
         for _ in 0..(25 * busy) {
@@ -132,7 +153,20 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             let input = rng.range(2_000, 8_000);
             let cr = input * 6 / 10;
             let attrs = r#","service_account":"svc-support-bot","workflow":"support-triage","environment":"prod""#;
-            let c = Call { ts, provider: "anthropic", model: "claude-haiku-4-5", input, cache_read: cr, cache_write: rng.range(0, 200), output: rng.range(100, 600), reasoning: 0, attrs, tier: None, status_error: false, attempt: 1 };
+            let c = Call {
+                ts,
+                provider: "anthropic",
+                model: "claude-haiku-4-5",
+                input,
+                cache_read: cr,
+                cache_write: rng.range(0, 200),
+                output: rng.range(100, 600),
+                reasoning: 0,
+                attrs,
+                tier: None,
+                status_error: false,
+                attempt: 1,
+            };
             push(&mut rng, &mut calls, h, c);
         }
         let agent_calls = if h == 14 { 900 } else { 20 };
@@ -141,29 +175,83 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             let input = rng.range(40_000, 80_000);
             let attrs = r#","service_account":"svc-research","workflow":"agent-deep-research","environment":"prod","trace_id":"tr-agent""#;
             let output = rng.range(2_000, 6_000);
-            let c = Call { ts, provider: "anthropic", model: "claude-sonnet-4-5", input, cache_read: input * 2 / 3, cache_write: 1_000, output, reasoning: output / 2, attrs, tier: None, status_error: h == 14 && i % 7 == 0, attempt: if h == 14 { 1 + (i % 3) as u64 } else { 1 } };
+            let c = Call {
+                ts,
+                provider: "anthropic",
+                model: "claude-sonnet-4-5",
+                input,
+                cache_read: input * 2 / 3,
+                cache_write: 1_000,
+                output,
+                reasoning: output / 2,
+                attrs,
+                tier: None,
+                status_error: h == 14 && i % 7 == 0,
+                attempt: if h == 14 { 1 + (i % 3) as u64 } else { 1 },
+            };
             push(&mut rng, &mut calls, h, c);
         }
         for _ in 0..(10 * busy) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let attrs = r#","api_key_id":"key-growth-1","team":"growth","project":"lifecycle-email","environment":"prod""#;
             let batch = rng.chance(50);
-            let c = Call { ts, provider: "gemini", model: "gemini-2.5-flash", input: rng.range(1_000, 5_000), cache_read: 0, cache_write: 0, output: rng.range(200, 1_500), reasoning: 0, attrs, tier: batch.then_some("batch"), status_error: false, attempt: 1 };
+            let c = Call {
+                ts,
+                provider: "gemini",
+                model: "gemini-2.5-flash",
+                input: rng.range(1_000, 5_000),
+                cache_read: 0,
+                cache_write: 0,
+                output: rng.range(200, 1_500),
+                reasoning: 0,
+                attrs,
+                tier: batch.then_some("batch"),
+                status_error: false,
+                attempt: 1,
+            };
             push(&mut rng, &mut calls, h, c);
         }
         if (9..18).contains(&h) {
             for _ in 0..4 {
                 let ts = base + rng.range(0, hour as u64 - 1) as i64;
                 let attrs = r#","api_key_id":"key-growth-1","team":"growth","project":"copy-experiments","environment":"staging""#;
-                let c = Call { ts, provider: "openai", model: "gpt-9-preview", input: rng.range(1_000, 3_000), cache_read: 0, cache_write: 0, output: rng.range(100, 900), reasoning: 0, attrs, tier: None, status_error: false, attempt: 1 };
+                let c = Call {
+                    ts,
+                    provider: "openai",
+                    model: "gpt-9-preview",
+                    input: rng.range(1_000, 3_000),
+                    cache_read: 0,
+                    cache_write: 0,
+                    output: rng.range(100, 900),
+                    reasoning: 0,
+                    attrs,
+                    tier: None,
+                    status_error: false,
+                    attempt: 1,
+                };
                 push(&mut rng, &mut calls, h, c);
             }
         }
         if h >= 19 {
             for _ in 0..8 {
                 let ts = base + rng.range(0, hour as u64 - 1) as i64;
-                let attrs = format!(r#","api_key_id":"{DEMO_LEAKED_KEY}","environment":"prod","tags":{{"user_agent":"python-requests/2.31"}}"#);
-                let c = Call { ts, provider: "openai", model: "gpt-4o", input: rng.range(5_000, 20_000), cache_read: 0, cache_write: 0, output: rng.range(1_000, 4_000), reasoning: 0, attrs: &attrs, tier: None, status_error: false, attempt: 1 };
+                let attrs = format!(
+                    r#","api_key_id":"{DEMO_LEAKED_KEY}","environment":"prod","tags":{{"user_agent":"python-requests/2.31"}}"#
+                );
+                let c = Call {
+                    ts,
+                    provider: "openai",
+                    model: "gpt-4o",
+                    input: rng.range(5_000, 20_000),
+                    cache_read: 0,
+                    cache_write: 0,
+                    output: rng.range(1_000, 4_000),
+                    reasoning: 0,
+                    attrs: &attrs,
+                    tier: None,
+                    status_error: false,
+                    attempt: 1,
+                };
                 push(&mut rng, &mut calls, h, c);
             }
         }

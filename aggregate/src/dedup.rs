@@ -26,7 +26,10 @@ impl Deduplicator {
             .column_by_name(EVENT_KEY)
             .ok_or_else(|| AggregateError::Config("event batch has no event_key".into()))?
             .as_fixed_size_binary();
-        let ts = batch.column_by_name(TS).ok_or_else(|| AggregateError::Config("event batch has no ts".into()))?.as_primitive::<TimestampMillisecondType>();
+        let ts = batch
+            .column_by_name(TS)
+            .ok_or_else(|| AggregateError::Config("event batch has no ts".into()))?
+            .as_primitive::<TimestampMillisecondType>();
         let mut dups = 0u64;
         let mask: BooleanArray = (0..keys.len())
             .map(|i| {
@@ -41,7 +44,10 @@ impl Deduplicator {
         if dups == 0 {
             return Ok((batch.clone(), 0));
         }
-        let kept = filter_record_batch(batch, &mask).map_err(|e| AggregateError::Arrow { context: "dropping duplicates".into(), source: e })?;
+        let kept = filter_record_batch(batch, &mask).map_err(|e| AggregateError::Arrow {
+            context: "dropping duplicates".into(),
+            source: e,
+        })?;
         Ok((kept, dups))
     }
 
@@ -70,11 +76,19 @@ impl Deduplicator {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
         if bytes.len() % 24 != 0 {
-            return Err(AggregateError::State(format!("dedup state has {} bytes, not a multiple of 24", bytes.len())));
+            return Err(AggregateError::State(format!(
+                "dedup state has {} bytes, not a multiple of 24",
+                bytes.len()
+            )));
         }
         let seen = bytes
             .chunks_exact(24)
-            .map(|c| (u128::from_le_bytes(c[..16].try_into().expect("16")), i64::from_le_bytes(c[16..].try_into().expect("8"))))
+            .map(|c| {
+                (
+                    u128::from_le_bytes(c[..16].try_into().expect("16")),
+                    i64::from_le_bytes(c[16..].try_into().expect("8")),
+                )
+            })
             .collect();
         Ok(Deduplicator { seen })
     }

@@ -120,14 +120,23 @@ fn trim(map: &mut BTreeMap<String, Spend>, n: usize) {
         return;
     }
     let mut v: Vec<_> = std::mem::take(map).into_iter().collect();
-    v.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then(b.1.requests.cmp(&a.1.requests)));
+    v.sort_by(|a, b| {
+        b.1.cost
+            .cmp(&a.1.cost)
+            .then(b.1.requests.cmp(&a.1.requests))
+    });
     v.truncate(n);
     *map = v.into_iter().collect();
 }
 
 fn top(map: &BTreeMap<String, Spend>, key: &str, n: usize) -> serde_json::Value {
     let mut v: Vec<_> = map.iter().collect();
-    v.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then(b.1.requests.cmp(&a.1.requests)).then(a.0.cmp(b.0)));
+    v.sort_by(|a, b| {
+        b.1.cost
+            .cmp(&a.1.cost)
+            .then(b.1.requests.cmp(&a.1.requests))
+            .then(a.0.cmp(b.0))
+    });
     serde_json::Value::Array(
         v.into_iter()
             .take(n)
@@ -137,14 +146,25 @@ fn top(map: &BTreeMap<String, Spend>, key: &str, n: usize) -> serde_json::Value 
 }
 
 fn day_key(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms).single().map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|d| d.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
 }
 
 fn period_bounds(p: Period, ms: i64) -> (String, i64, i64) {
-    let d = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().date_naive();
+    let d = Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_default()
+        .date_naive();
     match p {
         Period::Day => {
-            let start = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
+            let start = d
+                .and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp_millis();
             (d.format("%Y-%m-%d").to_string(), start, start + 86_400_000)
         }
         Period::Month => {
@@ -155,16 +175,21 @@ fn period_bounds(p: Period, ms: i64) -> (String, i64, i64) {
                 chrono::NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
             }
             .expect("valid month");
-            let ms = |n: chrono::NaiveDate| n.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
+            let ms = |n: chrono::NaiveDate| {
+                n.and_hms_opt(0, 0, 0)
+                    .expect("midnight")
+                    .and_utc()
+                    .timestamp_millis()
+            };
             (first.format("%Y-%m").to_string(), ms(first), ms(next))
         }
     }
 }
 
 fn glob(field: &str, budget: &str, pat: &str) -> Result<GlobMatcher, AggregateError> {
-    Glob::new(pat)
-        .map(|g| g.compile_matcher())
-        .map_err(|e| AggregateError::Config(format!("budget {budget:?}: {field} pattern {pat:?}: {e}")))
+    Glob::new(pat).map(|g| g.compile_matcher()).map_err(|e| {
+        AggregateError::Config(format!("budget {budget:?}: {field} pattern {pat:?}: {e}"))
+    })
 }
 
 impl AlertRules {
@@ -173,14 +198,24 @@ impl AlertRules {
         let mut out = Vec::new();
         for b in budgets {
             if !names.insert(b.name.clone()) {
-                return Err(AggregateError::Config(format!("budget name {:?} is used twice", b.name)));
+                return Err(AggregateError::Config(format!(
+                    "budget name {:?} is used twice",
+                    b.name
+                )));
             }
-            let limit = parse_usd("limit_usd", &b.limit_usd).map_err(|e| AggregateError::Config(format!("budget {:?}: {e}", b.name)))?;
+            let limit = parse_usd("limit_usd", &b.limit_usd)
+                .map_err(|e| AggregateError::Config(format!("budget {:?}: {e}", b.name)))?;
             if limit <= 0 {
-                return Err(AggregateError::Config(format!("budget {:?}: limit_usd must be positive", b.name)));
+                return Err(AggregateError::Config(format!(
+                    "budget {:?}: limit_usd must be positive",
+                    b.name
+                )));
             }
             if b.thresholds.is_empty() || b.thresholds.iter().any(|t| *t == 0) {
-                return Err(AggregateError::Config(format!("budget {:?}: thresholds must be positive percents", b.name)));
+                return Err(AggregateError::Config(format!(
+                    "budget {:?}: thresholds must be positive percents",
+                    b.name
+                )));
             }
             out.push(Budget {
                 cfg: b.clone(),
@@ -190,7 +225,12 @@ impl AlertRules {
                 environment: glob("environment", &b.name, &b.environment)?,
             });
         }
-        Ok(AlertRules { source: source.to_string(), budgets: out, state: RulesState::default(), retention_days: 3 })
+        Ok(AlertRules {
+            source: source.to_string(),
+            budgets: out,
+            state: RulesState::default(),
+            retention_days: 3,
+        })
     }
 
     pub fn state(&self) -> &RulesState {
@@ -208,29 +248,54 @@ impl AlertRules {
         self.state.unattributed.retain(|d, _| *d >= day_cut);
         self.state.unpriced.retain(|d, _| *d >= day_cut);
         for periods in self.state.budgets.values_mut() {
-            periods.retain(|p, _| if p.len() == 7 { *p >= month_cut } else { *p >= day_cut });
+            periods.retain(|p, _| {
+                if p.len() == 7 {
+                    *p >= month_cut
+                } else {
+                    *p >= day_cut
+                }
+            });
         }
     }
 
     /// Feeds the partial rollup rows of one micro-batch (finest window) and returns the alerts they raise.
-    pub fn observe(&mut self, rows: &RecordBatch, watermark_ms: Option<i64>, now_ms: i64) -> Vec<Alert> {
+    pub fn observe(
+        &mut self,
+        rows: &RecordBatch,
+        watermark_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Vec<Alert> {
         let mut alerts = Vec::new();
         if rows.num_rows() == 0 {
             return alerts;
         }
-        let col = |n: &str| rows.column_by_name(n).unwrap_or_else(|| panic!("rollup rows have {n}"));
+        let col = |n: &str| {
+            rows.column_by_name(n)
+                .unwrap_or_else(|| panic!("rollup rows have {n}"))
+        };
         let start = col("window_start").as_primitive::<TimestampMillisecondType>();
         let s = |n: &str| col(n).as_string::<i32>().clone();
-        let (owner, risk, workflow, env, identity, provider, model) =
-            (s("owner"), s("risk_owner"), s("workflow"), s("environment"), s("identity"), s("provider"), s("model"));
+        let (owner, risk, workflow, env, identity, provider, model) = (
+            s("owner"),
+            s("risk_owner"),
+            s("workflow"),
+            s("environment"),
+            s("identity"),
+            s("provider"),
+            s("model"),
+        );
         let requests = col("requests").as_primitive::<Int64Type>();
         let unpriced = col("unpriced_requests").as_primitive::<Int64Type>();
         let cost = col("cost_usd").as_primitive::<Decimal128Type>();
         let retention_cut = watermark_ms.map(|w| day_key(w - self.retention_days * 86_400_000));
 
         // Unattributed identities and unpriced models: aggregate this batch first, then alert once per day.
-        let mut unattr: BTreeMap<(String, String), (Spend, BTreeMap<String, Spend>, BTreeSet<String>)> = BTreeMap::new();
-        let mut unpr: BTreeMap<(String, String), (String, i64, BTreeMap<String, Spend>)> = BTreeMap::new();
+        let mut unattr: BTreeMap<
+            (String, String),
+            (Spend, BTreeMap<String, Spend>, BTreeSet<String>),
+        > = BTreeMap::new();
+        let mut unpr: BTreeMap<(String, String), (String, i64, BTreeMap<String, Spend>)> =
+            BTreeMap::new();
         for i in 0..rows.num_rows() {
             let ts = start.value(i);
             let day = day_key(ts);
@@ -239,9 +304,14 @@ impl AlertRules {
             }
             let c = if cost.is_null(i) { 0 } else { cost.value(i) };
             let r = requests.value(i);
-            let spend = Spend { cost: c, requests: r };
+            let spend = Spend {
+                cost: c,
+                requests: r,
+            };
             if owner.value(i) == UNATTRIBUTED {
-                let e = unattr.entry((identity.value(i).to_string(), day.clone())).or_default();
+                let e = unattr
+                    .entry((identity.value(i).to_string(), day.clone()))
+                    .or_default();
                 add(&mut e.0, &spend);
                 add(e.1.entry(model.value(i).to_string()).or_default(), &spend);
                 if !workflow.value(i).is_empty() {
@@ -249,26 +319,62 @@ impl AlertRules {
                 }
             }
             if unpriced.value(i) > 0 {
-                let e = unpr.entry((model.value(i).to_string(), day.clone())).or_insert_with(|| (provider.value(i).to_string(), 0, BTreeMap::new()));
+                let e = unpr
+                    .entry((model.value(i).to_string(), day.clone()))
+                    .or_insert_with(|| (provider.value(i).to_string(), 0, BTreeMap::new()));
                 e.1 += unpriced.value(i);
-                add(e.2.entry(owner.value(i).to_string()).or_default(), &Spend { cost: 0, requests: unpriced.value(i) });
+                add(
+                    e.2.entry(owner.value(i).to_string()).or_default(),
+                    &Spend {
+                        cost: 0,
+                        requests: unpriced.value(i),
+                    },
+                );
             }
             for b in &self.budgets {
-                if !(b.owner.is_match(owner.value(i)) && b.workflow.is_match(workflow.value(i)) && b.environment.is_match(env.value(i))) {
+                if !(b.owner.is_match(owner.value(i))
+                    && b.workflow.is_match(workflow.value(i))
+                    && b.environment.is_match(env.value(i)))
+                {
                     continue;
                 }
                 let (pkey, _, _) = period_bounds(b.cfg.period, ts);
-                let acc = self.state.budgets.entry(b.cfg.name.clone()).or_default().entry(pkey).or_default();
+                let acc = self
+                    .state
+                    .budgets
+                    .entry(b.cfg.name.clone())
+                    .or_default()
+                    .entry(pkey)
+                    .or_default();
                 add(&mut acc.spend, &spend);
                 acc.unpriced_requests += unpriced.value(i);
-                add(acc.by_model.entry(model.value(i).to_string()).or_default(), &spend);
-                add(acc.by_identity.entry(identity.value(i).to_string()).or_default(), &spend);
-                add(acc.by_owner.entry(owner.value(i).to_string()).or_default(), &spend);
-                acc.risk_owners.entry(owner.value(i).to_string()).or_insert_with(|| risk.value(i).to_string());
+                add(
+                    acc.by_model.entry(model.value(i).to_string()).or_default(),
+                    &spend,
+                );
+                add(
+                    acc.by_identity
+                        .entry(identity.value(i).to_string())
+                        .or_default(),
+                    &spend,
+                );
+                add(
+                    acc.by_owner.entry(owner.value(i).to_string()).or_default(),
+                    &spend,
+                );
+                acc.risk_owners
+                    .entry(owner.value(i).to_string())
+                    .or_insert_with(|| risk.value(i).to_string());
             }
         }
         for ((ident, day), (spend, models, workflows)) in unattr {
-            if !self.state.unattributed.entry(day.clone()).or_default().insert(ident.clone()) {
+            if !self
+                .state
+                .unattributed
+                .entry(day.clone())
+                .or_default()
+                .insert(ident.clone())
+            {
                 continue;
             }
             alerts.push(Alert::new(
@@ -291,10 +397,20 @@ impl AlertRules {
             ));
         }
         for ((m, day), (prov, n, owners)) in unpr {
-            if !self.state.unpriced.entry(day.clone()).or_default().insert(m.clone()) {
+            if !self
+                .state
+                .unpriced
+                .entry(day.clone())
+                .or_default()
+                .insert(m.clone())
+            {
                 continue;
             }
-            let top_owner = owners.iter().max_by_key(|(_, s)| s.requests).map(|(o, _)| o.clone()).unwrap_or_default();
+            let top_owner = owners
+                .iter()
+                .max_by_key(|(_, s)| s.requests)
+                .map(|(o, _)| o.clone())
+                .unwrap_or_default();
             alerts.push(Alert::new(
                 &self.source,
                 AlertType::ModelUnpriced,
@@ -313,7 +429,9 @@ impl AlertRules {
             ));
         }
         for b in &self.budgets {
-            let Some(periods) = self.state.budgets.get_mut(&b.cfg.name) else { continue };
+            let Some(periods) = self.state.budgets.get_mut(&b.cfg.name) else {
+                continue;
+            };
             for (pkey, acc) in periods.iter_mut() {
                 trim(&mut acc.by_identity, 50);
                 trim(&mut acc.by_model, 50);
@@ -328,7 +446,11 @@ impl AlertRules {
                     acc.fired.insert(t);
                     let (_, pstart, pend) = period_bounds(b.cfg.period, parse_period_start(pkey));
                     let owner_id = if b.cfg.owner.contains(['*', '?', '[']) {
-                        acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
+                        acc.by_owner
+                            .iter()
+                            .max_by_key(|(_, s)| s.cost)
+                            .map(|(o, _)| o.clone())
+                            .unwrap_or_default()
                     } else {
                         b.cfg.owner.clone()
                     };
@@ -354,7 +476,7 @@ impl AlertRules {
                             "top_models": top(&acc.by_model, "model", 5),
                             "top_identities": top(&acc.by_identity, "identity", 5),
                             "top_owners": top(&acc.by_owner, "owner", 5),
-                            "summary": format!("{} spent ${} of ${} ({}%) in {}", b.cfg.name, format_usd_rounded(acc.spend.cost, 2), format_usd_rounded(b.limit, 2), percent / 100, pkey),
+                            "summary": format!("{} crossed {t}%: ${} of ${} ({}%) in {}", b.cfg.name, format_usd_rounded(acc.spend.cost, 2), format_usd_rounded(b.limit, 2), percent / 100, pkey),
                         }),
                     ));
                 }
@@ -370,8 +492,17 @@ fn add(a: &mut Spend, b: &Spend) {
 }
 
 fn parse_period_start(key: &str) -> i64 {
-    let full = if key.len() == 7 { format!("{key}-01") } else { key.to_string() };
+    let full = if key.len() == 7 {
+        format!("{key}-01")
+    } else {
+        key.to_string()
+    };
     chrono::NaiveDate::parse_from_str(&full, "%Y-%m-%d")
-        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .expect("midnight")
+                .and_utc()
+                .timestamp_millis()
+        })
         .unwrap_or(0)
 }

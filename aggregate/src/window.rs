@@ -32,8 +32,13 @@ pub struct WindowSize {
 impl WindowSize {
     /// Parses `30s`, `1m`, `15m`, `1h`, `1d`.
     pub fn parse(label: &str) -> Result<Self, AggregateError> {
-        let bad = || AggregateError::Config(format!("window size {label:?} is not like 30s, 1m, 1h or 1d"));
-        let (num, unit) = label.split_at(label.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+        let bad = || {
+            AggregateError::Config(format!(
+                "window size {label:?} is not like 30s, 1m, 1h or 1d"
+            ))
+        };
+        let (num, unit) =
+            label.split_at(label.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
         let n: i64 = num.parse().map_err(|_| bad())?;
         let unit_ms = match unit {
             "s" => 1_000,
@@ -45,7 +50,10 @@ impl WindowSize {
         if n <= 0 {
             return Err(bad());
         }
-        Ok(WindowSize { label: label.to_string(), ms: n * unit_ms })
+        Ok(WindowSize {
+            label: label.to_string(),
+            ms: n * unit_ms,
+        })
     }
 }
 
@@ -73,7 +81,11 @@ pub struct Emitted {
 }
 
 fn measures_sql(from_events: bool) -> String {
-    let mut cols = vec![if from_events { format!("count(*) AS {REQUESTS}") } else { format!("sum({REQUESTS}) AS {REQUESTS}") }];
+    let mut cols = vec![if from_events {
+        format!("count(*) AS {REQUESTS}")
+    } else {
+        format!("sum({REQUESTS}) AS {REQUESTS}")
+    }];
     for c in EVENT_COUNTS {
         cols.push(format!("sum({c}) AS {c}"));
     }
@@ -91,38 +103,79 @@ impl WindowEngine {
     /// `sizes` in any order; the engine keeps them sorted finest first.
     pub fn new(mut sizes: Vec<WindowSize>) -> Result<Self, AggregateError> {
         if sizes.is_empty() {
-            return Err(AggregateError::Config("at least one window size is required".into()));
+            return Err(AggregateError::Config(
+                "at least one window size is required".into(),
+            ));
         }
         sizes.sort_by_key(|s| s.ms);
         sizes.dedup_by_key(|s| s.ms);
         let mut series: Vec<Series> = Vec::new();
         for s in sizes {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
-            series.push(Series { size: s, from, pending: vec![], open: None });
+            series.push(Series {
+                size: s,
+                from,
+                pending: vec![],
+                open: None,
+            });
         }
-        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
-        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series })
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(65536);
+        Ok(WindowEngine {
+            ctx: SessionContext::new_with_config(config),
+            series,
+        })
     }
 
     pub fn sizes(&self) -> Vec<WindowSize> {
         self.series.iter().map(|s| s.size.clone()).collect()
     }
 
-    async fn sql(&self, table: &str, batch: RecordBatch, query: &str) -> Result<RecordBatch, AggregateError> {
+    async fn sql(
+        &self,
+        table: &str,
+        batch: RecordBatch,
+        query: &str,
+    ) -> Result<RecordBatch, AggregateError> {
         if batch.num_rows() == 0 {
             return Ok(RecordBatch::new_empty(rollup_schema()));
         }
         let _ = self.ctx.deregister_table(table);
-        self.ctx.register_batch(table, batch).map_err(|e| AggregateError::DataFusion { context: format!("registering {table}"), source: e })?;
-        let df = self.ctx.sql(query).await.map_err(|e| AggregateError::DataFusion { context: format!("planning {query}"), source: e })?;
-        let out = df.collect().await.map_err(|e| AggregateError::DataFusion { context: "aggregating".into(), source: e })?;
+        self.ctx
+            .register_batch(table, batch)
+            .map_err(|e| AggregateError::DataFusion {
+                context: format!("registering {table}"),
+                source: e,
+            })?;
+        let df = self
+            .ctx
+            .sql(query)
+            .await
+            .map_err(|e| AggregateError::DataFusion {
+                context: format!("planning {query}"),
+                source: e,
+            })?;
+        let out = df.collect().await.map_err(|e| AggregateError::DataFusion {
+            context: "aggregating".into(),
+            source: e,
+        })?;
         let _ = self.ctx.deregister_table(table);
         conform(out)
     }
 
     /// SQL that buckets `table` rows into windows of `size` (from raw events or from finer partial rows).
-    fn bucket_sql(size: &WindowSize, table: &str, ts_col: &str, from_events: bool, late_cutoff_ms: i64) -> String {
-        let start = format!("date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))", size.ms);
+    fn bucket_sql(
+        size: &WindowSize,
+        table: &str,
+        ts_col: &str,
+        from_events: bool,
+        late_cutoff_ms: i64,
+    ) -> String {
+        let start = format!(
+            "date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))",
+            size.ms
+        );
         let end = format!("({start} + INTERVAL '{} milliseconds')", size.ms);
         let dims = DIMENSIONS.join(", ");
         format!(
@@ -136,8 +189,13 @@ impl WindowEngine {
     /// Adds one micro-batch of (deduplicated) priced events. `watermark_ms` is the watermark before this
     /// batch; events whose window ended more than `allowed_lateness_ms` before it are flagged late.
     /// Returns the partial rows of the finest window size (used by the alert rules).
-    pub async fn add(&mut self, events: &RecordBatch, watermark_ms: Option<i64>, allowed_lateness_ms: i64) -> Result<RecordBatch, AggregateError> {
-        let cutoff = watermark_ms.map_or(i64::MIN / 4, |w| w.saturating_sub(allowed_lateness_ms));
+    pub async fn add(
+        &mut self,
+        events: &RecordBatch,
+        watermark_ms: Option<i64>,
+        allowed_lateness_ms: i64,
+    ) -> Result<RecordBatch, AggregateError> {
+        let cutoff = watermark_ms.map_or(0, |w| w.saturating_sub(allowed_lateness_ms).max(0));
         let mut partials: Vec<RecordBatch> = Vec::with_capacity(self.series.len());
         for i in 0..self.series.len() {
             let size = self.series[i].size.clone();
@@ -160,7 +218,11 @@ impl WindowEngine {
     }
 
     async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
-        let all = concat_batches(&rollup_schema(), &batches).map_err(|e| AggregateError::Arrow { context: "concatenating partials".into(), source: e })?;
+        let all =
+            concat_batches(&rollup_schema(), &batches).map_err(|e| AggregateError::Arrow {
+                context: "concatenating partials".into(),
+                source: e,
+            })?;
         let dims = DIMENSIONS.join(", ");
         let q = format!(
             "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {measures}, {LATE} FROM partials \
@@ -172,7 +234,10 @@ impl WindowEngine {
 
     /// Merges pending partials into the open state and returns the rows of every window whose end is at
     /// or before `watermark_ms` (`None` = end of input: everything).
-    pub async fn close(&mut self, watermark_ms: Option<i64>) -> Result<Vec<Emitted>, AggregateError> {
+    pub async fn close(
+        &mut self,
+        watermark_ms: Option<i64>,
+    ) -> Result<Vec<Emitted>, AggregateError> {
         let mut out = Vec::new();
         for i in 0..self.series.len() {
             let s = &mut self.series[i];
@@ -237,7 +302,13 @@ impl WindowEngine {
 
     /// Number of open (window, key) rows held, for metrics.
     pub fn open_rows(&self) -> usize {
-        self.series.iter().map(|s| s.open.as_ref().map_or(0, |b| b.num_rows()) + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()).sum()
+        self.series
+            .iter()
+            .map(|s| {
+                s.open.as_ref().map_or(0, |b| b.num_rows())
+                    + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()
+            })
+            .sum()
     }
 }
 
@@ -255,19 +326,44 @@ fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
             cols.push(if c.data_type() == f.data_type() {
                 c.clone()
             } else {
-                cast(c, f.data_type()).map_err(|e| AggregateError::Arrow { context: format!("casting {}", f.name()), source: e })?
+                cast(c, f.data_type()).map_err(|e| AggregateError::Arrow {
+                    context: format!("casting {}", f.name()),
+                    source: e,
+                })?
             });
         }
-        out.push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| AggregateError::Arrow { context: "building rollup rows".into(), source: e })?);
+        out.push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| {
+            AggregateError::Arrow {
+                context: "building rollup rows".into(),
+                source: e,
+            }
+        })?);
     }
-    concat_batches(&schema, &out).map_err(|e| AggregateError::Arrow { context: "concatenating rollup rows".into(), source: e })
+    concat_batches(&schema, &out).map_err(|e| AggregateError::Arrow {
+        context: "concatenating rollup rows".into(),
+        source: e,
+    })
 }
 
-fn split_closed(b: &RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
+fn split_closed(
+    b: &RecordBatch,
+    watermark_ms: i64,
+) -> Result<(RecordBatch, RecordBatch), AggregateError> {
     let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
-    let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= watermark_ms))).collect();
-    let open = datafusion::arrow::compute::not(&closed).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })?;
-    let f = |m: &BooleanArray| filter_record_batch(b, m).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e });
+    let closed: BooleanArray = ends
+        .iter()
+        .map(|e| Some(e.is_some_and(|e| e <= watermark_ms)))
+        .collect();
+    let open = datafusion::arrow::compute::not(&closed).map_err(|e| AggregateError::Arrow {
+        context: "splitting windows".into(),
+        source: e,
+    })?;
+    let f = |m: &BooleanArray| {
+        filter_record_batch(b, m).map_err(|e| AggregateError::Arrow {
+            context: "splitting windows".into(),
+            source: e,
+        })
+    };
     let _ = Arc::new(());
     Ok((f(&closed)?, f(&open)?))
 }

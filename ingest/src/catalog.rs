@@ -33,8 +33,20 @@ impl ModelPrice {
         macro_rules! take {
             ($($f:ident),*) => { $( if o.$f.is_some() { self.$f = o.$f; } )* };
         }
-        take!(input, output, cache_read, cache_write, cache_write_1h, reasoning, batch_input, batch_output,
-              flex_input, flex_output, priority_input, priority_output);
+        take!(
+            input,
+            output,
+            cache_read,
+            cache_write,
+            cache_write_1h,
+            reasoning,
+            batch_input,
+            batch_output,
+            flex_input,
+            flex_output,
+            priority_input,
+            priority_output
+        );
     }
 
     /// A model is priceable when both the input and the output price are known.
@@ -96,15 +108,26 @@ impl ModelPrice {
                 (Some(i), Some(o)) => (i, o, false),
                 _ => (input, output, true),
             },
-            Tier::Flex => match (self.flex_input.or(self.batch_input), self.flex_output.or(self.batch_output)) {
+            Tier::Flex => match (
+                self.flex_input.or(self.batch_input),
+                self.flex_output.or(self.batch_output),
+            ) {
                 (Some(i), Some(o)) => (i, o, false),
                 _ => (input, output, true),
             },
-            Tier::Priority => (self.priority_input.unwrap_or(input), self.priority_output.unwrap_or(output), false),
+            Tier::Priority => (
+                self.priority_input.unwrap_or(input),
+                self.priority_output.unwrap_or(output),
+                false,
+            ),
         };
         // Cache and reasoning prices scale with the tier the same way the input/output prices do.
         let scale = |p: i128, base: i128, tier_base: i128| -> i128 {
-            if tier_base == base || base == 0 { p } else { p * tier_base / base }
+            if tier_base == base || base == 0 {
+                p
+            } else {
+                p * tier_base / base
+            }
         };
         let cache_read = scale(self.cache_read.unwrap_or(input), input, tier_in);
         let cache_write = scale(self.cache_write.unwrap_or(input), input, tier_in);
@@ -196,14 +219,18 @@ fn insert_version(list: &mut Vec<Version>, from_ms: i64, price: &ModelPrice) {
 }
 
 fn pick(list: &[Version], ts_ms: i64) -> Option<&ModelPrice> {
-    list.iter().rev().find(|v| v.from_ms <= ts_ms).map(|v| &v.price)
+    list.iter()
+        .rev()
+        .find(|v| v.from_ms <= ts_ms)
+        .map(|v| &v.price)
 }
 
 impl PriceCatalog {
     /// The built-in catalog.
     pub fn builtin() -> Self {
         let mut c = PriceCatalog::default();
-        c.add_toml_str("<built-in catalog>", DEFAULT_CATALOG_TOML).expect("built-in catalog is valid");
+        c.add_toml_str("<built-in catalog>", DEFAULT_CATALOG_TOML)
+            .expect("built-in catalog is valid");
         c
     }
 
@@ -222,7 +249,10 @@ impl PriceCatalog {
             source: e,
         })?;
         let name = path.display().to_string();
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
             self.add_litellm_json(&name, &text)
         } else {
             self.add_toml_str(&name, &text)
@@ -232,11 +262,19 @@ impl PriceCatalog {
     fn insert(&mut self, provider: Option<&str>, model: &str, from_ms: i64, price: &ModelPrice) {
         match provider {
             Some(p) => insert_version(
-                self.by_provider.entry(p.to_string()).or_default().entry(model.to_string()).or_default(),
+                self.by_provider
+                    .entry(p.to_string())
+                    .or_default()
+                    .entry(model.to_string())
+                    .or_default(),
                 from_ms,
                 price,
             ),
-            None => insert_version(self.plain.entry(model.to_string()).or_default(), from_ms, price),
+            None => insert_version(
+                self.plain.entry(model.to_string()).or_default(),
+                from_ms,
+                price,
+            ),
         }
     }
 
@@ -249,7 +287,9 @@ impl PriceCatalog {
                 reason: format!("not a LiteLLM price JSON object: {e}"),
             })?;
         for (key, entry) in &root {
-            let Some(obj) = entry.as_object() else { continue };
+            let Some(obj) = entry.as_object() else {
+                continue;
+            };
             if key == "sample_spec" {
                 continue;
             }
@@ -315,21 +355,25 @@ impl PriceCatalog {
             reason: e.to_string(),
         })?;
         for m in cat.model {
-            let per_token = |field: &str, v: &Option<String>| -> Result<Option<i128>, IngestError> {
-                let Some(s) = v else { return Ok(None) };
-                let err = |reason: String| IngestError::Catalog {
-                    file: name.to_string(),
-                    reason: format!("model {:?}: {field} = {s:?}: {reason}", m.name),
+            let per_token =
+                |field: &str, v: &Option<String>| -> Result<Option<i128>, IngestError> {
+                    let Some(s) = v else { return Ok(None) };
+                    let err = |reason: String| IngestError::Catalog {
+                        file: name.to_string(),
+                        reason: format!("model {:?}: {field} = {s:?}: {reason}", m.name),
+                    };
+                    let per_m = parse_usd(field, s).map_err(|e| err(e.to_string()))?;
+                    if per_m < 0 {
+                        return Err(err("negative price".into()));
+                    }
+                    if per_m % 1_000_000 != 0 {
+                        return Err(err(
+                            "more than 12 fractional digits per 1M tokens is not exact per token"
+                                .into(),
+                        ));
+                    }
+                    Ok(Some(per_m / 1_000_000))
                 };
-                let per_m = parse_usd(field, s).map_err(|e| err(e.to_string()))?;
-                if per_m < 0 {
-                    return Err(err("negative price".into()));
-                }
-                if per_m % 1_000_000 != 0 {
-                    return Err(err("more than 12 fractional digits per 1M tokens is not exact per token".into()));
-                }
-                Ok(Some(per_m / 1_000_000))
-            };
             let price = ModelPrice {
                 input: per_token("input_per_mtok", &m.input_per_mtok)?,
                 output: per_token("output_per_mtok", &m.output_per_mtok)?,
@@ -342,13 +386,19 @@ impl PriceCatalog {
                 flex_input: per_token("flex_input_per_mtok", &m.flex_input_per_mtok)?,
                 flex_output: per_token("flex_output_per_mtok", &m.flex_output_per_mtok)?,
                 priority_input: per_token("priority_input_per_mtok", &m.priority_input_per_mtok)?,
-                priority_output: per_token("priority_output_per_mtok", &m.priority_output_per_mtok)?,
+                priority_output: per_token(
+                    "priority_output_per_mtok",
+                    &m.priority_output_per_mtok,
+                )?,
             };
             let from_ms = match &m.effective_from {
                 None => i64::MIN,
                 Some(s) => parse_date_ms(s).ok_or_else(|| IngestError::Catalog {
                     file: name.to_string(),
-                    reason: format!("model {:?}: effective_from {s:?} is not YYYY-MM-DD or RFC 3339", m.name),
+                    reason: format!(
+                        "model {:?}: effective_from {s:?} is not YYYY-MM-DD or RFC 3339",
+                        m.name
+                    ),
                 })?,
             };
             self.stats.models += 1;
@@ -378,7 +428,10 @@ impl PriceCatalog {
             {
                 return Some(p);
             }
-            self.plain.get(m).and_then(|l| pick(l, ts_ms)).filter(|p| p.is_complete())
+            self.plain
+                .get(m)
+                .and_then(|l| pick(l, ts_ms))
+                .filter(|p| p.is_complete())
         };
         try_one(model).or_else(|| model.rsplit_once('/').and_then(|(_, m)| try_one(m)))
     }
@@ -389,7 +442,9 @@ pub fn parse_date_ms(s: &str) -> Option<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis());
     }
-    chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -404,9 +459,17 @@ mod tests {
     #[test]
     fn cost_counts_every_token_class_once() {
         let c = PriceCatalog::builtin();
-        let p = c.lookup("anthropic", "claude-sonnet-4-20250514", 0).unwrap();
+        let p = c
+            .lookup("anthropic", "claude-sonnet-4-20250514", 0)
+            .unwrap();
         // 10_000 input of which 6_000 cache reads and 1_000 cache writes; 2_000 output.
-        let t = Tokens { input: 10_000, cache_read: 6_000, cache_write: 1_000, output: 2_000, reasoning: 0 };
+        let t = Tokens {
+            input: 10_000,
+            cache_read: 6_000,
+            cache_write: 1_000,
+            output: 2_000,
+            reasoning: 0,
+        };
         let expect = usd("0.009") /* 3000 x 3/M */ + usd("0.0018") /* 6000 x 0.30/M */
             + usd("0.00375") /* 1000 x 3.75/M */ + usd("0.03") /* 2000 x 15/M */;
         assert_eq!(p.cost(&t, Tier::Default), Some(expect));
@@ -415,14 +478,26 @@ mod tests {
     #[test]
     fn batch_uses_batch_prices_or_half() {
         let c = PriceCatalog::builtin();
-        let t = Tokens { input: 1_000_000, output: 1_000_000, ..Default::default() };
+        let t = Tokens {
+            input: 1_000_000,
+            output: 1_000_000,
+            ..Default::default()
+        };
         let gpt4o = c.lookup("openai", "gpt-4o", 0).unwrap();
         assert_eq!(gpt4o.cost(&t, Tier::Default), Some(usd("12.5")));
         assert_eq!(gpt4o.cost(&t, Tier::Batch), Some(usd("6.25")));
         let mini = c.lookup("openai", "gpt-4o-mini", 0).unwrap();
         assert_eq!(mini.cost(&t, Tier::Default), Some(usd("0.75")));
-        assert_eq!(mini.cost(&t, Tier::Batch), Some(usd("0.375")), "no batch price: half of standard");
-        assert_eq!(mini.cost(&t, Tier::Flex), Some(usd("0.375")), "flex = batch rates");
+        assert_eq!(
+            mini.cost(&t, Tier::Batch),
+            Some(usd("0.375")),
+            "no batch price: half of standard"
+        );
+        assert_eq!(
+            mini.cost(&t, Tier::Flex),
+            Some(usd("0.375")),
+            "flex = batch rates"
+        );
     }
 
     #[test]
@@ -446,9 +521,18 @@ mod tests {
         assert_eq!(p.input, Some(2_500_000_000_000));
         assert_eq!(p.output, Some(10_000_000_000_000));
         assert!(c.lookup("bedrock", "anthropic.claude-3-haiku", 0).is_some());
-        assert!(c.lookup("openai", "bedrock/anthropic.claude-3-haiku", 0).is_some());
-        assert!(c.lookup("openai", "dall-e-3", 0).is_none(), "no token prices: unpriced, never $0");
-        assert!(c.lookup("openai", "openai/gpt-4o", 0).is_some(), "provider prefix in the model name");
+        assert!(
+            c.lookup("openai", "bedrock/anthropic.claude-3-haiku", 0)
+                .is_some()
+        );
+        assert!(
+            c.lookup("openai", "dall-e-3", 0).is_none(),
+            "no token prices: unpriced, never $0"
+        );
+        assert!(
+            c.lookup("openai", "openai/gpt-4o", 0).is_some(),
+            "provider prefix in the model name"
+        );
     }
 
     #[test]
@@ -471,10 +555,18 @@ mod tests {
         let after = parse_date_ms("2026-06-01").unwrap();
         let p0 = c.lookup("openai", "gpt-4o", before).unwrap();
         assert_eq!(p0.input, Some(usd("2.5") / 1_000_000));
-        assert_eq!(p0.output, Some(usd("8") / 1_000_000), "override beats list price");
+        assert_eq!(
+            p0.output,
+            Some(usd("8") / 1_000_000),
+            "override beats list price"
+        );
         let p1 = c.lookup("openai", "gpt-4o", after).unwrap();
         assert_eq!(p1.input, Some(usd("2") / 1_000_000));
-        assert_eq!(p1.output, Some(usd("8") / 1_000_000), "dated version inherits other fields");
+        assert_eq!(
+            p1.output,
+            Some(usd("8") / 1_000_000),
+            "dated version inherits other fields"
+        );
     }
 
     #[test]
@@ -494,9 +586,20 @@ mod tests {
         )
         .unwrap();
         let p = c.lookup("x", "think", 0).unwrap();
-        let t = Tokens { input: 1_000_000, output: 1_000_000, reasoning: 500_000, ..Default::default() };
-        assert_eq!(p.cost(&t, Tier::Default), Some(usd("1") + usd("2") + usd("3")));
-        assert_eq!(p.cost(&t, Tier::Priority), Some(usd("2") + usd("4") + usd("6")));
+        let t = Tokens {
+            input: 1_000_000,
+            output: 1_000_000,
+            reasoning: 500_000,
+            ..Default::default()
+        };
+        assert_eq!(
+            p.cost(&t, Tier::Default),
+            Some(usd("1") + usd("2") + usd("3"))
+        );
+        assert_eq!(
+            p.cost(&t, Tier::Priority),
+            Some(usd("2") + usd("4") + usd("6"))
+        );
         assert_eq!(usd("1"), ONE_USD);
     }
 
@@ -504,11 +607,26 @@ mod tests {
     fn bad_toml_names_file_and_field() {
         let mut c = PriceCatalog::default();
         let e = c
-            .add_toml_str("bad.toml", "[[model]]\nname = \"m\"\ninput_per_mtok = \"abc\"\n")
+            .add_toml_str(
+                "bad.toml",
+                "[[model]]\nname = \"m\"\ninput_per_mtok = \"abc\"\n",
+            )
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bad.toml") && e.contains("input_per_mtok"), "{e}");
-        let e = c.add_toml_str("typo.toml", "[[model]]\nname = \"m\"\ninput_per_mtk = \"1\"\n").unwrap_err().to_string();
-        assert!(e.contains("typo.toml") && e.contains("input_per_mtk"), "{e}");
+        assert!(
+            e.contains("bad.toml") && e.contains("input_per_mtok"),
+            "{e}"
+        );
+        let e = c
+            .add_toml_str(
+                "typo.toml",
+                "[[model]]\nname = \"m\"\ninput_per_mtk = \"1\"\n",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("typo.toml") && e.contains("input_per_mtk"),
+            "{e}"
+        );
     }
 }

@@ -68,7 +68,10 @@ impl Alert {
 
     /// The owner the alert is about (`data.owner`), the Kafka key.
     pub fn owner(&self) -> &str {
-        self.data.get("owner").and_then(|v| v.as_str()).unwrap_or("")
+        self.data
+            .get("owner")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
     }
 }
 
@@ -83,7 +86,14 @@ pub fn deterministic_id(parts: &[&str]) -> String {
     }
     let d = h.finalize();
     let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// RFC 3339 with milliseconds, UTC (`2026-11-30T12:00:00.000Z`).
@@ -99,7 +109,11 @@ pub fn alert_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("type", DataType::Utf8, false),
-        Field::new("time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+        Field::new(
+            "time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("owner", DataType::Utf8, false),
         Field::new("subject", DataType::Utf8, false),
         Field::new("data", DataType::Utf8, false),
@@ -117,7 +131,10 @@ mod tests {
         assert_eq!(a, deterministic_id(&["budget", "search", "2026-11", "80"]));
         assert_ne!(a, deterministic_id(&["budget", "search", "2026-11", "100"]));
         // the separator keeps ("ab","c") apart from ("a","bc")
-        assert_ne!(deterministic_id(&["ab", "c"]), deterministic_id(&["a", "bc"]));
+        assert_ne!(
+            deterministic_id(&["ab", "c"]),
+            deterministic_id(&["a", "bc"])
+        );
         assert_eq!(a.len(), 36);
     }
 
@@ -132,7 +149,16 @@ mod tests {
             serde_json::json!({"owner": "search"}),
         );
         let v: serde_json::Value = serde_json::to_value(&a).unwrap();
-        for k in ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"] {
+        for k in [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "subject",
+            "time",
+            "datacontenttype",
+            "data",
+        ] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["type"], "aifinops.model.unpriced");

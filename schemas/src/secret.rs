@@ -12,19 +12,44 @@ pub fn looks_like_secret(value: &str) -> bool {
     if v.len() < 16 {
         return false;
     }
-    let lower_prefixes = ["sk-", "sk_", "rk_", "pk_live", "sk_live", "ghp_", "gho_", "github_pat_", "xoxb-", "xoxp-", "glpat-", "hf_", "aiza"];
+    let lower_prefixes = [
+        "sk-",
+        "sk_",
+        "rk_",
+        "pk_live",
+        "sk_live",
+        "ghp_",
+        "gho_",
+        "github_pat_",
+        "xoxb-",
+        "xoxp-",
+        "glpat-",
+        "hf_",
+        "aiza",
+    ];
     let lower = v.get(..12).unwrap_or(v).to_ascii_lowercase();
-    if lower_prefixes.iter().any(|p| lower.starts_with(p)) || lower.starts_with("bearer ") || lower.starts_with("basic ") {
+    if lower_prefixes.iter().any(|p| lower.starts_with(p))
+        || lower.starts_with("bearer ")
+        || lower.starts_with("basic ")
+    {
         return true;
     }
-    if (v.starts_with("AKIA") || v.starts_with("ASIA")) && v.len() >= 20 && v[..20].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()) {
+    if (v.starts_with("AKIA") || v.starts_with("ASIA"))
+        && v.len() >= 20
+        && v[..20]
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
         return true;
     }
     if v.starts_with("eyJ") && v.matches('.').count() == 2 {
         return true; // JWT
     }
     // Long opaque token: >= 32 chars of [A-Za-z0-9_-+/=] mixing lower, upper and digits, no separators a human id would use.
-    if v.len() >= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b)) {
+    if v.len() >= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b))
+    {
         let lowers = v.bytes().filter(|b| b.is_ascii_lowercase()).count();
         let uppers = v.bytes().filter(|b| b.is_ascii_uppercase()).count();
         let digits = v.bytes().filter(|b| b.is_ascii_digit()).count();
@@ -48,7 +73,11 @@ pub fn fingerprint(value: &str) -> String {
 
 /// `value` itself, or its fingerprint when it looks like a secret.
 pub fn redact(value: &str) -> std::borrow::Cow<'_, str> {
-    if looks_like_secret(value) { fingerprint(value).into() } else { value.into() }
+    if looks_like_secret(value) {
+        fingerprint(value).into()
+    } else {
+        value.into()
+    }
 }
 
 /// Replaces every secret-looking token inside free text (split on whitespace, quotes and JSON punctuation).
@@ -89,10 +118,14 @@ mod tests {
     #[test]
     fn provider_keys_are_secrets_but_key_ids_are_not() {
         assert!(looks_like_secret("sk-proj-abcdEFGH1234ijklMNOP5678qrst"));
-        assert!(looks_like_secret("sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"));
+        assert!(looks_like_secret(
+            "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
+        ));
         assert!(looks_like_secret("AKIAIOSFODNN7EXAMPLE"));
         assert!(looks_like_secret("Bearer abcdefghijklmnop1234"));
-        assert!(looks_like_secret("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXN0dWZm"));
+        assert!(looks_like_secret(
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXN0dWZm"
+        ));
         assert!(!looks_like_secret("key-search-1"));
         assert!(!looks_like_secret("svc-support-bot@prod"));
         assert!(!looks_like_secret("research-agents-nightly-workflow"));

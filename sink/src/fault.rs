@@ -8,7 +8,9 @@ static HITS: AtomicU64 = AtomicU64::new(0);
 
 /// Aborts here if the environment asks for a crash at `point`.
 pub fn point(name: &str) {
-    let Ok(spec) = std::env::var("AIFINOPS_FAULT") else { return };
+    let Ok(spec) = std::env::var("AIFINOPS_FAULT") else {
+        return;
+    };
     let (p, n) = match spec.split_once(':') {
         Some((p, n)) => (p.to_string(), n.parse::<u64>().unwrap_or(1)),
         None => (spec.clone(), 1),
