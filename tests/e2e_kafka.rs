@@ -74,13 +74,11 @@ fn produce(brokers: &str, topic: &str, lines: &[String]) {
     p.flush(Duration::from_secs(60)).expect("flush");
 }
 
+/// A message read back: key, payload, headers.
+type Received = (Option<String>, Vec<u8>, BTreeMap<String, String>);
+
 /// Reads every message of `topic` (from the beginning) with a fresh consumer.
-fn read_all(
-    brokers: &str,
-    topic: &str,
-    expect_at_least: usize,
-    within: Duration,
-) -> Vec<(Option<String>, Vec<u8>, BTreeMap<String, String>)> {
+fn read_all(brokers: &str, topic: &str, expect_at_least: usize, within: Duration) -> Vec<Received> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("reader"))

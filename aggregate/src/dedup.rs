@@ -75,7 +75,7 @@ impl Deduplicator {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
-        if bytes.len() % 24 != 0 {
+        if !bytes.len().is_multiple_of(24) {
             return Err(AggregateError::State(format!(
                 "dedup state has {} bytes, not a multiple of 24",
                 bytes.len()

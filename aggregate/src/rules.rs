@@ -211,7 +211,7 @@ impl AlertRules {
                     b.name
                 )));
             }
-            if b.thresholds.is_empty() || b.thresholds.iter().any(|t| *t == 0) {
+            if b.thresholds.is_empty() || b.thresholds.contains(&0) {
                 return Err(AggregateError::Config(format!(
                     "budget {:?}: thresholds must be positive percents",
                     b.name
@@ -290,12 +290,8 @@ impl AlertRules {
         let retention_cut = watermark_ms.map(|w| day_key(w - self.retention_days * 86_400_000));
 
         // Unattributed identities and unpriced models: aggregate this batch first, then alert once per day.
-        let mut unattr: BTreeMap<
-            (String, String),
-            (Spend, BTreeMap<String, Spend>, BTreeSet<String>),
-        > = BTreeMap::new();
-        let mut unpr: BTreeMap<(String, String), (String, i64, BTreeMap<String, Spend>)> =
-            BTreeMap::new();
+        let mut unattr: BTreeMap<(String, String), Unattributed> = BTreeMap::new();
+        let mut unpr: BTreeMap<(String, String), Unpriced> = BTreeMap::new();
         for i in 0..rows.num_rows() {
             let ts = start.value(i);
             let day = day_key(ts);
@@ -312,19 +308,25 @@ impl AlertRules {
                 let e = unattr
                     .entry((identity.value(i).to_string(), day.clone()))
                     .or_default();
-                add(&mut e.0, &spend);
-                add(e.1.entry(model.value(i).to_string()).or_default(), &spend);
+                add(&mut e.spend, &spend);
+                add(
+                    e.models.entry(model.value(i).to_string()).or_default(),
+                    &spend,
+                );
                 if !workflow.value(i).is_empty() {
-                    e.2.insert(workflow.value(i).to_string());
+                    e.workflows.insert(workflow.value(i).to_string());
                 }
             }
             if unpriced.value(i) > 0 {
                 let e = unpr
                     .entry((model.value(i).to_string(), day.clone()))
-                    .or_insert_with(|| (provider.value(i).to_string(), 0, BTreeMap::new()));
-                e.1 += unpriced.value(i);
+                    .or_insert_with(|| Unpriced {
+                        provider: provider.value(i).to_string(),
+                        ..Default::default()
+                    });
+                e.requests += unpriced.value(i);
                 add(
-                    e.2.entry(owner.value(i).to_string()).or_default(),
+                    e.owners.entry(owner.value(i).to_string()).or_default(),
                     &Spend {
                         cost: 0,
                         requests: unpriced.value(i),
@@ -367,7 +369,15 @@ impl AlertRules {
                     .or_insert_with(|| risk.value(i).to_string());
             }
         }
-        for ((ident, day), (spend, models, workflows)) in unattr {
+        for (
+            (ident, day),
+            Unattributed {
+                spend,
+                models,
+                workflows,
+            },
+        ) in unattr
+        {
             if !self
                 .state
                 .unattributed
@@ -396,7 +406,15 @@ impl AlertRules {
                 }),
             ));
         }
-        for ((m, day), (prov, n, owners)) in unpr {
+        for (
+            (m, day),
+            Unpriced {
+                provider: prov,
+                requests: n,
+                owners,
+            },
+        ) in unpr
+        {
             if !self
                 .state
                 .unpriced
@@ -484,6 +502,22 @@ impl AlertRules {
         }
         alerts
     }
+}
+
+/// Unattributed spend of one identity on one day, within a micro-batch.
+#[derive(Default)]
+struct Unattributed {
+    spend: Spend,
+    models: BTreeMap<String, Spend>,
+    workflows: BTreeSet<String>,
+}
+
+/// Unpriced calls of one model on one day, within a micro-batch.
+#[derive(Default)]
+struct Unpriced {
+    provider: String,
+    requests: i64,
+    owners: BTreeMap<String, Spend>,
 }
 
 fn add(a: &mut Spend, b: &Spend) {

@@ -17,7 +17,12 @@ fn usage_event_avsc_parses_and_encodes_a_canonical_event() {
     r.put("model", "gpt-4o");
     r.put("input_tokens", 1200i64);
     r.put("output_tokens", 300i64);
-    let bytes = apache_avro::to_avro_datum(&schema, r).expect("encodes");
+    let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+        .build()
+        .expect("writer");
+    let bytes = writer
+        .write_value_to_vec(r)
+        .expect("a canonical event encodes with usage_event.avsc");
     assert!(!bytes.is_empty());
     // Every required JSON-schema field is a non-optional Avro field, and the optional ones default to null.
     let json: serde_json::Value = serde_json::from_str(

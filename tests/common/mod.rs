@@ -118,6 +118,8 @@ impl Rng {
     }
 }
 
+type Kind<'a> = (&'a str, &'a str, String, &'a str, Option<(u64, u64, u64)>);
+
 /// `n` valid events over `hours` hours from `start_ms`, slightly out of order, for three owners plus an
 /// unattributed key and an unpriced model; then `dups` exact redeliveries and a handful of bad records.
 pub fn workload(
@@ -140,13 +142,7 @@ pub fn workload(
             start_ms + (i as i64 * span / n as i64) + rng.range(0, 120_000) as i64 - 60_000
         };
         let kind = rng.next() % 10;
-        let (model, provider, attrs, owner, prices): (
-            &str,
-            &str,
-            String,
-            &str,
-            Option<(u64, u64, u64)>,
-        ) = match kind {
+        let (model, provider, attrs, owner, prices): Kind<'_> = match kind {
             0..=3 => (
                 "gpt-4o-mini",
                 "openai",
@@ -184,8 +180,12 @@ pub fn workload(
             ),
         };
         let input = rng.range(100, 20_000) as i64;
-        let cache_read = if rng.next() % 2 == 0 { input / 2 } else { 0 };
-        let cache_write = if provider == "anthropic" && rng.next() % 4 == 0 {
+        let cache_read = if rng.next().is_multiple_of(2) {
+            input / 2
+        } else {
+            0
+        };
+        let cache_write = if provider == "anthropic" && rng.next().is_multiple_of(4) {
             input / 10
         } else {
             0
