@@ -102,6 +102,10 @@ pub struct KafkaConfig {
     pub dead_letter_topic: String,
     #[serde(with = "humantime_serde")]
     pub session_timeout: Duration,
+    /// Longest time between polls before the member leaves the group; also the rebalance timeout
+    /// (how long a rebalance waits for a member that died), so keep it short. At least `session_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
     /// Extra librdkafka consumer properties (security, `queued.max.messages.kbytes`, ...).
     pub consumer: BTreeMap<String, String>,
     /// Extra librdkafka producer properties.
@@ -117,6 +121,7 @@ impl Default for KafkaConfig {
             alert_topic: "aifinops.alerts".into(),
             dead_letter_topic: "aifinops.dead-letters".into(),
             session_timeout: Duration::from_secs(10),
+            max_poll_interval: Duration::from_secs(30),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
@@ -235,6 +240,9 @@ impl Config {
             anyhow::bail!(
                 "pipeline.windows: the finest window ({finest} ms) must divide a day evenly (budget periods are days and months)"
             );
+        }
+        if self.kafka.max_poll_interval < self.kafka.session_timeout {
+            anyhow::bail!("kafka.max_poll_interval must be at least kafka.session_timeout");
         }
         if self.pipeline.batch_max_events == 0 {
             anyhow::bail!("pipeline.batch_max_events must be at least 1");

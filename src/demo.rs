@@ -67,6 +67,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     cfg.kafka.brokers = brokers.clone();
     cfg.kafka.group = "aifinops-demo".into();
     cfg.kafka.session_timeout = Duration::from_secs(6);
+    cfg.kafka.max_poll_interval = Duration::from_secs(10);
     cfg.lake.dir = lake.clone();
     cfg.owners.file = Some(owners);
     cfg.pipeline.commit_interval = Duration::from_secs(1);
@@ -220,12 +221,38 @@ pub async fn produce_lines(brokers: &str, topic: &str, lines: &[String]) -> anyh
     Ok(())
 }
 
-/// `aifinops produce`: NDJSON files into a topic.
+/// Creates `topic` with `partitions` partitions unless it exists.
+pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &opts,
+        )
+        .await?
+    {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// `aifinops produce`: NDJSON files into a topic (created with `partitions` partitions if missing).
 pub async fn produce_files(
     brokers: &str,
     topic: &str,
+    partitions: i32,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<usize> {
+    ensure_topic(brokers, topic, partitions).await?;
     let mut lines = Vec::new();
     for f in files {
         let text = if f.as_os_str() == "-" {

@@ -103,6 +103,9 @@ enum Command {
         brokers: String,
         #[arg(long)]
         topic: String,
+        /// Partitions of the topic when it has to be created.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
         /// NDJSON files (`-` for stdin).
         files: Vec<PathBuf>,
     },
@@ -263,9 +266,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Produce {
             brokers,
             topic,
+            partitions,
             files,
         } => {
-            let n = demo::produce_files(&brokers, &topic, &files).await?;
+            let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
             eprintln!("produced {n} records to {topic}");
             Ok(())
         }

@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use aifinops_aggregate::watermark::{PartitionClock, compute};
 use aifinops_ingest::kafka::{KafkaSettings, KafkaSource};
-use aifinops_sink::Publisher;
+use aifinops_sink::{OutboxLog, Publisher};
 use anyhow::Context;
+use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::pipeline::{Pipeline, now_ms};
@@ -31,38 +32,80 @@ pub fn shutdown_signal() -> Arc<AtomicBool> {
     flag
 }
 
-/// Publishes every committed outbox not yet published. Returns false if Kafka refused (retried later).
-async fn drain_outbox(p: &Pipeline, publisher: &Publisher) -> bool {
-    let pending = match p.lake().pending_outboxes() {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the outbox");
-            return false;
-        }
-    };
-    for (seq, outbox) in pending {
-        aifinops_sink::fault::point("before_publish");
-        match publisher.publish(&outbox).await {
-            Ok(()) => {
-                for a in &outbox.alerts {
-                    metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone())
-                        .increment(1);
-                    tracing::info!(id = %a.id, kind = %a.kind, subject = %a.subject, owner = a.owner(), "alert published");
-                }
-                aifinops_sink::fault::point("after_publish");
-                if let Err(e) = p.lake().mark_published(seq) {
-                    tracing::error!(error = %e, "recording outbox publication");
-                    return false;
+/// Publishes committed outboxes (alerts, dead letters) beside the commit loop, in commit order, retrying
+/// with backoff, so a slow or unavailable alert topic never stalls consumption: the alerts are durable in
+/// the lake until acknowledged.
+struct OutboxPublisher {
+    wake: Arc<Notify>,
+    closing: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OutboxPublisher {
+    fn spawn(log: OutboxLog, publisher: Publisher) -> Self {
+        let wake = Arc::new(Notify::new());
+        let closing = Arc::new(AtomicBool::new(false));
+        let (w, c) = (wake.clone(), closing.clone());
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match drain(&log, &publisher).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(500);
+                        metrics::gauge!("aifinops_alert_publisher_healthy").set(1.0);
+                        if c.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        let _ = tokio::time::timeout(Duration::from_secs(5), w.notified()).await;
+                    }
+                    Err(e) => {
+                        metrics::counter!("aifinops_alert_publish_failures_total").increment(1);
+                        metrics::gauge!("aifinops_alert_publisher_healthy").set(0.0);
+                        tracing::warn!(error = %e, retry_in = ?backoff, "publishing the outbox failed; alerts stay in the lake and are retried");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
                 }
             }
-            Err(e) => {
-                metrics::counter!("aifinops_alert_publish_failures_total").increment(1);
-                tracing::warn!(error = %e, seq, "publishing alerts failed; will retry after the next commit");
-                return false;
-            }
+        });
+        OutboxPublisher {
+            wake,
+            closing,
+            task,
         }
     }
-    true
+
+    fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Publishes what is pending, waiting at most `within`; anything left is sent on the next start.
+    async fn close(self, within: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            abort.abort();
+            tracing::warn!(
+                "some alerts could not be published yet; they stay in the lake's outbox and are sent on the next start"
+            );
+        }
+    }
+}
+
+async fn drain(log: &OutboxLog, publisher: &Publisher) -> anyhow::Result<()> {
+    for (seq, outbox) in log.pending()? {
+        aifinops_sink::fault::point("before_publish");
+        publisher.publish(&outbox).await?;
+        for a in &outbox.alerts {
+            metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone())
+                .increment(1);
+            tracing::info!(id = %a.id, kind = %a.kind, subject = %a.subject, owner = a.owner(), "alert published");
+        }
+        aifinops_sink::fault::point("after_publish");
+        log.mark_published(seq)?;
+    }
+    Ok(())
 }
 
 fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
@@ -96,12 +139,13 @@ pub async fn run(
         dlq,
         &cfg.kafka.producer,
     )?;
-    drain_outbox(&p, &publisher).await;
+    let outbox = OutboxPublisher::spawn(p.lake().outbox_log(), publisher);
     let settings = KafkaSettings {
         brokers: cfg.kafka.brokers.clone(),
         group: cfg.kafka.group.clone(),
         topics: cfg.kafka.topics.clone(),
         session_timeout_ms: cfg.kafka.session_timeout.as_millis() as u32,
+        max_poll_interval_ms: cfg.kafka.max_poll_interval.as_millis() as u32,
         properties: cfg.kafka.consumer.clone(),
     };
     let mut src = KafkaSource::connect(&settings, committed).context("connecting to Kafka")?;
@@ -109,7 +153,6 @@ pub async fn run(
     let delay = cfg.pipeline.watermark_delay.as_millis() as i64;
     let idle = cfg.pipeline.idle_timeout;
     let skew = cfg.pipeline.max_future_skew.as_millis() as i64;
-    let mut outbox_ok = true;
     let mut last_caught_up_check = Instant::now();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
@@ -152,10 +195,16 @@ pub async fn run(
             && !src.assigned().is_empty()
             && {
                 last_caught_up_check = Instant::now();
-                src.caught_up(Duration::from_secs(5)).unwrap_or(false)
+                match src.caught_up(Duration::from_secs(5)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checking whether the input is consumed to its end");
+                        false
+                    }
+                }
             };
         let finishing = stopping || caught_up;
-        if p.commit_due() || finishing || !outbox_ok {
+        if p.commit_due() || finishing {
             let offsets = offsets_map(&src);
             let info = p
                 .commit(offsets.clone(), BTreeMap::new(), true, caught_up)
@@ -165,18 +214,14 @@ pub async fn run(
                 .flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o)))
                 .collect();
             src.committed(&flat);
-            outbox_ok = drain_outbox(&p, &publisher).await;
+            outbox.notify();
             tracing::debug!(seq = info.seq, "committed");
         }
         if finishing {
-            if !outbox_ok {
-                tracing::warn!(
-                    "some alerts could not be published yet; they stay in the lake's outbox and are sent on the next start"
-                );
-            }
             break;
         }
     }
+    outbox.close(Duration::from_secs(30)).await;
     let t = &p.totals;
     Ok(format!(
         "run: {} records in {:.1}s: {} events, {} duplicates dropped, {} dead letters, {} unpriced, {} unattributed; {} alerts; {} commits; lake {}",

@@ -149,6 +149,7 @@ idle_timeout = "5s"
 [kafka]
 dead_letter_topic = "{dlq}"
 session_timeout = "6s"
+max_poll_interval = "10s"
 [lake]
 dir = "{lake}"
 [owners]

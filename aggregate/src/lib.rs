@@ -10,6 +10,9 @@ pub mod rules;
 pub mod watermark;
 pub mod window;
 
+#[cfg(test)]
+mod testutil;
+
 pub use dedup::Deduplicator;
 pub use rules::{AlertRules, BudgetConfig, Period, RulesState};
 pub use window::{Emitted, WindowEngine, WindowSize};

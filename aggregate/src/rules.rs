@@ -540,3 +540,166 @@ fn parse_period_start(key: &str) -> i64 {
         })
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Ev, batch};
+    use crate::window::{WindowEngine, WindowSize};
+    use aifinops_schemas::money::ONE_USD;
+
+    const T0: i64 = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+    const DAY: i64 = 86_400_000;
+
+    async fn partial(evs: &[Ev<'_>]) -> RecordBatch {
+        let mut w = WindowEngine::new(vec![WindowSize::parse("1m").unwrap()]).unwrap();
+        w.add(&batch(evs), None, DAY).await.unwrap()
+    }
+
+    fn budget(limit: &str, period: Period) -> BudgetConfig {
+        BudgetConfig {
+            name: "b".into(),
+            owner: "search".into(),
+            workflow: "*".into(),
+            environment: "*".into(),
+            period,
+            limit_usd: limit.into(),
+            thresholds: vec![50, 80, 100],
+        }
+    }
+
+    fn spend(ts: i64, usd: i128) -> Ev<'static> {
+        Ev {
+            ts,
+            id: ts as u128,
+            owner: "search",
+            identity: "key-1",
+            input: 1,
+            cost: Some(usd * ONE_USD),
+        }
+    }
+
+    fn thresholds(alerts: &[Alert]) -> Vec<u64> {
+        alerts
+            .iter()
+            .filter(|a| a.kind == "aifinops.budget.threshold")
+            .map(|a| a.data["threshold_percent"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_threshold_fires_once_per_period() {
+        let mut r = AlertRules::new("test", &[budget("10", Period::Day)]).unwrap();
+        assert_eq!(
+            thresholds(&r.observe(&partial(&[spend(T0, 4)]).await, None, 0)),
+            Vec::<u64>::new()
+        );
+        assert_eq!(
+            thresholds(&r.observe(&partial(&[spend(T0 + 1, 2)]).await, None, 0)),
+            vec![50]
+        );
+        // 9 of 10 spent, then 12: 80 and 100 fire once each, never again that day
+        let a = r.observe(&partial(&[spend(T0 + 2, 3)]).await, None, 0);
+        assert_eq!(thresholds(&a), vec![80]);
+        assert_eq!(a[0].data["observed_usd"], "9");
+        assert_eq!(a[0].data["limit_usd"], "10");
+        assert_eq!(a[0].owner(), "search");
+        assert_eq!(
+            thresholds(&r.observe(&partial(&[spend(T0 + 3, 3)]).await, None, 0)),
+            vec![100]
+        );
+        assert!(thresholds(&r.observe(&partial(&[spend(T0 + 4, 50)]).await, None, 0)).is_empty());
+        // the next day is a new period
+        assert_eq!(
+            thresholds(&r.observe(&partial(&[spend(T0 + DAY, 20)]).await, None, 0)),
+            vec![50, 80, 100]
+        );
+    }
+
+    #[tokio::test]
+    async fn restored_state_never_sends_the_same_alert_twice_and_ids_are_stable() {
+        let mut r = AlertRules::new("test", &[budget("10", Period::Month)]).unwrap();
+        let a = r.observe(&partial(&[spend(T0, 6)]).await, None, 0);
+        assert_eq!(thresholds(&a), vec![50]);
+        let state = serde_json::to_value(r.state()).unwrap();
+        let mut r2 = AlertRules::new("test", &[budget("10", Period::Month)]).unwrap();
+        r2.restore(serde_json::from_value(state).unwrap());
+        let b = r2.observe(&partial(&[spend(T0 + 1, 3)]).await, None, 0);
+        assert_eq!(
+            thresholds(&b),
+            vec![80],
+            "50 % is not sent again after a restart"
+        );
+        // the id depends on rule, scope, period and threshold only
+        let mut r3 = AlertRules::new("test", &[budget("10", Period::Month)]).unwrap();
+        let c = r3.observe(&partial(&[spend(T0 + 5, 7)]).await, None, 123);
+        assert_eq!(c[0].id, a[0].id);
+    }
+
+    #[tokio::test]
+    async fn unattributed_identities_and_unpriced_models_alert_once_per_day() {
+        let mut r = AlertRules::new("test", &[]).unwrap();
+        let ev = |ts: i64, identity: &'static str, cost: Option<i128>| Ev {
+            ts,
+            id: ts as u128,
+            owner: UNATTRIBUTED,
+            identity,
+            input: 1,
+            cost,
+        };
+        let a = r.observe(
+            &partial(&[
+                ev(T0, "k1", Some(5)),
+                ev(T0 + 1, "k1", None),
+                ev(T0 + 2, "k2", Some(1)),
+            ])
+            .await,
+            None,
+            0,
+        );
+        let kinds: Vec<_> = a
+            .iter()
+            .map(|a| (a.kind.as_str(), a.subject.as_str()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("aifinops.spend.unattributed", "identity/k1"),
+                ("aifinops.spend.unattributed", "identity/k2"),
+                ("aifinops.model.unpriced", "model/unknown-model"),
+            ]
+        );
+        assert!(
+            r.observe(&partial(&[ev(T0 + 3, "k1", Some(5))]).await, None, 0)
+                .is_empty()
+        );
+        assert_eq!(
+            r.observe(&partial(&[ev(T0 + DAY, "k1", Some(5))]).await, None, 0)
+                .len(),
+            1,
+            "next day again"
+        );
+    }
+
+    #[test]
+    fn bad_budgets_are_config_errors() {
+        let mut b = budget("-1", Period::Day);
+        assert!(
+            AlertRules::new("t", &[b.clone()])
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("positive")
+        );
+        b.limit_usd = "x".into();
+        assert!(AlertRules::new("t", &[b.clone()]).is_err());
+        let ok = budget("1", Period::Day);
+        assert!(
+            AlertRules::new("t", &[ok.clone(), ok])
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("twice")
+        );
+    }
+}

@@ -380,3 +380,165 @@ mod tests {
         assert!(WindowSize::parse("0m").is_err());
     }
 }
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use crate::testutil::{Ev, batch};
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 3_600_000;
+    const T0: i64 = 1_764_460_800_000; // a midnight UTC
+
+    fn engine() -> WindowEngine {
+        WindowEngine::new(
+            ["1m", "1h", "1d"]
+                .iter()
+                .map(|s| WindowSize::parse(s).unwrap())
+                .collect(),
+        )
+        .unwrap()
+    }
+
+    fn ev(ts: i64, owner: &str, input: i64, cost: Option<i128>) -> Ev<'_> {
+        Ev {
+            ts,
+            id: ts as u128,
+            owner,
+            identity: "k",
+            input,
+            cost,
+        }
+    }
+
+    fn sum(rows: &[Emitted], label: &str, col: &str) -> i64 {
+        rows.iter()
+            .filter(|e| e.size.label == label)
+            .map(|e| {
+                e.rows
+                    .column_by_name(col)
+                    .unwrap()
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .flatten()
+                    .sum::<i64>()
+            })
+            .sum()
+    }
+
+    fn cost(rows: &[Emitted], label: &str) -> i128 {
+        rows.iter()
+            .filter(|e| e.size.label == label)
+            .map(|e| {
+                e.rows
+                    .column_by_name("cost_usd")
+                    .unwrap()
+                    .as_primitive::<Decimal128Type>()
+                    .iter()
+                    .flatten()
+                    .sum::<i128>()
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn windows_close_when_the_watermark_passes_their_end_and_totals_are_kept() {
+        let mut w = engine();
+        let evs = [
+            ev(T0 + 10, "a", 5, Some(100)),
+            ev(T0 + MIN + 5, "a", 7, Some(200)),
+            ev(T0 + 2 * MIN, "b", 11, None),
+            ev(T0 + 2 * MIN + 1, "b", 13, Some(1)),
+        ];
+        w.add(&batch(&evs), None, 24 * HOUR).await.unwrap();
+        let closed = w.close(Some(T0 + 2 * MIN)).await.unwrap();
+        // only the 1m windows [0,1) and [1,2) have ended
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].size.label, "1m");
+        assert_eq!(sum(&closed, "1m", "requests"), 2);
+        assert_eq!(sum(&closed, "1m", "input_tokens"), 12);
+        assert_eq!(cost(&closed, "1m"), 300);
+        // end of input: everything else, and the totals of every window size are the input's
+        let rest = w.close(None).await.unwrap();
+        assert_eq!(sum(&rest, "1m", "requests"), 2);
+        for label in ["1h", "1d"] {
+            assert_eq!(sum(&rest, label, "requests"), 4);
+            assert_eq!(sum(&rest, label, "input_tokens"), 36);
+            assert_eq!(sum(&rest, label, "unpriced_requests"), 1);
+            assert_eq!(cost(&rest, label), 301);
+        }
+        assert_eq!(w.open_rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn partials_of_many_batches_merge_into_one_row_per_window_and_key() {
+        let mut w = engine();
+        for i in 0..5 {
+            w.add(
+                &batch(&[ev(T0 + i * 1000, "a", 1, Some(1))]),
+                None,
+                24 * HOUR,
+            )
+            .await
+            .unwrap();
+        }
+        let out = w.close(None).await.unwrap();
+        for e in &out {
+            assert_eq!(e.rows.num_rows(), 1, "{} rows merged", e.size.label);
+        }
+        assert_eq!(sum(&out, "1d", "requests"), 5);
+    }
+
+    #[tokio::test]
+    async fn events_behind_the_allowed_lateness_are_additional_late_rows_not_dropped() {
+        let mut w = engine();
+        w.add(&batch(&[ev(T0 + 10, "a", 1, Some(10))]), None, 24 * HOUR)
+            .await
+            .unwrap();
+        let first = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
+        assert_eq!(sum(&first, "1h", "requests"), 1);
+        // 30 h later an event for the first minute arrives (e.g. a batch API result)
+        w.add(
+            &batch(&[ev(T0 + 20, "a", 1, Some(10))]),
+            Some(T0 + 30 * HOUR),
+            24 * HOUR,
+        )
+        .await
+        .unwrap();
+        let late = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
+        for e in &late {
+            let flags = e.rows.column_by_name("late").unwrap().as_boolean();
+            match e.size.label.as_str() {
+                "1m" | "1h" => assert!(flags.value(0), "{} row flagged late", e.size.label),
+                // the day window ended 6 h before the watermark: within 24 h of lateness
+                _ => assert!(!flags.value(0)),
+            }
+        }
+        assert_eq!(
+            sum(&late, "1m", "requests") + sum(&first, "1m", "requests"),
+            2,
+            "nothing dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn snapshot_and_restore_keep_open_windows() {
+        let mut w = engine();
+        w.add(
+            &batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]),
+            None,
+            24 * HOUR,
+        )
+        .await
+        .unwrap();
+        let snap = w.snapshot().await.unwrap();
+        let mut w2 = engine();
+        w2.restore(snap.into_iter().map(|(s, b)| (s.label, b)).collect())
+            .unwrap();
+        let out = w2.close(None).await.unwrap();
+        assert_eq!(sum(&out, "1d", "input_tokens"), 7);
+        assert_eq!(cost(&out, "1h"), 11);
+    }
+}

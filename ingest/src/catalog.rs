@@ -26,6 +26,10 @@ pub struct ModelPrice {
     pub flex_output: Option<i128>,
     pub priority_input: Option<i128>,
     pub priority_output: Option<i128>,
+    pub batch_cache_read: Option<i128>,
+    pub batch_cache_write: Option<i128>,
+    pub flex_cache_read: Option<i128>,
+    pub priority_cache_read: Option<i128>,
 }
 
 impl ModelPrice {
@@ -129,8 +133,23 @@ impl ModelPrice {
                 p * tier_base / base
             }
         };
-        let cache_read = scale(self.cache_read.unwrap_or(input), input, tier_in);
-        let cache_write = scale(self.cache_write.unwrap_or(input), input, tier_in);
+        // The tier's own cache prices when the catalog has them, else scaled like the input price.
+        let (tier_cache_read, tier_cache_write) = match tier {
+            Tier::Default => (None, None),
+            Tier::Batch => (self.batch_cache_read, self.batch_cache_write),
+            Tier::Flex => (
+                self.flex_cache_read.or(self.batch_cache_read),
+                self.batch_cache_write,
+            ),
+            Tier::Priority => (self.priority_cache_read, None),
+        };
+        let halve_own = |p: i128| if halve { p * 2 } else { p }; // explicit tier prices are not halved again
+        let cache_read = tier_cache_read
+            .map(halve_own)
+            .unwrap_or_else(|| scale(self.cache_read.unwrap_or(input), input, tier_in));
+        let cache_write = tier_cache_write
+            .map(halve_own)
+            .unwrap_or_else(|| scale(self.cache_write.unwrap_or(input), input, tier_in));
         let reasoning = scale(self.reasoning.unwrap_or(output), output, tier_out);
         let uncached = (t.input - t.cache_read - t.cache_write) as i128;
         let visible_out = (t.output - t.reasoning) as i128;
@@ -308,6 +327,10 @@ impl PriceCatalog {
                     "output_cost_per_token_flex" => &mut price.flex_output,
                     "input_cost_per_token_priority" => &mut price.priority_input,
                     "output_cost_per_token_priority" => &mut price.priority_output,
+                    "cache_read_input_token_cost_batches" => &mut price.batch_cache_read,
+                    "cache_creation_input_token_cost_batches" => &mut price.batch_cache_write,
+                    "cache_read_input_token_cost_flex" => &mut price.flex_cache_read,
+                    "cache_read_input_token_cost_priority" => &mut price.priority_cache_read,
                     f if f.contains("cost") => {
                         self.stats.ignored_cost_fields += 1;
                         continue;
@@ -390,6 +413,7 @@ impl PriceCatalog {
                     "priority_output_per_mtok",
                     &m.priority_output_per_mtok,
                 )?,
+                ..Default::default()
             };
             let from_ms = match &m.effective_from {
                 None => i64::MIN,
@@ -533,6 +557,84 @@ mod tests {
             c.lookup("openai", "openai/gpt-4o", 0).is_some(),
             "provider prefix in the model name"
         );
+    }
+
+    #[test]
+    fn real_litellm_entries_price_exactly_per_token_class_and_tier() {
+        let mut c = PriceCatalog::default();
+        let text = include_str!("../tests/fixtures/litellm_prices_sample.json");
+        c.add_litellm_json("litellm_prices_sample.json", text)
+            .unwrap();
+        assert!(
+            c.stats.ignored_cost_fields > 10,
+            "audio, image, search fields are counted: {:?}",
+            c.stats
+        );
+        assert_eq!(c.stats.inexact_prices, 0);
+        let t = Tokens {
+            input: 1_000_000,
+            cache_read: 400_000,
+            cache_write: 100_000,
+            output: 200_000,
+            reasoning: 0,
+        };
+        let sonnet = c.lookup("anthropic", "claude-sonnet-4-5", 0).unwrap();
+        // 500k x 3 + 400k x 0.30 + 100k x 3.75 + 200k x 15 per 1M
+        assert_eq!(
+            sonnet.cost(&t, Tier::Default),
+            Some(usd("1.5") + usd("0.12") + usd("0.375") + usd("3"))
+        );
+        // batch: LiteLLM's own batch prices for every class (1.5 / 0.15 / 1.875 / 7.5)
+        assert_eq!(
+            sonnet.cost(&t, Tier::Batch),
+            Some(usd("0.75") + usd("0.06") + usd("0.1875") + usd("1.5"))
+        );
+        let gpt = c.lookup("openai", "gpt-4o", 0).unwrap();
+        let t2 = Tokens {
+            input: 1_000_000,
+            cache_read: 500_000,
+            output: 100_000,
+            ..Default::default()
+        };
+        // priority: 4.25 input, 2.125 cache read, 17 output per 1M
+        assert_eq!(
+            gpt.cost(&t2, Tier::Priority),
+            Some(usd("2.125") + usd("1.0625") + usd("1.7"))
+        );
+        assert!(
+            c.lookup("gemini", "gemini-2.5-flash", 0).is_some(),
+            "gemini/ prefix is a provider"
+        );
+        assert!(
+            c.lookup("openai", "whisper-1", 0).is_none(),
+            "per-second audio models are unpriced, not $0"
+        );
+    }
+
+    #[test]
+    fn the_whole_litellm_catalog_imports_when_available() {
+        // scripts/test downloads LiteLLM's catalog from PyPI and sets this; CI must have it.
+        let Ok(path) = std::env::var("AIFINOPS_LITELLM_CATALOG") else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "AIFINOPS_LITELLM_CATALOG must be set in CI (scripts/test sets it)"
+            );
+            eprintln!("skipping: AIFINOPS_LITELLM_CATALOG not set");
+            return;
+        };
+        let mut c = PriceCatalog::default();
+        c.add_file(std::path::Path::new(&path))
+            .expect("the whole LiteLLM catalog imports");
+        assert!(c.stats.models > 1_000, "{:?}", c.stats);
+        assert!(c.stats.priced_models > 1_000, "{:?}", c.stats);
+        for (p, m) in [
+            ("openai", "gpt-4o"),
+            ("openai", "gpt-4o-mini"),
+            ("anthropic", "claude-sonnet-4-5"),
+            ("azure", "gpt-4o"),
+        ] {
+            assert!(c.lookup(p, m, 0).is_some(), "{p}/{m} priced");
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub struct KafkaSettings {
     pub group: String,
     pub topics: Vec<String>,
     pub session_timeout_ms: u32,
+    pub max_poll_interval_ms: u32,
     /// Extra librdkafka properties (e.g. security settings, `queued.max.messages.kbytes`).
     pub properties: BTreeMap<String, String>,
 }
@@ -420,6 +421,13 @@ impl KafkaSource {
                     })
                     .unwrap_or(-1);
                 if next < high {
+                    tracing::debug!(
+                        topic = t.name(),
+                        partition = p.id(),
+                        next,
+                        high,
+                        "not caught up"
+                    );
                     return Ok(false);
                 }
             }

@@ -546,7 +546,7 @@ impl Lake {
     /// Removes state and manifests no longer needed (keeps the last 2 states, the last 20 manifests,
     /// and any state whose outbox is not yet published).
     fn cleanup(&self, seq: u64) {
-        let published = self.published_seq();
+        let published = self.outbox_log().published_seq();
         for s in seq.saturating_sub(50)..seq.saturating_sub(1) {
             let dir = self.state_dir(s);
             if dir.exists() && (s <= published || !dir.join("outbox.json").exists()) {
@@ -563,6 +563,22 @@ impl Lake {
         }
     }
 
+    /// The outboxes of this lake, for a publisher that runs beside the commit loop.
+    pub fn outbox_log(&self) -> OutboxLog {
+        OutboxLog {
+            root: self.root.clone(),
+        }
+    }
+}
+
+/// The committed outboxes of a lake and how far they have been published. Safe to use from another
+/// task than the one committing: it only reads committed state and writes the `published` marker.
+#[derive(Debug, Clone)]
+pub struct OutboxLog {
+    root: PathBuf,
+}
+
+impl OutboxLog {
     /// The last seq whose outbox was fully published.
     pub fn published_seq(&self) -> u64 {
         fs::read_to_string(self.root.join(META).join("published"))
@@ -571,20 +587,36 @@ impl Lake {
             .unwrap_or(0)
     }
 
+    fn committed_seq(&self) -> Result<u64, SinkError> {
+        let dir = self.root.join(META).join("manifest");
+        Ok(fs::read_dir(&dir)
+            .map_err(io_err(format!("listing {}", dir.display())))?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_suffix(".json")
+                    .and_then(|s| s.parse().ok())
+            })
+            .max()
+            .unwrap_or(0))
+    }
+
     /// Outboxes of committed seqs not yet published, oldest first.
-    pub fn pending_outboxes(&self) -> Result<Vec<(u64, Outbox)>, SinkError> {
+    pub fn pending(&self) -> Result<Vec<(u64, Outbox)>, SinkError> {
         let published = self.published_seq();
+        let committed = self.committed_seq()?;
         let mut out = Vec::new();
         let dir = self.root.join(META).join("state");
         let mut seqs: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
             .flatten()
             .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-            .filter(|s| *s > published && self.last.as_ref().is_some_and(|m| *s <= m.seq))
+            .filter(|s| *s > published && *s <= committed)
             .collect();
         seqs.sort_unstable();
         for s in seqs {
-            let p = self.state_dir(s).join("outbox.json");
+            let p = dir.join(seq_name(s)).join("outbox.json");
             if let Ok(t) = fs::read_to_string(&p) {
                 let o: Outbox = serde_json::from_str(&t).map_err(|e| SinkError::Manifest {
                     path: p.display().to_string(),
@@ -598,6 +630,9 @@ impl Lake {
 
     /// Records that every outbox up to `seq` reached Kafka.
     pub fn mark_published(&self, seq: u64) -> Result<(), SinkError> {
+        if seq <= self.published_seq() {
+            return Ok(());
+        }
         write_atomic(
             &self.root.join(META).join("published"),
             seq.to_string().as_bytes(),
@@ -705,11 +740,11 @@ mod tests {
         assert_eq!(rec.state.dedup, vec![1; 24]);
         assert_eq!(rec.state.rules["x"], 1);
         assert_eq!(rec.state.partials.len(), 1);
-        let pending = lake2.pending_outboxes().unwrap();
+        let pending = lake2.outbox_log().pending().unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].1.dead_letters[0].raw(), b"x");
-        lake2.mark_published(1).unwrap();
-        assert!(lake2.pending_outboxes().unwrap().is_empty());
+        lake2.outbox_log().mark_published(1).unwrap();
+        assert!(lake2.outbox_log().pending().unwrap().is_empty());
     }
 
     #[test]

@@ -6,7 +6,7 @@ pub mod lake;
 pub mod parquet_io;
 pub mod publish;
 
-pub use lake::{Commit, CommitInfo, Lake, Manifest, Outbox, Recovered, StateSnapshot};
+pub use lake::{Commit, CommitInfo, Lake, Manifest, Outbox, OutboxLog, Recovered, StateSnapshot};
 pub use publish::Publisher;
 
 /// Everything that can go wrong while writing, naming the file or topic.

@@ -31,7 +31,7 @@ impl Publisher {
         cfg.set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "30000")
+            .set("message.timeout.ms", "15000")
             .set("linger.ms", "5");
         for (k, v) in properties {
             cfg.set(k, v);
