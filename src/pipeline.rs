@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aifinops_aggregate::{AlertRules, Deduplicator, Emitted, RulesState, WindowEngine, WindowSize};
+use aifinops_aggregate::{
+    AlertRules, Deduplicator, Detector, Emitted, RulesState, WindowEngine, WindowSize,
+};
 use aifinops_ingest::{Decoder, OwnerMap, PriceCatalog};
 use aifinops_schemas::{Alert, DeadLetter};
 use aifinops_sink::{Commit, CommitInfo, Lake, Manifest, StateSnapshot};
@@ -34,6 +36,8 @@ pub struct Pipeline {
     dedup: Deduplicator,
     windows: WindowEngine,
     rules: AlertRules,
+    /// Detectors over closed windows (spikes, retry storms, forecasts plug in here).
+    detectors: Vec<Box<dyn Detector>>,
     lake: Lake,
     emitted: Vec<Emitted>,
     alerts: Vec<Alert>,
@@ -101,6 +105,7 @@ impl Pipeline {
             dedup: Deduplicator::default(),
             windows,
             rules,
+            detectors: Vec::new(),
             lake,
             emitted: vec![],
             alerts: vec![],
@@ -217,7 +222,13 @@ impl Pipeline {
     ) -> anyhow::Result<CommitInfo> {
         let close_at = if final_flush { None } else { self.watermark };
         if close_at.is_some() || final_flush {
-            self.emitted.extend(self.windows.close(close_at).await?);
+            let closed = self.windows.close(close_at).await?;
+            for e in &closed {
+                for d in &mut self.detectors {
+                    self.alerts.extend(d.on_closed(e, now_ms()));
+                }
+            }
+            self.emitted.extend(closed);
         }
         if let Some(w) = self.watermark {
             self.dedup

@@ -128,6 +128,20 @@ struct Setup {
     group: String,
     config: std::path::PathBuf,
     lake: std::path::PathBuf,
+    metrics_port: u16,
+}
+
+/// GET /metrics from the Prometheus endpoint.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listening");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
 }
 
 fn setup(dir: &Path, brokers: String, name: &str) -> Setup {
@@ -138,6 +152,11 @@ fn setup(dir: &Path, brokers: String, name: &str) -> Setup {
     std::fs::write(dir.join("owners.toml"), OWNERS).unwrap();
     let lake = dir.join("lake");
     let config = dir.join("aifinops.toml");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         &config,
         format!(
@@ -155,7 +174,7 @@ dir = "{lake}"
 [owners]
 file = "{owners}"
 [metrics]
-listen = ""
+listen = "127.0.0.1:{metrics_port}"
 [[budget]]
 name = "search-daily"
 owner = "search"
@@ -175,6 +194,7 @@ limit_usd = "1.00"
         group: unique(&format!("{name}-group")),
         config,
         lake,
+        metrics_port,
     }
 }
 
@@ -267,6 +287,11 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // the Prometheus endpoint reports what happened
+    let m = scrape(s.metrics_port);
+    assert!(m.contains("aifinops_events_decoded_total"), "{m}");
+    assert!(m.contains("aifinops_dead_letters_total"), "{m}");
+    assert!(m.contains("aifinops_lake_commits_total"), "{m}");
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let (status, stderr) = wait_output(child, Duration::from_secs(60));
     assert!(

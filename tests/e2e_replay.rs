@@ -240,3 +240,51 @@ fn config_example_is_printed_and_checks_clean() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+#[test]
+fn replay_reads_gzip_and_stdin_into_the_same_totals() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, e) = workload(3_000, DAY, 4, 0, 17);
+    let (a, b) = lines.split_at(1_500);
+    let gz = dir.path().join("a.ndjson.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    enc.write_all((a.join("\n") + "\n").as_bytes()).unwrap();
+    enc.finish().unwrap();
+    let lake = dir.path().join("lake");
+    std::fs::write(dir.path().join("owners.toml"), OWNERS).unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "replay",
+            "--lake",
+            lake.to_str().unwrap(),
+            "--owners",
+            dir.path().join("owners.toml").to_str().unwrap(),
+            gz.to_str().unwrap(),
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all((b.join("\n") + "\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert_lake_totals(&lake, &e, &["1h", "1d"]);
+    let sources = query(&lake, "SELECT source FROM dead_letters ORDER BY source");
+    assert!(
+        sources
+            .iter()
+            .any(|r| r["source"].as_str().unwrap().starts_with("<stdin>:")),
+        "{sources:?}"
+    );
+}

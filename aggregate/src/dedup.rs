@@ -93,3 +93,51 @@ impl Deduplicator {
         Ok(Deduplicator { seen })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{Ev, batch};
+
+    fn ev(id: u128, ts: i64) -> Ev<'static> {
+        Ev {
+            ts,
+            id,
+            owner: "o",
+            identity: "i",
+            input: 1,
+            cost: Some(1),
+        }
+    }
+
+    #[test]
+    fn redeliveries_within_a_batch_and_across_batches_count_once() {
+        let mut d = Deduplicator::default();
+        let (kept, dups) = d
+            .filter(&batch(&[ev(1, 10), ev(2, 10), ev(1, 11)]))
+            .unwrap();
+        assert_eq!((kept.num_rows(), dups), (2, 1));
+        let (kept, dups) = d.filter(&batch(&[ev(2, 12), ev(3, 12)])).unwrap();
+        assert_eq!((kept.num_rows(), dups), (1, 1));
+        assert_eq!(d.len(), 3);
+    }
+
+    #[test]
+    fn the_set_survives_a_restart_and_forgets_beyond_the_horizon() {
+        let mut d = Deduplicator::default();
+        d.filter(&batch(&[ev(1, 1_000), ev(2, 5_000)])).unwrap();
+        let mut restored = Deduplicator::from_bytes(&d.to_bytes()).unwrap();
+        assert_eq!(
+            restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1,
+            1,
+            "redelivery after restart"
+        );
+        restored.evict_before(2_000);
+        assert_eq!(
+            restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1,
+            0,
+            "beyond the horizon it counts again"
+        );
+        assert!(Deduplicator::from_bytes(&[0; 7]).is_err());
+    }
+}

@@ -405,7 +405,8 @@ impl Decoder {
                 };
                 self.dead.push(DeadLetter {
                     source: source().to_string(),
-                    reason: r.reason,
+                    // reasons may quote a field's value: never let a secret through them either
+                    reason: redact_text(&r.reason),
                     kind: r.kind,
                     raw,
                     received_at_ms: received_ms,
