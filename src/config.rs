@@ -136,9 +136,7 @@ pub struct LakeConfig {
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        LakeConfig {
-            dir: PathBuf::from("./aifinops-lake"),
-        }
+        LakeConfig { dir: PathBuf::from("./aifinops-lake") }
     }
 }
 
@@ -153,10 +151,7 @@ pub struct PricesConfig {
 
 impl Default for PricesConfig {
     fn default() -> Self {
-        PricesConfig {
-            builtin: true,
-            files: vec![],
-        }
+        PricesConfig { builtin: true, files: vec![] }
     }
 }
 
@@ -185,10 +180,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        LogConfig { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -204,10 +196,7 @@ impl Config {
         }
         fig = fig.merge(Env::prefixed("AIFINOPS__").split("__"));
         let cfg: Config = fig.extract().with_context(|| match file {
-            Some(f) => format!(
-                "invalid configuration in {} (or AIFINOPS__* environment variables)",
-                f.display()
-            ),
+            Some(f) => format!("invalid configuration in {} (or AIFINOPS__* environment variables)", f.display()),
             None => "invalid configuration in AIFINOPS__* environment variables".to_string(),
         })?;
         cfg.validate()?;
@@ -216,9 +205,7 @@ impl Config {
 
     #[cfg(test)]
     pub fn from_toml_str(text: &str) -> anyhow::Result<Config> {
-        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(text))
-            .extract()?;
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)).extract()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -231,11 +218,7 @@ impl Config {
             .map(|w| aifinops_aggregate::WindowSize::parse(w))
             .collect::<Result<_, _>>()
             .context("pipeline.windows")?;
-        let finest = sizes
-            .iter()
-            .map(|s| s.ms)
-            .min()
-            .context("pipeline.windows must not be empty")?;
+        let finest = sizes.iter().map(|s| s.ms).min().context("pipeline.windows must not be empty")?;
         if 86_400_000 % finest != 0 {
             anyhow::bail!(
                 "pipeline.windows: the finest window ({finest} ms) must divide a day evenly (budget periods are days and months)"

@@ -20,11 +20,7 @@ use crate::traffic;
 
 pub fn yesterday_ms() -> i64 {
     let today = chrono::Utc::now().date_naive();
-    (today - chrono::Days::new(1))
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight")
-        .and_utc()
-        .timestamp_millis()
+    (today - chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis()
 }
 
 pub async fn run(dir: &Path) -> anyhow::Result<()> {
@@ -44,19 +40,11 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     println!("aifinops demo: starting an embedded Kafka-protocol broker (librdkafka mock cluster)");
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     let brokers = cluster.bootstrap_servers();
-    cluster
-        .create_topic("llm-usage", 3, 1)
-        .context("creating llm-usage")?;
-    cluster
-        .create_topic("aifinops.alerts", 1, 1)
-        .context("creating aifinops.alerts")?;
-    cluster
-        .create_topic("aifinops.dead-letters", 1, 1)
-        .context("creating aifinops.dead-letters")?;
+    cluster.create_topic("llm-usage", 3, 1).context("creating llm-usage")?;
+    cluster.create_topic("aifinops.alerts", 1, 1).context("creating aifinops.alerts")?;
+    cluster.create_topic("aifinops.dead-letters", 1, 1).context("creating aifinops.dead-letters")?;
 
-    let day_str = chrono::DateTime::from_timestamp_millis(day)
-        .unwrap_or_default()
-        .format("%Y-%m-%d");
+    let day_str = chrono::DateTime::from_timestamp_millis(day).unwrap_or_default().format("%Y-%m-%d");
     println!(
         "producing {} gateway records for {day_str} (owners: search, support-bot, research-agents, growth; a runaway agent hour at 14:00, a leaked key, an unknown model, 6 malformed records, 10 redelivered duplicates)",
         lines.len()
@@ -77,11 +65,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     cfg.pipeline.commit_interval = Duration::from_millis(200);
     cfg.budgets = toml::from_str::<DemoBudgets>(DEMO_BUDGETS)?.budget;
     std::fs::write(dir.join("aifinops.toml"), toml::to_string(&cfg)?)?;
-    println!(
-        "running the pipeline (consumer group {}, lake {})",
-        cfg.kafka.group,
-        lake.display()
-    );
+    println!("running the pipeline (consumer group {}, lake {})", cfg.kafka.group, lake.display());
     let summary = crate::run::run(&cfg, Arc::new(AtomicBool::new(false)), true).await?;
     println!("{summary}\n");
 
@@ -95,10 +79,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .await?
         .collect()
         .await?;
-    println!(
-        "Spend per owner for {day_str} (UTC):\n{}\n",
-        pretty_format_batches(&spend)?
-    );
+    println!("Spend per owner for {day_str} (UTC):\n{}\n", pretty_format_batches(&spend)?);
     let hourly = ctx
         .sql(
             "SELECT CAST(window_start AS VARCHAR) AS hour, CAST(sum(cost_usd) AS DECIMAL(18,2)) AS usd, sum(requests) AS requests \
@@ -107,15 +88,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .await?
         .collect()
         .await?;
-    println!(
-        "research-agents, most expensive hours (the runaway loop):\n{}\n",
-        pretty_format_batches(&hourly)?
-    );
-    let dead = ctx
-        .sql("SELECT source, kind, reason FROM dead_letters ORDER BY source")
-        .await?
-        .collect()
-        .await?;
+    println!("research-agents, most expensive hours (the runaway loop):\n{}\n", pretty_format_batches(&hourly)?);
+    let dead = ctx.sql("SELECT source, kind, reason FROM dead_letters ORDER BY source").await?.collect().await?;
     println!(
         "Dead letters (kept in the lake and on aifinops.dead-letters, with the reason):\n{}\n",
         pretty_format_batches(&dead)?
@@ -129,14 +103,10 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&["aifinops.alerts"])?;
-    let expected = ctx
-        .sql("SELECT count(*) FROM alerts")
-        .await?
-        .collect()
-        .await?;
-    let expected = datafusion::arrow::array::AsArray::as_primitive::<
-        datafusion::arrow::datatypes::Int64Type,
-    >(expected[0].column(0))
+    let expected = ctx.sql("SELECT count(*) FROM alerts").await?.collect().await?;
+    let expected = datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(
+        expected[0].column(0),
+    )
     .value(0) as usize;
     println!("Alerts published to topic aifinops.alerts (CloudEvents, key = owner):");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -146,8 +116,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             break;
         };
         seen += 1;
-        let v: serde_json::Value =
-            serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
         let d = &v["data"];
         let what = match v["type"].as_str().unwrap_or_default() {
             "aifinops.budget.threshold" => d["summary"].as_str().unwrap_or_default().to_string(),
@@ -206,13 +175,10 @@ pub async fn produce_lines(brokers: &str, topic: &str, lines: &[String]) -> anyh
         let key = format!("k{}", i % 97);
         let topic = topic.to_string();
         sends.push(tokio::spawn(async move {
-            p.send(
-                FutureRecord::to(&topic).key(&key).payload(&l),
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| e)
+            p.send(FutureRecord::to(&topic).key(&key).payload(&l), Duration::from_secs(30))
+                .await
+                .map(|_| ())
+                .map_err(|(e, _)| e)
         }));
     }
     for s in sends {
@@ -226,17 +192,9 @@ pub async fn ensure_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     use rdkafka::types::RDKafkaErrorCode;
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &opts,
-        )
-        .await?
-    {
+    for r in admin.create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &opts).await? {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
@@ -260,11 +218,7 @@ pub async fn produce_files(
         } else {
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
         };
-        lines.extend(
-            text.lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string),
-        );
+        lines.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
     }
     produce_lines(brokers, topic, &lines).await?;
     Ok(lines.len())

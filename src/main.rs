@@ -131,16 +131,9 @@ enum ConfigAction {
 
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if cfg.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 fn apply(o: &Overrides) -> anyhow::Result<Config> {
@@ -159,11 +152,7 @@ fn apply(o: &Overrides) -> anyhow::Result<Config> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aifinops: cannot start the runtime: {e}");
@@ -183,23 +172,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo { dir } => {
             let cfg = Config::default();
-            init_logging(&Config {
-                log: config::LogConfig {
-                    level: "error".into(),
-                    ..cfg.log.clone()
-                },
-                ..cfg
-            });
+            init_logging(&Config { log: config::LogConfig { level: "error".into(), ..cfg.log.clone() }, ..cfg });
             demo::run(&dir).await
         }
-        Command::Run {
-            o,
-            brokers,
-            topics,
-            group,
-            alert_topic,
-            until_caught_up,
-        } => {
+        Command::Run { o, brokers, topics, group, alert_topic, until_caught_up } => {
             let mut cfg = apply(&o)?;
             if let Some(b) = brokers {
                 cfg.kafka.brokers = b;
@@ -215,11 +191,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             init_logging(&cfg);
             if !cfg.metrics.listen.is_empty() {
-                let addr: std::net::SocketAddr = cfg
-                    .metrics
-                    .listen
-                    .parse()
-                    .with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
+                let addr: std::net::SocketAddr =
+                    cfg.metrics.listen.parse().with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
                 metrics_exporter_prometheus::PrometheusBuilder::new()
                     .with_http_listener(addr)
                     .install()
@@ -263,12 +236,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Produce {
-            brokers,
-            topic,
-            partitions,
-            files,
-        } => {
+        Command::Produce { brokers, topic, partitions, files } => {
             let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
             eprintln!("produced {n} records to {topic}");
             Ok(())
@@ -284,8 +252,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 use std::io::Write;
                 std::io::stdout().write_all(lines.as_bytes())?;
             } else {
-                std::fs::write(&out, lines)
-                    .with_context(|| format!("writing {}", out.display()))?;
+                std::fs::write(&out, lines).with_context(|| format!("writing {}", out.display()))?;
             }
             Ok(())
         }

@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use aifinops_aggregate::{
-    AlertRules, Deduplicator, Detector, Emitted, RulesState, WindowEngine, WindowSize,
-};
+use aifinops_aggregate::{AlertRules, Deduplicator, Detector, Emitted, RulesState, WindowEngine, WindowSize};
 use aifinops_ingest::{Decoder, OwnerMap, PriceCatalog};
 use aifinops_schemas::{Alert, DeadLetter};
 use aifinops_sink::{Commit, CommitInfo, Lake, Manifest, StateSnapshot};
@@ -54,15 +52,9 @@ pub fn now_ms() -> i64 {
 
 /// Loads the price catalog and owner map the config names.
 pub fn load_reference(cfg: &Config) -> anyhow::Result<(PriceCatalog, OwnerMap)> {
-    let mut catalog = if cfg.prices.builtin {
-        PriceCatalog::builtin()
-    } else {
-        PriceCatalog::default()
-    };
+    let mut catalog = if cfg.prices.builtin { PriceCatalog::builtin() } else { PriceCatalog::default() };
     for f in &cfg.prices.files {
-        catalog
-            .add_file(f)
-            .with_context(|| format!("loading prices from {}", f.display()))?;
+        catalog.add_file(f).with_context(|| format!("loading prices from {}", f.display()))?;
     }
     let owners = match &cfg.owners.file {
         Some(f) => OwnerMap::load(f)?,
@@ -81,18 +73,13 @@ impl Pipeline {
             owners = owners.owners().len(),
             "price catalog and owner map loaded"
         );
-        let sizes = cfg
-            .pipeline
-            .windows
-            .iter()
-            .map(|w| WindowSize::parse(w))
-            .collect::<Result<Vec<_>, _>>()?;
+        let sizes = cfg.pipeline.windows.iter().map(|w| WindowSize::parse(w)).collect::<Result<Vec<_>, _>>()?;
         let windows = WindowEngine::new(sizes)?;
         let rules = AlertRules::new(&format!("aifinops/{}", cfg.pipeline.name), &cfg.budgets)?;
         std::fs::create_dir_all(&cfg.lake.dir)
             .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
-        let (lake, recovered) = Lake::open(&cfg.lake.dir)
-            .with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
+        let (lake, recovered) =
+            Lake::open(&cfg.lake.dir).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
         let decoder = Decoder::new(
             Arc::new(catalog),
             Arc::new(owners),
@@ -180,8 +167,7 @@ impl Pipeline {
         metrics::counter!("aifinops_records_consumed_total").increment(records);
         metrics::counter!("aifinops_events_decoded_total").increment(decoded.stats.accepted);
         metrics::counter!("aifinops_unpriced_requests_total").increment(decoded.stats.unpriced);
-        metrics::counter!("aifinops_unattributed_requests_total")
-            .increment(decoded.stats.unattributed);
+        metrics::counter!("aifinops_unattributed_requests_total").increment(decoded.stats.unattributed);
         for d in &decoded.dead_letters {
             tracing::warn!(source = %d.source, kind = d.kind, reason = %d.reason, "dead letter");
             metrics::counter!("aifinops_dead_letters_total", "reason" => d.kind).increment(1);
@@ -231,8 +217,7 @@ impl Pipeline {
             self.emitted.extend(closed);
         }
         if let Some(w) = self.watermark {
-            self.dedup
-                .evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
             self.rules.prune(w);
         }
         let partials = self.windows.snapshot().await?;
@@ -241,14 +226,18 @@ impl Pipeline {
             dedup: self.dedup.to_bytes(),
             rules: serde_json::to_value(self.rules.state())?,
         };
+        // Positions of inputs not read this time (another topic, another file) are carried forward, so
+        // a later run over them resumes instead of counting them twice.
+        let mut all_offsets = self.lake.last_manifest().map(|m| m.offsets.clone()).unwrap_or_default();
+        for (topic, parts) in offsets {
+            all_offsets.entry(topic).or_default().extend(parts);
+        }
+        let mut all_files = self.lake.last_manifest().map(|m| m.files.clone()).unwrap_or_default();
+        all_files.extend(files);
         let commit = Commit {
-            offsets,
-            files,
-            rollups: self
-                .emitted
-                .drain(..)
-                .map(|e| (e.size.label, e.rows))
-                .collect(),
+            offsets: all_offsets,
+            files: all_files,
+            rollups: self.emitted.drain(..).map(|e| (e.size.label, e.rows)).collect(),
             alerts: std::mem::take(&mut self.alerts),
             dead_letters: std::mem::take(&mut self.dead),
             state,
@@ -257,10 +246,7 @@ impl Pipeline {
             totals: BTreeMap::from([
                 ("records_since_start".to_string(), self.totals.records),
                 ("duplicates_since_start".to_string(), self.totals.duplicates),
-                (
-                    "dead_letters_since_start".to_string(),
-                    self.totals.dead_letters,
-                ),
+                ("dead_letters_since_start".to_string(), self.totals.dead_letters),
             ]),
             publish,
         };
@@ -274,26 +260,16 @@ impl Pipeline {
         metrics::counter!("aifinops_lake_bytes_total").increment(info.bytes);
         metrics::gauge!("aifinops_window_open_rows").set(self.windows.open_rows() as f64);
         metrics::gauge!("aifinops_dedup_keys").set(self.dedup.len() as f64);
-        tracing::debug!(
-            seq = info.seq,
-            files = info.files,
-            bytes = info.bytes,
-            rows = info.rollup_rows,
-            "lake commit"
-        );
+        tracing::debug!(seq = info.seq, files = info.files, bytes = info.bytes, rows = info.rollup_rows, "lake commit");
         Ok(info)
     }
 }
 
 fn late_requests(rows: &datafusion::arrow::array::RecordBatch) -> u64 {
-    let (Some(late), Some(req)) = (rows.column_by_name("late"), rows.column_by_name("requests"))
-    else {
+    let (Some(late), Some(req)) = (rows.column_by_name("late"), rows.column_by_name("requests")) else {
         return 0;
     };
     let late = late.as_boolean();
     let req = req.as_primitive::<Int64Type>();
-    (0..rows.num_rows())
-        .filter(|&i| late.is_valid(i) && late.value(i))
-        .map(|i| req.value(i) as u64)
-        .sum()
+    (0..rows.num_rows()).filter(|&i| late.is_valid(i) && late.value(i)).map(|i| req.value(i) as u64).sum()
 }

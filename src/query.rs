@@ -3,9 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use aifinops_schemas::{
-    alert::alert_schema, dead_letter::dead_letter_schema, rollup::rollup_schema,
-};
+use aifinops_schemas::{alert::alert_schema, dead_letter::dead_letter_schema, rollup::rollup_schema};
 use anyhow::Context;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -16,10 +14,7 @@ use datafusion::prelude::SessionContext;
 /// A session with `rollups`, `alerts` and `dead_letters` registered over `lake`.
 pub async fn session(lake: &Path) -> anyhow::Result<SessionContext> {
     if !lake.join("_aifinops").exists() {
-        anyhow::bail!(
-            "{} is not an aifinops lake (no _aifinops directory)",
-            lake.display()
-        );
+        anyhow::bail!("{} is not an aifinops lake (no _aifinops directory)", lake.display());
     }
     let ctx = SessionContext::new();
     let tables: [(&str, SchemaRef, Vec<&str>); 3] = [
@@ -32,12 +27,7 @@ pub async fn session(lake: &Path) -> anyhow::Result<SessionContext> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let opts = ListingOptions::new(Arc::new(ParquetFormat::default()))
             .with_file_extension(".parquet")
-            .with_table_partition_cols(
-                parts
-                    .iter()
-                    .map(|p| (p.to_string(), DataType::Utf8))
-                    .collect(),
-            );
+            .with_table_partition_cols(parts.iter().map(|p| (p.to_string(), DataType::Utf8)).collect());
         let url = format!("{}/", std::fs::canonicalize(&dir)?.display());
         ctx.register_listing_table(name, &url, opts, Some(schema), None)
             .await
@@ -48,14 +38,8 @@ pub async fn session(lake: &Path) -> anyhow::Result<SessionContext> {
 
 pub async fn run(lake: &Path, sql: &str, format: &str) -> anyhow::Result<String> {
     let ctx = session(lake).await?;
-    let df = ctx
-        .sql(sql)
-        .await
-        .with_context(|| format!("in query {sql:?}"))?;
-    let batches = df
-        .collect()
-        .await
-        .with_context(|| format!("running {sql:?}"))?;
+    let df = ctx.sql(sql).await.with_context(|| format!("in query {sql:?}"))?;
+    let batches = df.collect().await.with_context(|| format!("running {sql:?}"))?;
     Ok(match format {
         "csv" | "json" => {
             let mut buf = Vec::new();

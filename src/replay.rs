@@ -38,27 +38,21 @@ pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result
         }
     }
     let mut src = FileSource::new(files.to_vec());
-    src.resume_from(
-        done.iter()
-            .filter(|(_, v)| **v != u64::MAX)
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-    );
+    src.resume_from(done.iter().filter(|(_, v)| **v != u64::MAX).map(|(k, v)| (k.clone(), *v)).collect());
     let total_bytes = src.total_bytes();
     let bar = if std::io::stderr().is_terminal() && total_bytes > 0 {
         let b = indicatif::ProgressBar::new(total_bytes);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {bytes}/{total_bytes} [{bar:30}] {per_sec} {msg}",
-            )
-            .expect("template")
-            .progress_chars("=> "),
+            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {per_sec} {msg}")
+                .expect("template")
+                .progress_chars("=> "),
         );
         Some(b)
     } else {
         None
     };
     let delay = cfg.pipeline.watermark_delay.as_millis() as i64;
+    let skew = cfg.pipeline.max_future_skew.as_millis() as i64;
     let mut clock: Option<i64> = p.watermark().map(|w| w + delay);
     let mut last_report = Instant::now();
     loop {
@@ -66,25 +60,15 @@ pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result
         if let Some(t) = chunk.max_ts_ms {
             clock = Some(clock.map_or(t, |c| c.max(t)));
         }
-        // A file is one ordered stream: its clock is the watermark input (no wall-clock cap for history).
-        let wm = compute(
-            &[PartitionClock {
-                max_ts_ms: clock,
-                idle: false,
-            }],
-            delay,
-            None,
-        );
+        // A file is one ordered stream: its clock is the watermark input. History is in the past, so a
+        // record dated far ahead of the wall clock must not drag the watermark (and close every window).
+        let wm = compute(&[PartitionClock { max_ts_ms: clock, idle: false }], delay, Some((now_ms(), skew)));
         p.process(chunk.records, wm.watermark_ms).await?;
         if let Some(b) = &bar {
             b.set_position(src.bytes_read());
             b.set_message(format!("{} events", p.totals.accepted));
         } else if last_report.elapsed().as_secs() >= 10 {
-            tracing::info!(
-                events = p.totals.accepted,
-                dead_letters = p.totals.dead_letters,
-                "replay progress"
-            );
+            tracing::info!(events = p.totals.accepted, dead_letters = p.totals.dead_letters, "replay progress");
             last_report = Instant::now();
         }
         if chunk.done {

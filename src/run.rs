@@ -20,8 +20,8 @@ pub fn shutdown_signal() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -68,11 +68,7 @@ impl OutboxPublisher {
                 }
             }
         });
-        OutboxPublisher {
-            wake,
-            closing,
-            task,
-        }
+        OutboxPublisher { wake, closing, task }
     }
 
     fn notify(&self) {
@@ -98,8 +94,7 @@ async fn drain(log: &OutboxLog, publisher: &Publisher) -> anyhow::Result<()> {
         aifinops_sink::fault::point("before_publish");
         publisher.publish(&outbox).await?;
         for a in &outbox.alerts {
-            metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone())
-                .increment(1);
+            metrics::counter!("aifinops_alerts_published_total", "type" => a.kind.clone()).increment(1);
             tracing::info!(id = %a.id, kind = %a.kind, subject = %a.subject, owner = a.owner(), "alert published");
         }
         aifinops_sink::fault::point("after_publish");
@@ -116,11 +111,7 @@ fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
     m
 }
 
-pub async fn run(
-    cfg: &Config,
-    stop: Arc<AtomicBool>,
-    until_caught_up: bool,
-) -> anyhow::Result<String> {
+pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     let (mut p, manifest) = Pipeline::open(cfg)?;
     let mut committed = std::collections::HashMap::new();
@@ -131,14 +122,8 @@ pub async fn run(
             }
         }
     }
-    let dlq =
-        (!cfg.kafka.dead_letter_topic.is_empty()).then_some(cfg.kafka.dead_letter_topic.as_str());
-    let publisher = Publisher::new(
-        &cfg.kafka.brokers,
-        &cfg.kafka.alert_topic,
-        dlq,
-        &cfg.kafka.producer,
-    )?;
+    let dlq = (!cfg.kafka.dead_letter_topic.is_empty()).then_some(cfg.kafka.dead_letter_topic.as_str());
+    let publisher = Publisher::new(&cfg.kafka.brokers, &cfg.kafka.alert_topic, dlq, &cfg.kafka.producer)?;
     let outbox = OutboxPublisher::spawn(p.lake().outbox_log(), publisher);
     let settings = KafkaSettings {
         brokers: cfg.kafka.brokers.clone(),
@@ -158,12 +143,7 @@ pub async fn run(
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
             let poll = src
-                .poll_into(
-                    &mut p.decoder,
-                    cfg.pipeline.batch_max_events,
-                    cfg.pipeline.batch_max_wait,
-                    now_ms,
-                )
+                .poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms)
                 .await?;
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
@@ -177,15 +157,11 @@ pub async fn run(
             let clocks: Vec<PartitionClock> = src
                 .progress()
                 .values()
-                .map(|pp| PartitionClock {
-                    max_ts_ms: pp.max_ts_ms,
-                    idle: pp.last_active.elapsed() >= idle,
-                })
+                .map(|pp| PartitionClock { max_ts_ms: pp.max_ts_ms, idle: pp.last_active.elapsed() >= idle })
                 .collect();
             let wm = compute(&clocks, delay, Some((now_ms(), skew)));
             if wm.clamped_partitions > 0 {
-                metrics::counter!("aifinops_watermark_clamped_total")
-                    .increment(wm.clamped_partitions as u64);
+                metrics::counter!("aifinops_watermark_clamped_total").increment(wm.clamped_partitions as u64);
             }
             p.process(poll.records, wm.watermark_ms).await?;
         }
@@ -206,13 +182,9 @@ pub async fn run(
         let finishing = stopping || caught_up;
         if p.commit_due() || finishing {
             let offsets = offsets_map(&src);
-            let info = p
-                .commit(offsets.clone(), BTreeMap::new(), true, caught_up)
-                .await?;
-            let flat = offsets
-                .iter()
-                .flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o)))
-                .collect();
+            let info = p.commit(offsets.clone(), BTreeMap::new(), true, caught_up).await?;
+            let flat =
+                offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o))).collect();
             src.committed(&flat);
             outbox.notify();
             tracing::debug!(seq = info.seq, "committed");

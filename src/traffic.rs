@@ -73,9 +73,7 @@ struct Call<'a> {
 }
 
 fn line(id: &str, c: &Call<'_>) -> String {
-    let ts = chrono::DateTime::from_timestamp_millis(c.ts)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ");
+    let ts = chrono::DateTime::from_timestamp_millis(c.ts).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ");
     let mut s = format!(
         r#"{{"event_id":"{id}","timestamp":"{ts}","provider":"{}","model":"{}","input_tokens":{},"output_tokens":{}"#,
         c.provider, c.model, c.input, c.output
@@ -124,14 +122,8 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let mini = rng.chance(80);
             let input = rng.range(300, 3_000);
-            let key = if rng.chance(50) {
-                "key-search-1"
-            } else {
-                "key-search-2"
-            };
-            let attrs = format!(
-                r#","api_key_id":"{key}","team":"search","project":"web-search","environment":"prod""#
-            );
+            let key = if rng.chance(50) { "key-search-1" } else { "key-search-2" };
+            let attrs = format!(r#","api_key_id":"{key}","team":"search","project":"web-search","environment":"prod""#);
             let c = Call {
                 ts,
                 provider: "openai",
@@ -193,7 +185,8 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
         }
         for _ in 0..(10 * busy) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
-            let attrs = r#","api_key_id":"key-growth-1","team":"growth","project":"lifecycle-email","environment":"prod""#;
+            let attrs =
+                r#","api_key_id":"key-growth-1","team":"growth","project":"lifecycle-email","environment":"prod""#;
             let batch = rng.chance(50);
             let c = Call {
                 ts,

@@ -10,39 +10,17 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
     let demo = dir.path().join("demo");
     let out = ok(&aifinops(&["demo", "--dir", demo.to_str().unwrap()]));
     // the spend table names every owner, including the one that belongs to nobody
-    for owner in [
-        "search",
-        "support-bot",
-        "research-agents",
-        "growth",
-        "unattributed",
-    ] {
+    for owner in ["search", "support-bot", "research-agents", "growth", "unattributed"] {
         assert!(out.contains(owner), "spend table lacks {owner}:\n{out}");
     }
     // the three alert kinds, read back from the alert topic
-    for kind in [
-        "aifinops.budget.threshold",
-        "aifinops.spend.unattributed",
-        "aifinops.model.unpriced",
-    ] {
-        assert!(
-            out.contains(&format!("[{kind}]")),
-            "no {kind} alert read back:\n{out}"
-        );
+    for kind in ["aifinops.budget.threshold", "aifinops.spend.unattributed", "aifinops.model.unpriced"] {
+        assert!(out.contains(&format!("[{kind}]")), "no {kind} alert read back:\n{out}");
     }
-    assert!(
-        out.contains("research-agents-daily crossed 100%"),
-        "runaway agent budget alert:\n{out}"
-    );
-    assert!(
-        out.contains("gpt-9-preview"),
-        "unpriced model alert:\n{out}"
-    );
+    assert!(out.contains("research-agents-daily crossed 100%"), "runaway agent budget alert:\n{out}");
+    assert!(out.contains("gpt-9-preview"), "unpriced model alert:\n{out}");
     assert!(out.contains("duckdb -c"), "DuckDB one-liner:\n{out}");
-    assert!(
-        !out.contains("sk-proj-Zx81"),
-        "the leaked key must appear only as a fingerprint:\n{out}"
-    );
+    assert!(!out.contains("sk-proj-Zx81"), "the leaked key must appear only as a fingerprint:\n{out}");
     // the lake it wrote agrees with its input: every valid, unique record is counted once
     let lake = demo.join("lake");
     let lines = std::fs::read_to_string(demo.join("traffic.ndjson")).unwrap();
@@ -62,16 +40,10 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
             valid += 1;
         }
     }
-    let r = query(
-        &lake,
-        "SELECT sum(requests) AS r FROM rollups WHERE \"window\" = '1h'",
-    );
+    let r = query(&lake, "SELECT sum(requests) AS r FROM rollups WHERE \"window\" = '1h'");
     assert_eq!(r[0]["r"].as_i64(), Some(valid));
     let dl = query(&lake, "SELECT count(*) AS n FROM dead_letters");
     assert_eq!(dl[0]["n"].as_i64(), Some(6));
-    let secrets = query(
-        &lake,
-        "SELECT count(*) AS n FROM rollups WHERE identity LIKE 'sk-%'",
-    );
+    let secrets = query(&lake, "SELECT count(*) AS n FROM rollups WHERE identity LIKE 'sk-%'");
     assert_eq!(secrets[0]["n"].as_i64(), Some(0));
 }

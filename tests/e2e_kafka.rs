@@ -20,26 +20,15 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 const DAY: i64 = 1_764_460_800_000; // 2025-11-30T00:00:00Z
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let new: Vec<NewTopic> = topics
-        .iter()
-        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
-        .collect();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
     let res = rt()
-        .block_on(admin.create_topics(
-            &new,
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        ))
+        .block_on(admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)))))
         .unwrap();
     for r in res {
         if let Err((t, e)) = r {
@@ -97,10 +86,7 @@ fn read_all(brokers: &str, topic: &str, expect_at_least: usize, within: Duration
                 let mut h = BTreeMap::new();
                 if let Some(hs) = m.headers() {
                     for x in hs.iter() {
-                        h.insert(
-                            x.key.to_string(),
-                            String::from_utf8_lossy(x.value.unwrap_or_default()).to_string(),
-                        );
+                        h.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).to_string());
                     }
                 }
                 out.push((
@@ -134,11 +120,9 @@ struct Setup {
 /// GET /metrics from the Prometheus endpoint.
 fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listening");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listening");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body
@@ -152,11 +136,7 @@ fn setup(dir: &Path, brokers: String, name: &str) -> Setup {
     std::fs::write(dir.join("owners.toml"), OWNERS).unwrap();
     let lake = dir.join("lake");
     let config = dir.join("aifinops.toml");
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::write(
         &config,
         format!(
@@ -186,16 +166,7 @@ limit_usd = "1.00"
         ),
     )
     .unwrap();
-    Setup {
-        brokers,
-        input,
-        alerts,
-        dlq,
-        group: unique(&format!("{name}-group")),
-        config,
-        lake,
-        metrics_port,
-    }
+    Setup { brokers, input, alerts, dlq, group: unique(&format!("{name}-group")), config, lake, metrics_port }
 }
 
 fn start(s: &Setup, extra: &[&str], env: &[(&str, &str)]) -> Child {
@@ -234,10 +205,7 @@ fn wait_output(c: Child, within: Duration) -> (std::process::ExitStatus, String)
         if Instant::now() > deadline {
             let _ = c.kill();
             let out = c.wait_with_output().unwrap();
-            panic!(
-                "aifinops run did not finish in {within:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("aifinops run did not finish in {within:?}:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -248,22 +216,14 @@ fn committed_offsets(lake: &Path) -> i64 {
     let Ok(rd) = std::fs::read_dir(&dir) else {
         return 0;
     };
-    let mut names: Vec<_> = rd
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
+    let mut names: Vec<_> =
+        rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "json")).collect();
     names.sort();
     let Some(last) = names.last() else { return 0 };
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(last).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(last).unwrap()).unwrap();
     m["offsets"]
         .as_object()
-        .map(|t| {
-            t.values()
-                .flat_map(|p| p.as_object().unwrap().values().map(|o| o.as_i64().unwrap()))
-                .sum()
-        })
+        .map(|t| t.values().flat_map(|p| p.as_object().unwrap().values().map(|o| o.as_i64().unwrap())).sum())
         .unwrap_or(0)
 }
 
@@ -281,10 +241,7 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
     let pid = child.id() as i32;
     let t0 = Instant::now();
     while committed_offsets(&s.lake) < total {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "run did not consume {total} records in 120 s"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(120), "run did not consume {total} records in 120 s");
         std::thread::sleep(Duration::from_millis(200));
     }
     // the Prometheus endpoint reports what happened
@@ -294,66 +251,30 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
     assert!(m.contains("aifinops_lake_commits_total"), "{m}");
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let (status, stderr) = wait_output(child, Duration::from_secs(60));
-    assert!(
-        status.success(),
-        "SIGTERM must flush, commit and exit 0: {status}\n{stderr}"
-    );
-    assert_eq!(
-        committed_offsets(&s.lake),
-        total,
-        "all offsets committed to the lake"
-    );
+    assert!(status.success(), "SIGTERM must flush, commit and exit 0: {status}\n{stderr}");
+    assert_eq!(committed_offsets(&s.lake), total, "all offsets committed to the lake");
 
     // 2. a second run resumes from the lake's offsets and, caught up, flushes every open window
     let child = start(&s, &["--until-caught-up"], &[]);
     let (status, stderr) = wait_output(child, Duration::from_secs(120));
     assert!(status.success(), "{stderr}");
-    assert!(
-        stderr.contains("run: 0 records"),
-        "the second run must not re-read anything: {stderr}"
-    );
+    assert!(stderr.contains("run: 0 records"), "the second run must not re-read anything: {stderr}");
     assert_lake_totals(&s.lake, &e, &["1m", "1h", "1d"]);
 
     // 3. alerts on the topic, read back by a separate consumer: CloudEvents, key = owner, once each
     let lake_alerts = query(&s.lake, "SELECT id, type, owner FROM alerts");
-    assert!(
-        lake_alerts
-            .iter()
-            .any(|a| a["type"] == "aifinops.budget.threshold"),
-        "{lake_alerts:?}"
-    );
-    let msgs = read_all(
-        &s.brokers,
-        &s.alerts,
-        lake_alerts.len(),
-        Duration::from_secs(60),
-    );
-    assert_eq!(
-        msgs.len(),
-        lake_alerts.len(),
-        "every alert in the lake is on the topic exactly once"
-    );
+    assert!(lake_alerts.iter().any(|a| a["type"] == "aifinops.budget.threshold"), "{lake_alerts:?}");
+    let msgs = read_all(&s.brokers, &s.alerts, lake_alerts.len(), Duration::from_secs(60));
+    assert_eq!(msgs.len(), lake_alerts.len(), "every alert in the lake is on the topic exactly once");
     let mut ids = std::collections::BTreeSet::new();
     for (key, payload, headers) in &msgs {
         let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
-        for k in [
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "subject",
-            "time",
-            "datacontenttype",
-            "data",
-        ] {
+        for k in ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"] {
             assert!(v.get(k).is_some(), "CloudEvent field {k} missing: {v}");
         }
         assert_eq!(key.as_deref(), v["data"]["owner"].as_str(), "key = owner");
         assert_eq!(headers.get("ce_id").map(|s| s.as_str()), v["id"].as_str());
-        assert!(
-            ids.insert(v["id"].as_str().unwrap().to_string()),
-            "alert id published twice"
-        );
+        assert!(ids.insert(v["id"].as_str().unwrap().to_string()), "alert id published twice");
     }
     let thresholds: Vec<_> = msgs
         .iter()
@@ -372,20 +293,12 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
     let dl = read_all(&s.brokers, &s.dlq, e.bad, Duration::from_secs(30));
     assert_eq!(dl.len(), e.bad);
     for (_, _, h) in &dl {
-        assert!(
-            h.get("aifinops_source").is_some_and(|s| s.contains('@')),
-            "{h:?}"
-        );
+        assert!(h.get("aifinops_source").is_some_and(|s| s.contains('@')), "{h:?}");
         assert!(h.get("aifinops_reason").is_some_and(|r| !r.is_empty()));
     }
     let lake_dl = query(&s.lake, "SELECT source FROM dead_letters");
     assert_eq!(lake_dl.len(), e.bad);
-    assert!(lake_dl.iter().all(|r| {
-        r["source"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("{}/", s.input))
-    }));
+    assert!(lake_dl.iter().all(|r| { r["source"].as_str().unwrap().starts_with(&format!("{}/", s.input)) }));
 }
 
 #[test]
@@ -395,10 +308,7 @@ fn run_is_exactly_once_under_kill_9() {
     let s = setup(dir.path(), brokers, "crash");
     let (lines, e) = workload(40_000, DAY, 24, 100, 77);
     produce(&s.brokers, &s.input, &lines);
-    let env_small = [
-        ("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "2000"),
-        ("AIFINOPS__PIPELINE__COMMIT_INTERVAL", "0s"),
-    ];
+    let env_small = [("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "2000"), ("AIFINOPS__PIPELINE__COMMIT_INTERVAL", "0s")];
     // crashes at every step of the commit protocol (fault injection = abort, like kill -9)
     let points = [
         "mid_parquet:2",
@@ -417,10 +327,7 @@ fn run_is_exactly_once_under_kill_9() {
         let (status, stderr) = wait_output(child, Duration::from_secs(120));
         if !status.success() {
             crashed += 1;
-            assert!(
-                stderr.contains("fault injection"),
-                "{p}: unexpected failure:\n{stderr}"
-            );
+            assert!(stderr.contains("fault injection"), "{p}: unexpected failure:\n{stderr}");
         }
         query(&s.lake, "SELECT count(*) FROM rollups"); // every visible file is whole
     }
@@ -438,15 +345,9 @@ fn run_is_exactly_once_under_kill_9() {
     assert!(status.success(), "{stderr}");
     assert_lake_totals(&s.lake, &e, &["1m", "1h", "1d"]);
     let dl = query(&s.lake, "SELECT count(*) AS n FROM dead_letters");
-    assert_eq!(
-        dl[0]["n"].as_i64(),
-        Some(e.bad as i64),
-        "each dead letter once in the lake"
-    );
+    assert_eq!(dl[0]["n"].as_i64(), Some(e.bad as i64), "each dead letter once in the lake");
     // no alert id on the topic with two different payloads
-    let n_alerts = query(&s.lake, "SELECT count(*) AS n FROM alerts")[0]["n"]
-        .as_i64()
-        .unwrap() as usize;
+    let n_alerts = query(&s.lake, "SELECT count(*) AS n FROM alerts")[0]["n"].as_i64().unwrap() as usize;
     let msgs = read_all(&s.brokers, &s.alerts, n_alerts, Duration::from_secs(60));
     let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (_, p, _) in &msgs {
@@ -456,9 +357,5 @@ fn run_is_exactly_once_under_kill_9() {
             assert_eq!(prev, *p, "alert {id} published with two different payloads");
         }
     }
-    assert_eq!(
-        by_id.len(),
-        n_alerts,
-        "every alert of the lake reached the topic"
-    );
+    assert_eq!(by_id.len(), n_alerts, "every alert of the lake reached the topic");
 }

@@ -38,58 +38,31 @@ fn replay_totals_equal_input_totals_in_every_window() {
     ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("50 duplicates dropped"), "{stderr}");
-    assert!(
-        stderr.contains(&format!("{} dead letters", e.bad)),
-        "{stderr}"
-    );
+    assert!(stderr.contains(&format!("{} dead letters", e.bad)), "{stderr}");
     assert_lake_totals(&lake, &e, &["1m", "1h", "1d"]);
 
     // late rows: the last 20 events arrived 28+ hours after their window ended
-    let late = query(
-        &lake,
-        "SELECT sum(requests) AS r FROM rollups WHERE \"window\" = '1h' AND late",
-    );
-    assert_eq!(
-        late[0].get("r").and_then(|r| r.as_i64()),
-        Some(20),
-        "late rows flagged: {late:?}"
-    );
+    let late = query(&lake, "SELECT sum(requests) AS r FROM rollups WHERE \"window\" = '1h' AND late");
+    assert_eq!(late[0].get("r").and_then(|r| r.as_i64()), Some(20), "late rows flagged: {late:?}");
     // a window's rows are additive: total per window equals the per-window count from the input
-    let dl = query(
-        &lake,
-        "SELECT source, kind, reason FROM dead_letters ORDER BY source",
-    );
+    let dl = query(&lake, "SELECT source, kind, reason FROM dead_letters ORDER BY source");
     assert_eq!(dl.len(), e.bad);
     for r in &dl {
         let src = r["source"].as_str().unwrap();
-        assert!(
-            src.starts_with(input.to_str().unwrap()) && src.contains(':'),
-            "source names file:line: {src}"
-        );
+        assert!(src.starts_with(input.to_str().unwrap()) && src.contains(':'), "source names file:line: {src}");
         assert!(!r["reason"].as_str().unwrap().is_empty());
     }
     // unattributed and unpriced are loud: rows exist and the alerts were written to the lake
-    let alerts = query(
-        &lake,
-        "SELECT type, subject, owner FROM alerts ORDER BY type, subject",
-    );
+    let alerts = query(&lake, "SELECT type, subject, owner FROM alerts ORDER BY type, subject");
     let types: Vec<&str> = alerts.iter().map(|a| a["type"].as_str().unwrap()).collect();
     assert!(types.contains(&"aifinops.spend.unattributed"), "{alerts:?}");
     assert!(types.contains(&"aifinops.model.unpriced"), "{alerts:?}");
     // once per identity per day: key-stray-9 over 3 days (48 h from midnight spans 2 days + late) -> <= 3
-    let stray = alerts
-        .iter()
-        .filter(|a| a["subject"] == "identity/key-stray-9")
-        .count();
-    assert!(
-        (2..=3).contains(&stray),
-        "{stray} unattributed alerts for one key over two days"
-    );
+    let stray = alerts.iter().filter(|a| a["subject"] == "identity/key-stray-9").count();
+    assert!((2..=3).contains(&stray), "{stray} unattributed alerts for one key over two days");
     // unpriced rows have a null cost, not 0
-    let unpriced = query(
-        &lake,
-        "SELECT count(*) AS n FROM rollups WHERE model = 'mystery-model-1' AND cost_usd IS NOT NULL",
-    );
+    let unpriced =
+        query(&lake, "SELECT count(*) AS n FROM rollups WHERE model = 'mystery-model-1' AND cost_usd IS NOT NULL");
     assert_eq!(unpriced[0]["n"].as_i64(), Some(0));
 }
 
@@ -99,20 +72,19 @@ fn replaying_the_same_file_twice_is_refused_unless_forced() {
     let (lines, _) = workload(500, DAY, 2, 0, 3);
     let input = write_input(dir.path(), &lines);
     let lake = dir.path().join("lake");
-    let args = [
-        "replay",
-        "--lake",
-        lake.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ];
+    let args = ["replay", "--lake", lake.to_str().unwrap(), input.to_str().unwrap()];
     ok(&aifinops(&args));
     let second = aifinops(&args);
     assert!(!second.status.success());
     let err = String::from_utf8_lossy(&second.stderr);
-    assert!(
-        err.contains("already replayed") && err.contains("--force"),
-        "{err}"
-    );
+    assert!(err.contains("already replayed") && err.contains("--force"), "{err}");
+    // another file in between does not make the lake forget the first one
+    let other = dir.path().join("other.ndjson");
+    std::fs::write(&other, lines[..10].join("\n")).unwrap();
+    ok(&aifinops(&["replay", "--lake", lake.to_str().unwrap(), other.to_str().unwrap()]));
+    assert!(!aifinops(&args).status.success(), "positions of earlier inputs are carried forward");
+    // --force counts it again, on purpose
+    ok(&aifinops(&["replay", "--force", "--lake", lake.to_str().unwrap(), input.to_str().unwrap()]));
 }
 
 #[test]
@@ -134,14 +106,7 @@ fn replay_survives_kill_9_at_every_commit_step_and_loses_or_doubles_nothing() {
     let mut crashes = 0;
     for p in points {
         let st = Command::new(bin())
-            .args([
-                "replay",
-                "--lake",
-                lake_s,
-                "--owners",
-                owners.to_str().unwrap(),
-                input.to_str().unwrap(),
-            ])
+            .args(["replay", "--lake", lake_s, "--owners", owners.to_str().unwrap(), input.to_str().unwrap()])
             .env("AIFINOPS_FAULT", p)
             // small batches and commits so that every run commits several times before it crashes
             .env("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "1000")
@@ -157,24 +122,13 @@ fn replay_survives_kill_9_at_every_commit_step_and_loses_or_doubles_nothing() {
     }
     assert!(crashes >= 4, "fault injection crashed only {crashes} runs");
     // a last run without faults finishes the file (or finds it done)
-    let last = aifinops(&[
-        "replay",
-        "--lake",
-        lake_s,
-        "--owners",
-        owners.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
+    let last = aifinops(&["replay", "--lake", lake_s, "--owners", owners.to_str().unwrap(), input.to_str().unwrap()]);
     if !last.status.success() {
         assert!(String::from_utf8_lossy(&last.stderr).contains("already replayed"));
     }
     assert_lake_totals(&lake, &e, &["1m", "1h", "1d"]);
     let dl = query(&lake, "SELECT count(*) AS n FROM dead_letters");
-    assert_eq!(
-        dl[0]["n"].as_i64(),
-        Some(e.bad as i64),
-        "each dead letter once"
-    );
+    assert_eq!(dl[0]["n"].as_i64(), Some(e.bad as i64), "each dead letter once");
 }
 
 #[test]
@@ -183,44 +137,26 @@ fn duckdb_and_pyarrow_read_the_lake() {
     let (lines, e) = workload(2_000, DAY, 3, 0, 9);
     let input = write_input(dir.path(), &lines);
     let lake = dir.path().join("lake");
-    ok(&aifinops(&[
-        "replay",
-        "--lake",
-        lake.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]));
+    ok(&aifinops(&["replay", "--lake", lake.to_str().unwrap(), input.to_str().unwrap()]));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_lake.py");
-    let out = Command::new("python3")
-        .args([script, lake.to_str().unwrap()])
-        .output()
-        .expect("python3");
+    let out = Command::new("python3").args([script, lake.to_str().unwrap()]).output().expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("No module named") && std::env::var("CI").is_err() {
         eprintln!("skipping: duckdb/pyarrow not installed ({stderr})");
         return;
     }
-    assert!(
-        out.status.success(),
-        "read_lake.py failed:\n{stdout}\n{stderr}"
-    );
+    assert!(out.status.success(), "read_lake.py failed:\n{stdout}\n{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     for reader in ["duckdb", "pyarrow"] {
-        assert_eq!(
-            v[reader]["requests"].as_i64(),
-            Some(e.requests),
-            "{reader}: {v}"
-        );
+        assert_eq!(v[reader]["requests"].as_i64(), Some(e.requests), "{reader}: {v}");
         assert_eq!(
             trim_decimal(v[reader]["cost_usd"].as_str().unwrap()),
             Expected::cost_str(e.cost_pico),
             "{reader}: {v}"
         );
     }
-    assert_eq!(
-        v["duckdb"]["windows"],
-        serde_json::json!(["1d", "1h", "1m"])
-    );
+    assert_eq!(v["duckdb"]["windows"], serde_json::json!(["1d", "1h", "1m"]));
 }
 
 #[test]
@@ -234,11 +170,7 @@ fn config_example_is_printed_and_checks_clean() {
     std::fs::write(&f, example.replace("[lake]", "[lake]\ndirectory = \"x\"")).unwrap();
     let bad = aifinops(&["config", "check", f.to_str().unwrap()]);
     assert!(!bad.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("directory"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("directory"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]
@@ -248,10 +180,7 @@ fn replay_reads_gzip_and_stdin_into_the_same_totals() {
     let (lines, e) = workload(3_000, DAY, 4, 0, 17);
     let (a, b) = lines.split_at(1_500);
     let gz = dir.path().join("a.ndjson.gz");
-    let mut enc = flate2::write::GzEncoder::new(
-        std::fs::File::create(&gz).unwrap(),
-        flate2::Compression::fast(),
-    );
+    let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
     enc.write_all((a.join("\n") + "\n").as_bytes()).unwrap();
     enc.finish().unwrap();
     let lake = dir.path().join("lake");
@@ -271,20 +200,10 @@ fn replay_reads_gzip_and_stdin_into_the_same_totals() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all((b.join("\n") + "\n").as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all((b.join("\n") + "\n").as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     ok(&out);
     assert_lake_totals(&lake, &e, &["1h", "1d"]);
     let sources = query(&lake, "SELECT source FROM dead_letters ORDER BY source");
-    assert!(
-        sources
-            .iter()
-            .any(|r| r["source"].as_str().unwrap().starts_with("<stdin>:")),
-        "{sources:?}"
-    );
+    assert!(sources.iter().any(|r| r["source"].as_str().unwrap().starts_with("<stdin>:")), "{sources:?}");
 }

@@ -44,10 +44,8 @@ impl Deduplicator {
         if dups == 0 {
             return Ok((batch.clone(), 0));
         }
-        let kept = filter_record_batch(batch, &mask).map_err(|e| AggregateError::Arrow {
-            context: "dropping duplicates".into(),
-            source: e,
-        })?;
+        let kept = filter_record_batch(batch, &mask)
+            .map_err(|e| AggregateError::Arrow { context: "dropping duplicates".into(), source: e })?;
         Ok((kept, dups))
     }
 
@@ -76,10 +74,7 @@ impl Deduplicator {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
         if !bytes.len().is_multiple_of(24) {
-            return Err(AggregateError::State(format!(
-                "dedup state has {} bytes, not a multiple of 24",
-                bytes.len()
-            )));
+            return Err(AggregateError::State(format!("dedup state has {} bytes, not a multiple of 24", bytes.len())));
         }
         let seen = bytes
             .chunks_exact(24)
@@ -100,22 +95,13 @@ mod tests {
     use crate::testutil::{Ev, batch};
 
     fn ev(id: u128, ts: i64) -> Ev<'static> {
-        Ev {
-            ts,
-            id,
-            owner: "o",
-            identity: "i",
-            input: 1,
-            cost: Some(1),
-        }
+        Ev { ts, id, owner: "o", identity: "i", input: 1, cost: Some(1) }
     }
 
     #[test]
     fn redeliveries_within_a_batch_and_across_batches_count_once() {
         let mut d = Deduplicator::default();
-        let (kept, dups) = d
-            .filter(&batch(&[ev(1, 10), ev(2, 10), ev(1, 11)]))
-            .unwrap();
+        let (kept, dups) = d.filter(&batch(&[ev(1, 10), ev(2, 10), ev(1, 11)])).unwrap();
         assert_eq!((kept.num_rows(), dups), (2, 1));
         let (kept, dups) = d.filter(&batch(&[ev(2, 12), ev(3, 12)])).unwrap();
         assert_eq!((kept.num_rows(), dups), (1, 1));
@@ -127,17 +113,9 @@ mod tests {
         let mut d = Deduplicator::default();
         d.filter(&batch(&[ev(1, 1_000), ev(2, 5_000)])).unwrap();
         let mut restored = Deduplicator::from_bytes(&d.to_bytes()).unwrap();
-        assert_eq!(
-            restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1,
-            1,
-            "redelivery after restart"
-        );
+        assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 1, "redelivery after restart");
         restored.evict_before(2_000);
-        assert_eq!(
-            restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1,
-            0,
-            "beyond the horizon it counts again"
-        );
+        assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 0, "beyond the horizon it counts again");
         assert!(Deduplicator::from_bytes(&[0; 7]).is_err());
     }
 }

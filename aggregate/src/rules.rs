@@ -120,23 +120,14 @@ fn trim(map: &mut BTreeMap<String, Spend>, n: usize) {
         return;
     }
     let mut v: Vec<_> = std::mem::take(map).into_iter().collect();
-    v.sort_by(|a, b| {
-        b.1.cost
-            .cmp(&a.1.cost)
-            .then(b.1.requests.cmp(&a.1.requests))
-    });
+    v.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then(b.1.requests.cmp(&a.1.requests)));
     v.truncate(n);
     *map = v.into_iter().collect();
 }
 
 fn top(map: &BTreeMap<String, Spend>, key: &str, n: usize) -> serde_json::Value {
     let mut v: Vec<_> = map.iter().collect();
-    v.sort_by(|a, b| {
-        b.1.cost
-            .cmp(&a.1.cost)
-            .then(b.1.requests.cmp(&a.1.requests))
-            .then(a.0.cmp(b.0))
-    });
+    v.sort_by(|a, b| b.1.cost.cmp(&a.1.cost).then(b.1.requests.cmp(&a.1.requests)).then(a.0.cmp(b.0)));
     serde_json::Value::Array(
         v.into_iter()
             .take(n)
@@ -146,25 +137,14 @@ fn top(map: &BTreeMap<String, Spend>, key: &str, n: usize) -> serde_json::Value 
 }
 
 fn day_key(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .map(|d| d.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
+    Utc.timestamp_millis_opt(ms).single().map(|d| d.format("%Y-%m-%d").to_string()).unwrap_or_default()
 }
 
 fn period_bounds(p: Period, ms: i64) -> (String, i64, i64) {
-    let d = Utc
-        .timestamp_millis_opt(ms)
-        .single()
-        .unwrap_or_default()
-        .date_naive();
+    let d = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().date_naive();
     match p {
         Period::Day => {
-            let start = d
-                .and_hms_opt(0, 0, 0)
-                .expect("midnight")
-                .and_utc()
-                .timestamp_millis();
+            let start = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
             (d.format("%Y-%m-%d").to_string(), start, start + 86_400_000)
         }
         Period::Month => {
@@ -175,21 +155,16 @@ fn period_bounds(p: Period, ms: i64) -> (String, i64, i64) {
                 chrono::NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)
             }
             .expect("valid month");
-            let ms = |n: chrono::NaiveDate| {
-                n.and_hms_opt(0, 0, 0)
-                    .expect("midnight")
-                    .and_utc()
-                    .timestamp_millis()
-            };
+            let ms = |n: chrono::NaiveDate| n.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
             (first.format("%Y-%m").to_string(), ms(first), ms(next))
         }
     }
 }
 
 fn glob(field: &str, budget: &str, pat: &str) -> Result<GlobMatcher, AggregateError> {
-    Glob::new(pat).map(|g| g.compile_matcher()).map_err(|e| {
-        AggregateError::Config(format!("budget {budget:?}: {field} pattern {pat:?}: {e}"))
-    })
+    Glob::new(pat)
+        .map(|g| g.compile_matcher())
+        .map_err(|e| AggregateError::Config(format!("budget {budget:?}: {field} pattern {pat:?}: {e}")))
 }
 
 impl AlertRules {
@@ -198,18 +173,12 @@ impl AlertRules {
         let mut out = Vec::new();
         for b in budgets {
             if !names.insert(b.name.clone()) {
-                return Err(AggregateError::Config(format!(
-                    "budget name {:?} is used twice",
-                    b.name
-                )));
+                return Err(AggregateError::Config(format!("budget name {:?} is used twice", b.name)));
             }
             let limit = parse_usd("limit_usd", &b.limit_usd)
                 .map_err(|e| AggregateError::Config(format!("budget {:?}: {e}", b.name)))?;
             if limit <= 0 {
-                return Err(AggregateError::Config(format!(
-                    "budget {:?}: limit_usd must be positive",
-                    b.name
-                )));
+                return Err(AggregateError::Config(format!("budget {:?}: limit_usd must be positive", b.name)));
             }
             if b.thresholds.is_empty() || b.thresholds.contains(&0) {
                 return Err(AggregateError::Config(format!(
@@ -225,12 +194,7 @@ impl AlertRules {
                 environment: glob("environment", &b.name, &b.environment)?,
             });
         }
-        Ok(AlertRules {
-            source: source.to_string(),
-            budgets: out,
-            state: RulesState::default(),
-            retention_days: 3,
-        })
+        Ok(AlertRules { source: source.to_string(), budgets: out, state: RulesState::default(), retention_days: 3 })
     }
 
     pub fn state(&self) -> &RulesState {
@@ -248,42 +212,21 @@ impl AlertRules {
         self.state.unattributed.retain(|d, _| *d >= day_cut);
         self.state.unpriced.retain(|d, _| *d >= day_cut);
         for periods in self.state.budgets.values_mut() {
-            periods.retain(|p, _| {
-                if p.len() == 7 {
-                    *p >= month_cut
-                } else {
-                    *p >= day_cut
-                }
-            });
+            periods.retain(|p, _| if p.len() == 7 { *p >= month_cut } else { *p >= day_cut });
         }
     }
 
     /// Feeds the partial rollup rows of one micro-batch (finest window) and returns the alerts they raise.
-    pub fn observe(
-        &mut self,
-        rows: &RecordBatch,
-        watermark_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Vec<Alert> {
+    pub fn observe(&mut self, rows: &RecordBatch, watermark_ms: Option<i64>, now_ms: i64) -> Vec<Alert> {
         let mut alerts = Vec::new();
         if rows.num_rows() == 0 {
             return alerts;
         }
-        let col = |n: &str| {
-            rows.column_by_name(n)
-                .unwrap_or_else(|| panic!("rollup rows have {n}"))
-        };
+        let col = |n: &str| rows.column_by_name(n).unwrap_or_else(|| panic!("rollup rows have {n}"));
         let start = col("window_start").as_primitive::<TimestampMillisecondType>();
         let s = |n: &str| col(n).as_string::<i32>().clone();
-        let (owner, risk, workflow, env, identity, provider, model) = (
-            s("owner"),
-            s("risk_owner"),
-            s("workflow"),
-            s("environment"),
-            s("identity"),
-            s("provider"),
-            s("model"),
-        );
+        let (owner, risk, workflow, env, identity, provider, model) =
+            (s("owner"), s("risk_owner"), s("workflow"), s("environment"), s("identity"), s("provider"), s("model"));
         let requests = col("requests").as_primitive::<Int64Type>();
         let unpriced = col("unpriced_requests").as_primitive::<Int64Type>();
         let cost = col("cost_usd").as_primitive::<Decimal128Type>();
@@ -300,19 +243,11 @@ impl AlertRules {
             }
             let c = if cost.is_null(i) { 0 } else { cost.value(i) };
             let r = requests.value(i);
-            let spend = Spend {
-                cost: c,
-                requests: r,
-            };
+            let spend = Spend { cost: c, requests: r };
             if owner.value(i) == UNATTRIBUTED {
-                let e = unattr
-                    .entry((identity.value(i).to_string(), day.clone()))
-                    .or_default();
+                let e = unattr.entry((identity.value(i).to_string(), day.clone())).or_default();
                 add(&mut e.spend, &spend);
-                add(
-                    e.models.entry(model.value(i).to_string()).or_default(),
-                    &spend,
-                );
+                add(e.models.entry(model.value(i).to_string()).or_default(), &spend);
                 if !workflow.value(i).is_empty() {
                     e.workflows.insert(workflow.value(i).to_string());
                 }
@@ -320,17 +255,11 @@ impl AlertRules {
             if unpriced.value(i) > 0 {
                 let e = unpr
                     .entry((model.value(i).to_string(), day.clone()))
-                    .or_insert_with(|| Unpriced {
-                        provider: provider.value(i).to_string(),
-                        ..Default::default()
-                    });
+                    .or_insert_with(|| Unpriced { provider: provider.value(i).to_string(), ..Default::default() });
                 e.requests += unpriced.value(i);
                 add(
                     e.owners.entry(owner.value(i).to_string()).or_default(),
-                    &Spend {
-                        cost: 0,
-                        requests: unpriced.value(i),
-                    },
+                    &Spend { cost: 0, requests: unpriced.value(i) },
                 );
             }
             for b in &self.budgets {
@@ -341,50 +270,17 @@ impl AlertRules {
                     continue;
                 }
                 let (pkey, _, _) = period_bounds(b.cfg.period, ts);
-                let acc = self
-                    .state
-                    .budgets
-                    .entry(b.cfg.name.clone())
-                    .or_default()
-                    .entry(pkey)
-                    .or_default();
+                let acc = self.state.budgets.entry(b.cfg.name.clone()).or_default().entry(pkey).or_default();
                 add(&mut acc.spend, &spend);
                 acc.unpriced_requests += unpriced.value(i);
-                add(
-                    acc.by_model.entry(model.value(i).to_string()).or_default(),
-                    &spend,
-                );
-                add(
-                    acc.by_identity
-                        .entry(identity.value(i).to_string())
-                        .or_default(),
-                    &spend,
-                );
-                add(
-                    acc.by_owner.entry(owner.value(i).to_string()).or_default(),
-                    &spend,
-                );
-                acc.risk_owners
-                    .entry(owner.value(i).to_string())
-                    .or_insert_with(|| risk.value(i).to_string());
+                add(acc.by_model.entry(model.value(i).to_string()).or_default(), &spend);
+                add(acc.by_identity.entry(identity.value(i).to_string()).or_default(), &spend);
+                add(acc.by_owner.entry(owner.value(i).to_string()).or_default(), &spend);
+                acc.risk_owners.entry(owner.value(i).to_string()).or_insert_with(|| risk.value(i).to_string());
             }
         }
-        for (
-            (ident, day),
-            Unattributed {
-                spend,
-                models,
-                workflows,
-            },
-        ) in unattr
-        {
-            if !self
-                .state
-                .unattributed
-                .entry(day.clone())
-                .or_default()
-                .insert(ident.clone())
-            {
+        for ((ident, day), Unattributed { spend, models, workflows }) in unattr {
+            if !self.state.unattributed.entry(day.clone()).or_default().insert(ident.clone()) {
                 continue;
             }
             alerts.push(Alert::new(
@@ -406,29 +302,11 @@ impl AlertRules {
                 }),
             ));
         }
-        for (
-            (m, day),
-            Unpriced {
-                provider: prov,
-                requests: n,
-                owners,
-            },
-        ) in unpr
-        {
-            if !self
-                .state
-                .unpriced
-                .entry(day.clone())
-                .or_default()
-                .insert(m.clone())
-            {
+        for ((m, day), Unpriced { provider: prov, requests: n, owners }) in unpr {
+            if !self.state.unpriced.entry(day.clone()).or_default().insert(m.clone()) {
                 continue;
             }
-            let top_owner = owners
-                .iter()
-                .max_by_key(|(_, s)| s.requests)
-                .map(|(o, _)| o.clone())
-                .unwrap_or_default();
+            let top_owner = owners.iter().max_by_key(|(_, s)| s.requests).map(|(o, _)| o.clone()).unwrap_or_default();
             alerts.push(Alert::new(
                 &self.source,
                 AlertType::ModelUnpriced,
@@ -464,11 +342,7 @@ impl AlertRules {
                     acc.fired.insert(t);
                     let (_, pstart, pend) = period_bounds(b.cfg.period, parse_period_start(pkey));
                     let owner_id = if b.cfg.owner.contains(['*', '?', '[']) {
-                        acc.by_owner
-                            .iter()
-                            .max_by_key(|(_, s)| s.cost)
-                            .map(|(o, _)| o.clone())
-                            .unwrap_or_default()
+                        acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
                     } else {
                         b.cfg.owner.clone()
                     };
@@ -526,18 +400,9 @@ fn add(a: &mut Spend, b: &Spend) {
 }
 
 fn parse_period_start(key: &str) -> i64 {
-    let full = if key.len() == 7 {
-        format!("{key}-01")
-    } else {
-        key.to_string()
-    };
+    let full = if key.len() == 7 { format!("{key}-01") } else { key.to_string() };
     chrono::NaiveDate::parse_from_str(&full, "%Y-%m-%d")
-        .map(|d| {
-            d.and_hms_opt(0, 0, 0)
-                .expect("midnight")
-                .and_utc()
-                .timestamp_millis()
-        })
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
         .unwrap_or(0)
 }
 
@@ -569,14 +434,7 @@ mod tests {
     }
 
     fn spend(ts: i64, usd: i128) -> Ev<'static> {
-        Ev {
-            ts,
-            id: ts as u128,
-            owner: "search",
-            identity: "key-1",
-            input: 1,
-            cost: Some(usd * ONE_USD),
-        }
+        Ev { ts, id: ts as u128, owner: "search", identity: "key-1", input: 1, cost: Some(usd * ONE_USD) }
     }
 
     fn thresholds(alerts: &[Alert]) -> Vec<u64> {
@@ -590,30 +448,18 @@ mod tests {
     #[tokio::test]
     async fn each_threshold_fires_once_per_period() {
         let mut r = AlertRules::new("test", &[budget("10", Period::Day)]).unwrap();
-        assert_eq!(
-            thresholds(&r.observe(&partial(&[spend(T0, 4)]).await, None, 0)),
-            Vec::<u64>::new()
-        );
-        assert_eq!(
-            thresholds(&r.observe(&partial(&[spend(T0 + 1, 2)]).await, None, 0)),
-            vec![50]
-        );
+        assert_eq!(thresholds(&r.observe(&partial(&[spend(T0, 4)]).await, None, 0)), Vec::<u64>::new());
+        assert_eq!(thresholds(&r.observe(&partial(&[spend(T0 + 1, 2)]).await, None, 0)), vec![50]);
         // 9 of 10 spent, then 12: 80 and 100 fire once each, never again that day
         let a = r.observe(&partial(&[spend(T0 + 2, 3)]).await, None, 0);
         assert_eq!(thresholds(&a), vec![80]);
         assert_eq!(a[0].data["observed_usd"], "9");
         assert_eq!(a[0].data["limit_usd"], "10");
         assert_eq!(a[0].owner(), "search");
-        assert_eq!(
-            thresholds(&r.observe(&partial(&[spend(T0 + 3, 3)]).await, None, 0)),
-            vec![100]
-        );
+        assert_eq!(thresholds(&r.observe(&partial(&[spend(T0 + 3, 3)]).await, None, 0)), vec![100]);
         assert!(thresholds(&r.observe(&partial(&[spend(T0 + 4, 50)]).await, None, 0)).is_empty());
         // the next day is a new period
-        assert_eq!(
-            thresholds(&r.observe(&partial(&[spend(T0 + DAY, 20)]).await, None, 0)),
-            vec![50, 80, 100]
-        );
+        assert_eq!(thresholds(&r.observe(&partial(&[spend(T0 + DAY, 20)]).await, None, 0)), vec![50, 80, 100]);
     }
 
     #[tokio::test]
@@ -625,11 +471,7 @@ mod tests {
         let mut r2 = AlertRules::new("test", &[budget("10", Period::Month)]).unwrap();
         r2.restore(serde_json::from_value(state).unwrap());
         let b = r2.observe(&partial(&[spend(T0 + 1, 3)]).await, None, 0);
-        assert_eq!(
-            thresholds(&b),
-            vec![80],
-            "50 % is not sent again after a restart"
-        );
+        assert_eq!(thresholds(&b), vec![80], "50 % is not sent again after a restart");
         // the id depends on rule, scope, period and threshold only
         let mut r3 = AlertRules::new("test", &[budget("10", Period::Month)]).unwrap();
         let c = r3.observe(&partial(&[spend(T0 + 5, 7)]).await, None, 123);
@@ -648,19 +490,11 @@ mod tests {
             cost,
         };
         let a = r.observe(
-            &partial(&[
-                ev(T0, "k1", Some(5)),
-                ev(T0 + 1, "k1", None),
-                ev(T0 + 2, "k2", Some(1)),
-            ])
-            .await,
+            &partial(&[ev(T0, "k1", Some(5)), ev(T0 + 1, "k1", None), ev(T0 + 2, "k2", Some(1))]).await,
             None,
             0,
         );
-        let kinds: Vec<_> = a
-            .iter()
-            .map(|a| (a.kind.as_str(), a.subject.as_str()))
-            .collect();
+        let kinds: Vec<_> = a.iter().map(|a| (a.kind.as_str(), a.subject.as_str())).collect();
         assert_eq!(
             kinds,
             vec![
@@ -669,37 +503,17 @@ mod tests {
                 ("aifinops.model.unpriced", "model/unknown-model"),
             ]
         );
-        assert!(
-            r.observe(&partial(&[ev(T0 + 3, "k1", Some(5))]).await, None, 0)
-                .is_empty()
-        );
-        assert_eq!(
-            r.observe(&partial(&[ev(T0 + DAY, "k1", Some(5))]).await, None, 0)
-                .len(),
-            1,
-            "next day again"
-        );
+        assert!(r.observe(&partial(&[ev(T0 + 3, "k1", Some(5))]).await, None, 0).is_empty());
+        assert_eq!(r.observe(&partial(&[ev(T0 + DAY, "k1", Some(5))]).await, None, 0).len(), 1, "next day again");
     }
 
     #[test]
     fn bad_budgets_are_config_errors() {
         let mut b = budget("-1", Period::Day);
-        assert!(
-            AlertRules::new("t", &[b.clone()])
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("positive")
-        );
+        assert!(AlertRules::new("t", &[b.clone()]).err().unwrap().to_string().contains("positive"));
         b.limit_usd = "x".into();
         assert!(AlertRules::new("t", &[b.clone()]).is_err());
         let ok = budget("1", Period::Day);
-        assert!(
-            AlertRules::new("t", &[ok.clone(), ok])
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("twice")
-        );
+        assert!(AlertRules::new("t", &[ok.clone(), ok]).err().unwrap().to_string().contains("twice"));
     }
 }

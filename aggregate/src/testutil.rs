@@ -5,8 +5,7 @@ use std::sync::Arc;
 use aifinops_schemas::event::priced_event_schema;
 use aifinops_schemas::money::{COST_PRECISION, COST_SCALE};
 use datafusion::arrow::array::{
-    ArrayRef, Decimal128Array, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    ArrayRef, Decimal128Array, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 
 /// One test event: time, owner, identity, input tokens, cost in 10^-18 USD (None = unpriced).
@@ -22,32 +21,19 @@ pub struct Ev<'a> {
 pub fn batch(evs: &[Ev<'_>]) -> RecordBatch {
     let schema = priced_event_schema();
     let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(
-            TimestampMillisecondArray::from_iter_values(evs.iter().map(|e| e.ts))
-                .with_timezone("UTC"),
-        ),
-        Arc::new(
-            FixedSizeBinaryArray::try_from_iter(evs.iter().map(|e| e.id.to_le_bytes())).unwrap(),
-        ),
+        Arc::new(TimestampMillisecondArray::from_iter_values(evs.iter().map(|e| e.ts)).with_timezone("UTC")),
+        Arc::new(FixedSizeBinaryArray::try_from_iter(evs.iter().map(|e| e.id.to_le_bytes())).unwrap()),
     ];
     for f in schema.fields().iter().skip(2) {
         let name = f.name().as_str();
         let col: ArrayRef = match name {
             "owner" => Arc::new(StringArray::from_iter_values(evs.iter().map(|e| e.owner))),
-            "identity" => Arc::new(StringArray::from_iter_values(
-                evs.iter().map(|e| e.identity),
+            "identity" => Arc::new(StringArray::from_iter_values(evs.iter().map(|e| e.identity))),
+            "model" => Arc::new(StringArray::from_iter_values(
+                evs.iter().map(|e| if e.cost.is_some() { "m" } else { "unknown-model" }),
             )),
-            "model" => Arc::new(StringArray::from_iter_values(evs.iter().map(|e| {
-                if e.cost.is_some() {
-                    "m"
-                } else {
-                    "unknown-model"
-                }
-            }))),
             "input_tokens" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.input))),
-            "unpriced_requests" => Arc::new(Int64Array::from_iter_values(
-                evs.iter().map(|e| e.cost.is_none() as i64),
-            )),
+            "unpriced_requests" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.cost.is_none() as i64))),
             "cost_usd" => Arc::new(
                 Decimal128Array::from_iter(evs.iter().map(|e| e.cost))
                     .with_precision_and_scale(COST_PRECISION, COST_SCALE)

@@ -30,13 +30,8 @@ pub struct WindowSize {
 impl WindowSize {
     /// Parses `30s`, `1m`, `15m`, `1h`, `1d`.
     pub fn parse(label: &str) -> Result<Self, AggregateError> {
-        let bad = || {
-            AggregateError::Config(format!(
-                "window size {label:?} is not like 30s, 1m, 1h or 1d"
-            ))
-        };
-        let (num, unit) =
-            label.split_at(label.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+        let bad = || AggregateError::Config(format!("window size {label:?} is not like 30s, 1m, 1h or 1d"));
+        let (num, unit) = label.split_at(label.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
         let n: i64 = num.parse().map_err(|_| bad())?;
         let unit_ms = match unit {
             "s" => 1_000,
@@ -48,10 +43,7 @@ impl WindowSize {
         if n <= 0 {
             return Err(bad());
         }
-        Ok(WindowSize {
-            label: label.to_string(),
-            ms: n * unit_ms,
-        })
+        Ok(WindowSize { label: label.to_string(), ms: n * unit_ms })
     }
 }
 
@@ -79,11 +71,8 @@ pub struct Emitted {
 }
 
 fn measures_sql(from_events: bool) -> String {
-    let mut cols = vec![if from_events {
-        format!("count(*) AS {REQUESTS}")
-    } else {
-        format!("sum({REQUESTS}) AS {REQUESTS}")
-    }];
+    let mut cols =
+        vec![if from_events { format!("count(*) AS {REQUESTS}") } else { format!("sum({REQUESTS}) AS {REQUESTS}") }];
     for c in EVENT_COUNTS {
         cols.push(format!("sum({c}) AS {c}"));
     }
@@ -101,79 +90,45 @@ impl WindowEngine {
     /// `sizes` in any order; the engine keeps them sorted finest first.
     pub fn new(mut sizes: Vec<WindowSize>) -> Result<Self, AggregateError> {
         if sizes.is_empty() {
-            return Err(AggregateError::Config(
-                "at least one window size is required".into(),
-            ));
+            return Err(AggregateError::Config("at least one window size is required".into()));
         }
         sizes.sort_by_key(|s| s.ms);
         sizes.dedup_by_key(|s| s.ms);
         let mut series: Vec<Series> = Vec::new();
         for s in sizes {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
-            series.push(Series {
-                size: s,
-                from,
-                pending: vec![],
-                open: None,
-            });
+            series.push(Series { size: s, from, pending: vec![], open: None });
         }
-        let config = SessionConfig::new()
-            .with_target_partitions(1)
-            .with_batch_size(65536);
-        Ok(WindowEngine {
-            ctx: SessionContext::new_with_config(config),
-            series,
-        })
+        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
+        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series })
     }
 
     pub fn sizes(&self) -> Vec<WindowSize> {
         self.series.iter().map(|s| s.size.clone()).collect()
     }
 
-    async fn sql(
-        &self,
-        table: &str,
-        batch: RecordBatch,
-        query: &str,
-    ) -> Result<RecordBatch, AggregateError> {
+    async fn sql(&self, table: &str, batch: RecordBatch, query: &str) -> Result<RecordBatch, AggregateError> {
         if batch.num_rows() == 0 {
             return Ok(RecordBatch::new_empty(rollup_schema()));
         }
         let _ = self.ctx.deregister_table(table);
         self.ctx
             .register_batch(table, batch)
-            .map_err(|e| AggregateError::DataFusion {
-                context: format!("registering {table}"),
-                source: e,
-            })?;
+            .map_err(|e| AggregateError::DataFusion { context: format!("registering {table}"), source: e })?;
         let df = self
             .ctx
             .sql(query)
             .await
-            .map_err(|e| AggregateError::DataFusion {
-                context: format!("planning {query}"),
-                source: e,
-            })?;
-        let out = df.collect().await.map_err(|e| AggregateError::DataFusion {
-            context: "aggregating".into(),
-            source: e,
-        })?;
+            .map_err(|e| AggregateError::DataFusion { context: format!("planning {query}"), source: e })?;
+        let out =
+            df.collect().await.map_err(|e| AggregateError::DataFusion { context: "aggregating".into(), source: e })?;
         let _ = self.ctx.deregister_table(table);
         conform(out)
     }
 
     /// SQL that buckets `table` rows into windows of `size` (from raw events or from finer partial rows).
-    fn bucket_sql(
-        size: &WindowSize,
-        table: &str,
-        ts_col: &str,
-        from_events: bool,
-        late_cutoff_ms: i64,
-    ) -> String {
-        let start = format!(
-            "date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))",
-            size.ms
-        );
+    fn bucket_sql(size: &WindowSize, table: &str, ts_col: &str, from_events: bool, late_cutoff_ms: i64) -> String {
+        let start = format!("date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))", size.ms);
         let end = format!("({start} + INTERVAL '{} milliseconds')", size.ms);
         let dims = DIMENSIONS.join(", ");
         format!(
@@ -216,11 +171,8 @@ impl WindowEngine {
     }
 
     async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
-        let all =
-            concat_batches(&rollup_schema(), &batches).map_err(|e| AggregateError::Arrow {
-                context: "concatenating partials".into(),
-                source: e,
-            })?;
+        let all = concat_batches(&rollup_schema(), &batches)
+            .map_err(|e| AggregateError::Arrow { context: "concatenating partials".into(), source: e })?;
         let dims = DIMENSIONS.join(", ");
         let q = format!(
             "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {measures}, {LATE} FROM partials \
@@ -232,10 +184,7 @@ impl WindowEngine {
 
     /// Merges pending partials into the open state and returns the rows of every window whose end is at
     /// or before `watermark_ms` (`None` = end of input: everything).
-    pub async fn close(
-        &mut self,
-        watermark_ms: Option<i64>,
-    ) -> Result<Vec<Emitted>, AggregateError> {
+    pub async fn close(&mut self, watermark_ms: Option<i64>) -> Result<Vec<Emitted>, AggregateError> {
         let mut out = Vec::new();
         for i in 0..self.series.len() {
             let s = &mut self.series[i];
@@ -303,8 +252,7 @@ impl WindowEngine {
         self.series
             .iter()
             .map(|s| {
-                s.open.as_ref().map_or(0, |b| b.num_rows())
-                    + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()
+                s.open.as_ref().map_or(0, |b| b.num_rows()) + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()
             })
             .sum()
     }
@@ -324,43 +272,26 @@ fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
             cols.push(if c.data_type() == f.data_type() {
                 c.clone()
             } else {
-                cast(c, f.data_type()).map_err(|e| AggregateError::Arrow {
-                    context: format!("casting {}", f.name()),
-                    source: e,
-                })?
+                cast(c, f.data_type())
+                    .map_err(|e| AggregateError::Arrow { context: format!("casting {}", f.name()), source: e })?
             });
         }
-        out.push(RecordBatch::try_new(schema.clone(), cols).map_err(|e| {
-            AggregateError::Arrow {
-                context: "building rollup rows".into(),
-                source: e,
-            }
-        })?);
+        out.push(
+            RecordBatch::try_new(schema.clone(), cols)
+                .map_err(|e| AggregateError::Arrow { context: "building rollup rows".into(), source: e })?,
+        );
     }
-    concat_batches(&schema, &out).map_err(|e| AggregateError::Arrow {
-        context: "concatenating rollup rows".into(),
-        source: e,
-    })
+    concat_batches(&schema, &out)
+        .map_err(|e| AggregateError::Arrow { context: "concatenating rollup rows".into(), source: e })
 }
 
-fn split_closed(
-    b: &RecordBatch,
-    watermark_ms: i64,
-) -> Result<(RecordBatch, RecordBatch), AggregateError> {
+fn split_closed(b: &RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
     let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
-    let closed: BooleanArray = ends
-        .iter()
-        .map(|e| Some(e.is_some_and(|e| e <= watermark_ms)))
-        .collect();
-    let open = datafusion::arrow::compute::not(&closed).map_err(|e| AggregateError::Arrow {
-        context: "splitting windows".into(),
-        source: e,
-    })?;
+    let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= watermark_ms))).collect();
+    let open = datafusion::arrow::compute::not(&closed)
+        .map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })?;
     let f = |m: &BooleanArray| {
-        filter_record_batch(b, m).map_err(|e| AggregateError::Arrow {
-            context: "splitting windows".into(),
-            source: e,
-        })
+        filter_record_batch(b, m).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })
     };
     Ok((f(&closed)?, f(&open)?))
 }
@@ -393,38 +324,17 @@ mod engine_tests {
     const T0: i64 = 1_764_460_800_000; // a midnight UTC
 
     fn engine() -> WindowEngine {
-        WindowEngine::new(
-            ["1m", "1h", "1d"]
-                .iter()
-                .map(|s| WindowSize::parse(s).unwrap())
-                .collect(),
-        )
-        .unwrap()
+        WindowEngine::new(["1m", "1h", "1d"].iter().map(|s| WindowSize::parse(s).unwrap()).collect()).unwrap()
     }
 
     fn ev(ts: i64, owner: &str, input: i64, cost: Option<i128>) -> Ev<'_> {
-        Ev {
-            ts,
-            id: ts as u128,
-            owner,
-            identity: "k",
-            input,
-            cost,
-        }
+        Ev { ts, id: ts as u128, owner, identity: "k", input, cost }
     }
 
     fn sum(rows: &[Emitted], label: &str, col: &str) -> i64 {
         rows.iter()
             .filter(|e| e.size.label == label)
-            .map(|e| {
-                e.rows
-                    .column_by_name(col)
-                    .unwrap()
-                    .as_primitive::<Int64Type>()
-                    .iter()
-                    .flatten()
-                    .sum::<i64>()
-            })
+            .map(|e| e.rows.column_by_name(col).unwrap().as_primitive::<Int64Type>().iter().flatten().sum::<i64>())
             .sum()
     }
 
@@ -476,13 +386,7 @@ mod engine_tests {
     async fn partials_of_many_batches_merge_into_one_row_per_window_and_key() {
         let mut w = engine();
         for i in 0..5 {
-            w.add(
-                &batch(&[ev(T0 + i * 1000, "a", 1, Some(1))]),
-                None,
-                24 * HOUR,
-            )
-            .await
-            .unwrap();
+            w.add(&batch(&[ev(T0 + i * 1000, "a", 1, Some(1))]), None, 24 * HOUR).await.unwrap();
         }
         let out = w.close(None).await.unwrap();
         for e in &out {
@@ -494,19 +398,11 @@ mod engine_tests {
     #[tokio::test]
     async fn events_behind_the_allowed_lateness_are_additional_late_rows_not_dropped() {
         let mut w = engine();
-        w.add(&batch(&[ev(T0 + 10, "a", 1, Some(10))]), None, 24 * HOUR)
-            .await
-            .unwrap();
+        w.add(&batch(&[ev(T0 + 10, "a", 1, Some(10))]), None, 24 * HOUR).await.unwrap();
         let first = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
         assert_eq!(sum(&first, "1h", "requests"), 1);
         // 30 h later an event for the first minute arrives (e.g. a batch API result)
-        w.add(
-            &batch(&[ev(T0 + 20, "a", 1, Some(10))]),
-            Some(T0 + 30 * HOUR),
-            24 * HOUR,
-        )
-        .await
-        .unwrap();
+        w.add(&batch(&[ev(T0 + 20, "a", 1, Some(10))]), Some(T0 + 30 * HOUR), 24 * HOUR).await.unwrap();
         let late = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
         for e in &late {
             let flags = e.rows.column_by_name("late").unwrap().as_boolean();
@@ -516,27 +412,16 @@ mod engine_tests {
                 _ => assert!(!flags.value(0)),
             }
         }
-        assert_eq!(
-            sum(&late, "1m", "requests") + sum(&first, "1m", "requests"),
-            2,
-            "nothing dropped"
-        );
+        assert_eq!(sum(&late, "1m", "requests") + sum(&first, "1m", "requests"), 2, "nothing dropped");
     }
 
     #[tokio::test]
     async fn snapshot_and_restore_keep_open_windows() {
         let mut w = engine();
-        w.add(
-            &batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]),
-            None,
-            24 * HOUR,
-        )
-        .await
-        .unwrap();
+        w.add(&batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]), None, 24 * HOUR).await.unwrap();
         let snap = w.snapshot().await.unwrap();
         let mut w2 = engine();
-        w2.restore(snap.into_iter().map(|(s, b)| (s.label, b)).collect())
-            .unwrap();
+        w2.restore(snap.into_iter().map(|(s, b)| (s.label, b)).collect()).unwrap();
         let out = w2.close(None).await.unwrap();
         assert_eq!(sum(&out, "1d", "input_tokens"), 7);
         assert_eq!(cost(&out, "1h"), 11);

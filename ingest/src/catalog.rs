@@ -112,44 +112,28 @@ impl ModelPrice {
                 (Some(i), Some(o)) => (i, o, false),
                 _ => (input, output, true),
             },
-            Tier::Flex => match (
-                self.flex_input.or(self.batch_input),
-                self.flex_output.or(self.batch_output),
-            ) {
+            Tier::Flex => match (self.flex_input.or(self.batch_input), self.flex_output.or(self.batch_output)) {
                 (Some(i), Some(o)) => (i, o, false),
                 _ => (input, output, true),
             },
-            Tier::Priority => (
-                self.priority_input.unwrap_or(input),
-                self.priority_output.unwrap_or(output),
-                false,
-            ),
+            Tier::Priority => (self.priority_input.unwrap_or(input), self.priority_output.unwrap_or(output), false),
         };
         // Cache and reasoning prices scale with the tier the same way the input/output prices do.
         let scale = |p: i128, base: i128, tier_base: i128| -> i128 {
-            if tier_base == base || base == 0 {
-                p
-            } else {
-                p * tier_base / base
-            }
+            if tier_base == base || base == 0 { p } else { p * tier_base / base }
         };
         // The tier's own cache prices when the catalog has them, else scaled like the input price.
         let (tier_cache_read, tier_cache_write) = match tier {
             Tier::Default => (None, None),
             Tier::Batch => (self.batch_cache_read, self.batch_cache_write),
-            Tier::Flex => (
-                self.flex_cache_read.or(self.batch_cache_read),
-                self.batch_cache_write,
-            ),
+            Tier::Flex => (self.flex_cache_read.or(self.batch_cache_read), self.batch_cache_write),
             Tier::Priority => (self.priority_cache_read, None),
         };
         let halve_own = |p: i128| if halve { p * 2 } else { p }; // explicit tier prices are not halved again
-        let cache_read = tier_cache_read
-            .map(halve_own)
-            .unwrap_or_else(|| scale(self.cache_read.unwrap_or(input), input, tier_in));
-        let cache_write = tier_cache_write
-            .map(halve_own)
-            .unwrap_or_else(|| scale(self.cache_write.unwrap_or(input), input, tier_in));
+        let cache_read =
+            tier_cache_read.map(halve_own).unwrap_or_else(|| scale(self.cache_read.unwrap_or(input), input, tier_in));
+        let cache_write =
+            tier_cache_write.map(halve_own).unwrap_or_else(|| scale(self.cache_write.unwrap_or(input), input, tier_in));
         let reasoning = scale(self.reasoning.unwrap_or(output), output, tier_out);
         let uncached = (t.input - t.cache_read - t.cache_write) as i128;
         let visible_out = (t.output - t.reasoning) as i128;
@@ -238,18 +222,14 @@ fn insert_version(list: &mut Vec<Version>, from_ms: i64, price: &ModelPrice) {
 }
 
 fn pick(list: &[Version], ts_ms: i64) -> Option<&ModelPrice> {
-    list.iter()
-        .rev()
-        .find(|v| v.from_ms <= ts_ms)
-        .map(|v| &v.price)
+    list.iter().rev().find(|v| v.from_ms <= ts_ms).map(|v| &v.price)
 }
 
 impl PriceCatalog {
     /// The built-in catalog.
     pub fn builtin() -> Self {
         let mut c = PriceCatalog::default();
-        c.add_toml_str("<built-in catalog>", DEFAULT_CATALOG_TOML)
-            .expect("built-in catalog is valid");
+        c.add_toml_str("<built-in catalog>", DEFAULT_CATALOG_TOML).expect("built-in catalog is valid");
         c
     }
 
@@ -263,15 +243,10 @@ impl PriceCatalog {
     }
 
     pub fn add_file(&mut self, path: &Path) -> Result<(), IngestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| IngestError::Io {
-            context: format!("reading price catalog {}", path.display()),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| IngestError::Io { context: format!("reading price catalog {}", path.display()), source: e })?;
         let name = path.display().to_string();
-        if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")) {
             self.add_litellm_json(&name, &text)
         } else {
             self.add_toml_str(&name, &text)
@@ -281,30 +256,20 @@ impl PriceCatalog {
     fn insert(&mut self, provider: Option<&str>, model: &str, from_ms: i64, price: &ModelPrice) {
         match provider {
             Some(p) => insert_version(
-                self.by_provider
-                    .entry(p.to_string())
-                    .or_default()
-                    .entry(model.to_string())
-                    .or_default(),
+                self.by_provider.entry(p.to_string()).or_default().entry(model.to_string()).or_default(),
                 from_ms,
                 price,
             ),
-            None => insert_version(
-                self.plain.entry(model.to_string()).or_default(),
-                from_ms,
-                price,
-            ),
+            None => insert_version(self.plain.entry(model.to_string()).or_default(), from_ms, price),
         }
     }
 
     /// Imports LiteLLM's `model_prices_and_context_window.json`. Takes the whole file; fields it does not
     /// price are counted in `stats.ignored_cost_fields`.
     pub fn add_litellm_json(&mut self, name: &str, text: &str) -> Result<(), IngestError> {
-        let root: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(text).map_err(|e| IngestError::Catalog {
-                file: name.to_string(),
-                reason: format!("not a LiteLLM price JSON object: {e}"),
-            })?;
+        let root: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).map_err(|e| {
+            IngestError::Catalog { file: name.to_string(), reason: format!("not a LiteLLM price JSON object: {e}") }
+        })?;
         for (key, entry) in &root {
             let Some(obj) = entry.as_object() else {
                 continue;
@@ -373,30 +338,24 @@ impl PriceCatalog {
 
     /// Imports our TOML catalog (prices per 1M tokens as decimal strings).
     pub fn add_toml_str(&mut self, name: &str, text: &str) -> Result<(), IngestError> {
-        let cat: TomlCatalog = toml::from_str(text).map_err(|e| IngestError::Catalog {
-            file: name.to_string(),
-            reason: e.to_string(),
-        })?;
+        let cat: TomlCatalog =
+            toml::from_str(text).map_err(|e| IngestError::Catalog { file: name.to_string(), reason: e.to_string() })?;
         for m in cat.model {
-            let per_token =
-                |field: &str, v: &Option<String>| -> Result<Option<i128>, IngestError> {
-                    let Some(s) = v else { return Ok(None) };
-                    let err = |reason: String| IngestError::Catalog {
-                        file: name.to_string(),
-                        reason: format!("model {:?}: {field} = {s:?}: {reason}", m.name),
-                    };
-                    let per_m = parse_usd(field, s).map_err(|e| err(e.to_string()))?;
-                    if per_m < 0 {
-                        return Err(err("negative price".into()));
-                    }
-                    if per_m % 1_000_000 != 0 {
-                        return Err(err(
-                            "more than 12 fractional digits per 1M tokens is not exact per token"
-                                .into(),
-                        ));
-                    }
-                    Ok(Some(per_m / 1_000_000))
+            let per_token = |field: &str, v: &Option<String>| -> Result<Option<i128>, IngestError> {
+                let Some(s) = v else { return Ok(None) };
+                let err = |reason: String| IngestError::Catalog {
+                    file: name.to_string(),
+                    reason: format!("model {:?}: {field} = {s:?}: {reason}", m.name),
                 };
+                let per_m = parse_usd(field, s).map_err(|e| err(e.to_string()))?;
+                if per_m < 0 {
+                    return Err(err("negative price".into()));
+                }
+                if per_m % 1_000_000 != 0 {
+                    return Err(err("more than 12 fractional digits per 1M tokens is not exact per token".into()));
+                }
+                Ok(Some(per_m / 1_000_000))
+            };
             let price = ModelPrice {
                 input: per_token("input_per_mtok", &m.input_per_mtok)?,
                 output: per_token("output_per_mtok", &m.output_per_mtok)?,
@@ -409,20 +368,14 @@ impl PriceCatalog {
                 flex_input: per_token("flex_input_per_mtok", &m.flex_input_per_mtok)?,
                 flex_output: per_token("flex_output_per_mtok", &m.flex_output_per_mtok)?,
                 priority_input: per_token("priority_input_per_mtok", &m.priority_input_per_mtok)?,
-                priority_output: per_token(
-                    "priority_output_per_mtok",
-                    &m.priority_output_per_mtok,
-                )?,
+                priority_output: per_token("priority_output_per_mtok", &m.priority_output_per_mtok)?,
                 ..Default::default()
             };
             let from_ms = match &m.effective_from {
                 None => i64::MIN,
                 Some(s) => parse_date_ms(s).ok_or_else(|| IngestError::Catalog {
                     file: name.to_string(),
-                    reason: format!(
-                        "model {:?}: effective_from {s:?} is not YYYY-MM-DD or RFC 3339",
-                        m.name
-                    ),
+                    reason: format!("model {:?}: effective_from {s:?} is not YYYY-MM-DD or RFC 3339", m.name),
                 })?,
             };
             self.stats.models += 1;
@@ -452,10 +405,7 @@ impl PriceCatalog {
             {
                 return Some(p);
             }
-            self.plain
-                .get(m)
-                .and_then(|l| pick(l, ts_ms))
-                .filter(|p| p.is_complete())
+            self.plain.get(m).and_then(|l| pick(l, ts_ms)).filter(|p| p.is_complete())
         };
         try_one(model).or_else(|| model.rsplit_once('/').and_then(|(_, m)| try_one(m)))
     }
@@ -466,9 +416,7 @@ pub fn parse_date_ms(s: &str) -> Option<i64> {
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
         return Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis());
     }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_millis())
 }
 
 #[cfg(test)]
@@ -483,17 +431,9 @@ mod tests {
     #[test]
     fn cost_counts_every_token_class_once() {
         let c = PriceCatalog::builtin();
-        let p = c
-            .lookup("anthropic", "claude-sonnet-4-20250514", 0)
-            .unwrap();
+        let p = c.lookup("anthropic", "claude-sonnet-4-20250514", 0).unwrap();
         // 10_000 input of which 6_000 cache reads and 1_000 cache writes; 2_000 output.
-        let t = Tokens {
-            input: 10_000,
-            cache_read: 6_000,
-            cache_write: 1_000,
-            output: 2_000,
-            reasoning: 0,
-        };
+        let t = Tokens { input: 10_000, cache_read: 6_000, cache_write: 1_000, output: 2_000, reasoning: 0 };
         let expect = usd("0.009") /* 3000 x 3/M */ + usd("0.0018") /* 6000 x 0.30/M */
             + usd("0.00375") /* 1000 x 3.75/M */ + usd("0.03") /* 2000 x 15/M */;
         assert_eq!(p.cost(&t, Tier::Default), Some(expect));
@@ -502,26 +442,14 @@ mod tests {
     #[test]
     fn batch_uses_batch_prices_or_half() {
         let c = PriceCatalog::builtin();
-        let t = Tokens {
-            input: 1_000_000,
-            output: 1_000_000,
-            ..Default::default()
-        };
+        let t = Tokens { input: 1_000_000, output: 1_000_000, ..Default::default() };
         let gpt4o = c.lookup("openai", "gpt-4o", 0).unwrap();
         assert_eq!(gpt4o.cost(&t, Tier::Default), Some(usd("12.5")));
         assert_eq!(gpt4o.cost(&t, Tier::Batch), Some(usd("6.25")));
         let mini = c.lookup("openai", "gpt-4o-mini", 0).unwrap();
         assert_eq!(mini.cost(&t, Tier::Default), Some(usd("0.75")));
-        assert_eq!(
-            mini.cost(&t, Tier::Batch),
-            Some(usd("0.375")),
-            "no batch price: half of standard"
-        );
-        assert_eq!(
-            mini.cost(&t, Tier::Flex),
-            Some(usd("0.375")),
-            "flex = batch rates"
-        );
+        assert_eq!(mini.cost(&t, Tier::Batch), Some(usd("0.375")), "no batch price: half of standard");
+        assert_eq!(mini.cost(&t, Tier::Flex), Some(usd("0.375")), "flex = batch rates");
     }
 
     #[test]
@@ -545,94 +473,47 @@ mod tests {
         assert_eq!(p.input, Some(2_500_000_000_000));
         assert_eq!(p.output, Some(10_000_000_000_000));
         assert!(c.lookup("bedrock", "anthropic.claude-3-haiku", 0).is_some());
-        assert!(
-            c.lookup("openai", "bedrock/anthropic.claude-3-haiku", 0)
-                .is_some()
-        );
-        assert!(
-            c.lookup("openai", "dall-e-3", 0).is_none(),
-            "no token prices: unpriced, never $0"
-        );
-        assert!(
-            c.lookup("openai", "openai/gpt-4o", 0).is_some(),
-            "provider prefix in the model name"
-        );
+        assert!(c.lookup("openai", "bedrock/anthropic.claude-3-haiku", 0).is_some());
+        assert!(c.lookup("openai", "dall-e-3", 0).is_none(), "no token prices: unpriced, never $0");
+        assert!(c.lookup("openai", "openai/gpt-4o", 0).is_some(), "provider prefix in the model name");
     }
 
     #[test]
     fn real_litellm_entries_price_exactly_per_token_class_and_tier() {
         let mut c = PriceCatalog::default();
         let text = include_str!("../tests/fixtures/litellm_prices_sample.json");
-        c.add_litellm_json("litellm_prices_sample.json", text)
-            .unwrap();
-        assert!(
-            c.stats.ignored_cost_fields > 10,
-            "audio, image, search fields are counted: {:?}",
-            c.stats
-        );
+        c.add_litellm_json("litellm_prices_sample.json", text).unwrap();
+        assert!(c.stats.ignored_cost_fields > 10, "audio, image, search fields are counted: {:?}", c.stats);
         assert_eq!(c.stats.inexact_prices, 0);
-        let t = Tokens {
-            input: 1_000_000,
-            cache_read: 400_000,
-            cache_write: 100_000,
-            output: 200_000,
-            reasoning: 0,
-        };
+        let t = Tokens { input: 1_000_000, cache_read: 400_000, cache_write: 100_000, output: 200_000, reasoning: 0 };
         let sonnet = c.lookup("anthropic", "claude-sonnet-4-5", 0).unwrap();
         // 500k x 3 + 400k x 0.30 + 100k x 3.75 + 200k x 15 per 1M
-        assert_eq!(
-            sonnet.cost(&t, Tier::Default),
-            Some(usd("1.5") + usd("0.12") + usd("0.375") + usd("3"))
-        );
+        assert_eq!(sonnet.cost(&t, Tier::Default), Some(usd("1.5") + usd("0.12") + usd("0.375") + usd("3")));
         // batch: LiteLLM's own batch prices for every class (1.5 / 0.15 / 1.875 / 7.5)
-        assert_eq!(
-            sonnet.cost(&t, Tier::Batch),
-            Some(usd("0.75") + usd("0.06") + usd("0.1875") + usd("1.5"))
-        );
+        assert_eq!(sonnet.cost(&t, Tier::Batch), Some(usd("0.75") + usd("0.06") + usd("0.1875") + usd("1.5")));
         let gpt = c.lookup("openai", "gpt-4o", 0).unwrap();
-        let t2 = Tokens {
-            input: 1_000_000,
-            cache_read: 500_000,
-            output: 100_000,
-            ..Default::default()
-        };
+        let t2 = Tokens { input: 1_000_000, cache_read: 500_000, output: 100_000, ..Default::default() };
         // priority: 4.25 input, 2.125 cache read, 17 output per 1M
-        assert_eq!(
-            gpt.cost(&t2, Tier::Priority),
-            Some(usd("2.125") + usd("1.0625") + usd("1.7"))
-        );
-        assert!(
-            c.lookup("gemini", "gemini-2.5-flash", 0).is_some(),
-            "gemini/ prefix is a provider"
-        );
-        assert!(
-            c.lookup("openai", "whisper-1", 0).is_none(),
-            "per-second audio models are unpriced, not $0"
-        );
+        assert_eq!(gpt.cost(&t2, Tier::Priority), Some(usd("2.125") + usd("1.0625") + usd("1.7")));
+        assert!(c.lookup("gemini", "gemini-2.5-flash", 0).is_some(), "gemini/ prefix is a provider");
+        assert!(c.lookup("openai", "whisper-1", 0).is_none(), "per-second audio models are unpriced, not $0");
     }
 
     #[test]
     fn the_whole_litellm_catalog_imports_when_available() {
         // scripts/test downloads LiteLLM's catalog from PyPI and sets this; CI must have it.
         let Ok(path) = std::env::var("AIFINOPS_LITELLM_CATALOG") else {
-            assert!(
-                std::env::var("CI").is_err(),
-                "AIFINOPS_LITELLM_CATALOG must be set in CI (scripts/test sets it)"
-            );
+            assert!(std::env::var("CI").is_err(), "AIFINOPS_LITELLM_CATALOG must be set in CI (scripts/test sets it)");
             eprintln!("skipping: AIFINOPS_LITELLM_CATALOG not set");
             return;
         };
         let mut c = PriceCatalog::default();
-        c.add_file(std::path::Path::new(&path))
-            .expect("the whole LiteLLM catalog imports");
+        c.add_file(std::path::Path::new(&path)).expect("the whole LiteLLM catalog imports");
         assert!(c.stats.models > 1_000, "{:?}", c.stats);
         assert!(c.stats.priced_models > 1_000, "{:?}", c.stats);
-        for (p, m) in [
-            ("openai", "gpt-4o"),
-            ("openai", "gpt-4o-mini"),
-            ("anthropic", "claude-sonnet-4-5"),
-            ("azure", "gpt-4o"),
-        ] {
+        for (p, m) in
+            [("openai", "gpt-4o"), ("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5"), ("azure", "gpt-4o")]
+        {
             assert!(c.lookup(p, m, 0).is_some(), "{p}/{m} priced");
         }
     }
@@ -657,18 +538,10 @@ mod tests {
         let after = parse_date_ms("2026-06-01").unwrap();
         let p0 = c.lookup("openai", "gpt-4o", before).unwrap();
         assert_eq!(p0.input, Some(usd("2.5") / 1_000_000));
-        assert_eq!(
-            p0.output,
-            Some(usd("8") / 1_000_000),
-            "override beats list price"
-        );
+        assert_eq!(p0.output, Some(usd("8") / 1_000_000), "override beats list price");
         let p1 = c.lookup("openai", "gpt-4o", after).unwrap();
         assert_eq!(p1.input, Some(usd("2") / 1_000_000));
-        assert_eq!(
-            p1.output,
-            Some(usd("8") / 1_000_000),
-            "dated version inherits other fields"
-        );
+        assert_eq!(p1.output, Some(usd("8") / 1_000_000), "dated version inherits other fields");
     }
 
     #[test]
@@ -688,47 +561,20 @@ mod tests {
         )
         .unwrap();
         let p = c.lookup("x", "think", 0).unwrap();
-        let t = Tokens {
-            input: 1_000_000,
-            output: 1_000_000,
-            reasoning: 500_000,
-            ..Default::default()
-        };
-        assert_eq!(
-            p.cost(&t, Tier::Default),
-            Some(usd("1") + usd("2") + usd("3"))
-        );
-        assert_eq!(
-            p.cost(&t, Tier::Priority),
-            Some(usd("2") + usd("4") + usd("6"))
-        );
+        let t = Tokens { input: 1_000_000, output: 1_000_000, reasoning: 500_000, ..Default::default() };
+        assert_eq!(p.cost(&t, Tier::Default), Some(usd("1") + usd("2") + usd("3")));
+        assert_eq!(p.cost(&t, Tier::Priority), Some(usd("2") + usd("4") + usd("6")));
         assert_eq!(usd("1"), ONE_USD);
     }
 
     #[test]
     fn bad_toml_names_file_and_field() {
         let mut c = PriceCatalog::default();
-        let e = c
-            .add_toml_str(
-                "bad.toml",
-                "[[model]]\nname = \"m\"\ninput_per_mtok = \"abc\"\n",
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("bad.toml") && e.contains("input_per_mtok"),
-            "{e}"
-        );
-        let e = c
-            .add_toml_str(
-                "typo.toml",
-                "[[model]]\nname = \"m\"\ninput_per_mtk = \"1\"\n",
-            )
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("typo.toml") && e.contains("input_per_mtk"),
-            "{e}"
-        );
+        let e =
+            c.add_toml_str("bad.toml", "[[model]]\nname = \"m\"\ninput_per_mtok = \"abc\"\n").unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("input_per_mtok"), "{e}");
+        let e =
+            c.add_toml_str("typo.toml", "[[model]]\nname = \"m\"\ninput_per_mtk = \"1\"\n").unwrap_err().to_string();
+        assert!(e.contains("typo.toml") && e.contains("input_per_mtk"), "{e}");
     }
 }

@@ -12,8 +12,8 @@ use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, parse_usd};
 use aifinops_schemas::secret::{redact, redact_text};
 use aifinops_schemas::{DeadLetter, SourceRef};
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch,
-    StringBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -73,11 +73,7 @@ impl<'de> Visitor<'de> for CountVisitor {
         f.write_str("a non-negative integer")
     }
     fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
-        Ok(if v > MAX_COUNT {
-            Count::TooLarge
-        } else {
-            Count::Ok(v as i64)
-        })
+        Ok(if v > MAX_COUNT { Count::TooLarge } else { Count::Ok(v as i64) })
     }
     fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
         Ok(if v < 0 {
@@ -132,9 +128,7 @@ impl<'de> Visitor<'de> for TsVisitor {
         f.write_str("an RFC 3339 string or epoch milliseconds")
     }
     fn visit_u64<E>(self, v: u64) -> Result<Ts, E> {
-        Ok(i64::try_from(v)
-            .map(Ts::Ms)
-            .unwrap_or(Ts::Bad("epoch milliseconds out of range")))
+        Ok(i64::try_from(v).map(Ts::Ms).unwrap_or(Ts::Bad("epoch milliseconds out of range")))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Ts, E> {
         Ok(Ts::Ms(v))
@@ -237,46 +231,27 @@ pub struct Rejection {
 }
 
 fn reject(kind: &'static str, reason: impl Into<String>) -> Rejection {
-    Rejection {
-        kind,
-        reason: reason.into(),
-    }
+    Rejection { kind, reason: reason.into() }
 }
 
 fn count(field: &str, c: Option<Count>, required: bool) -> Result<i64, Rejection> {
     match c {
-        None if required => Err(reject(
-            "missing_field",
-            format!("missing required field `{field}`"),
-        )),
+        None if required => Err(reject("missing_field", format!("missing required field `{field}`"))),
         None => Ok(0),
         Some(Count::Ok(v)) => Ok(v),
         Some(Count::Negative) => Err(reject("invalid_count", format!("`{field}` is negative"))),
-        Some(Count::NotInteger) => Err(reject(
-            "invalid_count",
-            format!("`{field}` is not an integer"),
-        )),
-        Some(Count::TooLarge) => Err(reject(
-            "invalid_count",
-            format!("`{field}` is larger than 2^53"),
-        )),
-        Some(Count::WrongType(t)) => Err(reject(
-            "invalid_type",
-            format!("`{field}` must be a non-negative integer, got {t}"),
-        )),
+        Some(Count::NotInteger) => Err(reject("invalid_count", format!("`{field}` is not an integer"))),
+        Some(Count::TooLarge) => Err(reject("invalid_count", format!("`{field}` is larger than 2^53"))),
+        Some(Count::WrongType(t)) => {
+            Err(reject("invalid_type", format!("`{field}` must be a non-negative integer, got {t}")))
+        }
     }
 }
 
 fn required_str<'a>(field: &str, v: &'a Option<Cow<'a, str>>) -> Result<&'a str, Rejection> {
     match v.as_deref() {
-        None => Err(reject(
-            "missing_field",
-            format!("missing required field `{field}`"),
-        )),
-        Some(s) if s.trim().is_empty() => Err(reject(
-            "missing_field",
-            format!("required field `{field}` is empty"),
-        )),
+        None => Err(reject("missing_field", format!("missing required field `{field}`"))),
+        Some(s) if s.trim().is_empty() => Err(reject("missing_field", format!("required field `{field}` is empty"))),
         Some(s) => Ok(s),
     }
 }
@@ -286,10 +261,7 @@ fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
         Err(e) => {
-            return reject(
-                "invalid_utf8",
-                format!("not UTF-8 (invalid byte at {})", e.valid_up_to()),
-            );
+            return reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", e.valid_up_to()));
         }
     };
     if text.trim().is_empty() {
@@ -307,10 +279,7 @@ fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
             serde_json::Value::Bool(_) => "boolean",
             _ => "null",
         };
-        return reject(
-            "not_object",
-            format!("a usage event must be a JSON object, got {t}"),
-        );
+        return reject("not_object", format!("a usage event must be a JSON object, got {t}"));
     };
     for f in STRING_FIELDS {
         if let Some(v) = obj.get(f)
@@ -323,10 +292,7 @@ fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
     if let Some(v) = obj.get("cost_usd")
         && !(v.is_number() || v.is_string() || v.is_null())
     {
-        return reject(
-            "invalid_type",
-            "`cost_usd` must be a number or a decimal string",
-        );
+        return reject("invalid_type", "`cost_usd` must be a number or a decimal string");
     }
     reject("invalid_json", format!("cannot read usage event: {err}"))
 }
@@ -383,12 +349,7 @@ impl Decoder {
 
     /// Decodes one record. `source` is only rendered when the record is rejected.
     /// Returns the event time of an accepted record, `None` for a dead letter.
-    pub fn push(
-        &mut self,
-        payload: &[u8],
-        source: impl FnOnce() -> SourceRef,
-        received_ms: i64,
-    ) -> Option<i64> {
+    pub fn push(&mut self, payload: &[u8], source: impl FnOnce() -> SourceRef, received_ms: i64) -> Option<i64> {
         match self.try_push(payload) {
             Ok(ts) => {
                 self.stats.accepted += 1;
@@ -399,9 +360,7 @@ impl Decoder {
                 let keep = payload.len().min(64 * 1024);
                 let raw = match self.raw_policy {
                     RawPolicy::Raw => payload[..keep].to_vec(),
-                    RawPolicy::Redacted => {
-                        redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes()
-                    }
+                    RawPolicy::Redacted => redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes(),
                 };
                 self.dead.push(DeadLetter {
                     source: source().to_string(),
@@ -420,11 +379,7 @@ impl Decoder {
         if payload.len() > self.max_record_bytes {
             return Err(reject(
                 "too_large",
-                format!(
-                    "record is {} bytes, over the {} byte limit",
-                    payload.len(),
-                    self.max_record_bytes
-                ),
+                format!("record is {} bytes, over the {} byte limit", payload.len(), self.max_record_bytes),
             ));
         }
         let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| diagnose(payload, &e))?;
@@ -433,10 +388,7 @@ impl Decoder {
         let model = required_str("model", &w.model)?;
         let ts = match w.timestamp {
             None => {
-                return Err(reject(
-                    "missing_field",
-                    "missing required field `timestamp`",
-                ));
+                return Err(reject("missing_field", "missing required field `timestamp`"));
             }
             Some(Ts::Bad(why)) => {
                 return Err(reject("invalid_timestamp", format!("`timestamp` {why}")));
@@ -444,9 +396,7 @@ impl Decoder {
             Some(Ts::Ms(ms)) if !(MIN_TS_MS..MAX_TS_MS).contains(&ms) => {
                 return Err(reject(
                     "invalid_timestamp",
-                    format!(
-                        "`timestamp` {ms} ms is outside 2000-01-01..2200-01-01 (seconds instead of milliseconds?)"
-                    ),
+                    format!("`timestamp` {ms} ms is outside 2000-01-01..2200-01-01 (seconds instead of milliseconds?)"),
                 ));
             }
             Some(Ts::Ms(ms)) => ms,
@@ -480,20 +430,14 @@ impl Decoder {
         let tier = match w.service_tier.as_deref() {
             None | Some("") => Tier::Default,
             Some(s) => Tier::parse(s).ok_or_else(|| {
-                reject(
-                    "invalid_value",
-                    format!("`service_tier` {s:?} is not one of default, batch, flex, priority"),
-                )
+                reject("invalid_value", format!("`service_tier` {s:?} is not one of default, batch, flex, priority"))
             })?,
         };
         let error = match w.status.as_deref() {
             None | Some("") | Some("ok") | Some("success") => 0,
             Some("error") | Some("failure") => 1,
             Some(s) => {
-                return Err(reject(
-                    "invalid_value",
-                    format!("`status` {s:?} is not ok or error"),
-                ));
+                return Err(reject("invalid_value", format!("`status` {s:?} is not ok or error")));
             }
         };
         let attempt = match w.attempt {
@@ -504,15 +448,12 @@ impl Decoder {
             None => None,
             Some(raw) => {
                 let text = raw.get();
-                let text = text
-                    .strip_prefix('"')
-                    .and_then(|t| t.strip_suffix('"'))
-                    .unwrap_or(text);
+                let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
                 if text == "null" {
                     None
                 } else {
-                    let v = parse_usd("cost_usd", text)
-                        .map_err(|e| reject("invalid_value", format!("`cost_usd`: {e}")))?;
+                    let v =
+                        parse_usd("cost_usd", text).map_err(|e| reject("invalid_value", format!("`cost_usd`: {e}")))?;
                     Some(v)
                 }
             }
@@ -533,10 +474,7 @@ impl Decoder {
             .filter(|s| !s.is_empty())
             .or(w.service_account.as_deref().filter(|s| !s.is_empty()))
             .unwrap_or(UNKNOWN_IDENTITY);
-        let cost = self
-            .catalog
-            .lookup(provider, model, ts)
-            .and_then(|p| p.cost(&t, tier));
+        let cost = self.catalog.lookup(provider, model, ts).and_then(|p| p.cost(&t, tier));
 
         // All checks passed: append (nothing below can fail, so columns stay aligned).
         self.ts.append_value(ts);
@@ -552,10 +490,7 @@ impl Decoder {
         let dims = &mut self.dims;
         dims[0].append_value(owner_id);
         dims[1].append_value(risk);
-        for (b, v) in dims[2..6]
-            .iter_mut()
-            .zip([&w.team, &w.project, &w.workflow, &w.environment])
-        {
+        for (b, v) in dims[2..6].iter_mut().zip([&w.team, &w.project, &w.workflow, &w.environment]) {
             match v.as_deref() {
                 None => b.append_value(""),
                 Some(s) => b.append_value(redact(s)),
@@ -599,18 +534,11 @@ impl Decoder {
         }
         for m in [&mut self.cost, &mut self.reported] {
             cols.push(Arc::new(
-                m.finish()
-                    .with_precision_and_scale(COST_PRECISION, COST_SCALE)
-                    .expect("valid decimal type"),
+                m.finish().with_precision_and_scale(COST_PRECISION, COST_SCALE).expect("valid decimal type"),
             ));
         }
-        let batch = RecordBatch::try_new(priced_event_schema(), cols)
-            .expect("decoder builds the priced event schema");
-        Decoded {
-            batch,
-            dead_letters: std::mem::take(&mut self.dead),
-            stats: std::mem::take(&mut self.stats),
-        }
+        let batch = RecordBatch::try_new(priced_event_schema(), cols).expect("decoder builds the priced event schema");
+        Decoded { batch, dead_letters: std::mem::take(&mut self.dead), stats: std::mem::take(&mut self.stats) }
     }
 }
 
@@ -626,27 +554,16 @@ mod tests {
             "[[owner]]\nid = \"search\"\nrisk_owner = \"lead@x\"\napi_key_id = [\"key-search-*\"]\n",
         )
         .unwrap();
-        Decoder::new(
-            Arc::new(PriceCatalog::builtin()),
-            Arc::new(owners),
-            1 << 20,
-            RawPolicy::Redacted,
-        )
+        Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(owners), 1 << 20, RawPolicy::Redacted)
     }
 
     fn src() -> SourceRef {
-        SourceRef::File {
-            path: "in.ndjson".into(),
-            line: 7,
-        }
+        SourceRef::File { path: "in.ndjson".into(), line: 7 }
     }
 
     fn reason_of(line: &str) -> (String, String) {
         let mut d = decoder();
-        assert!(
-            d.push(line.as_bytes(), src, 0).is_none(),
-            "accepted: {line}"
-        );
+        assert!(d.push(line.as_bytes(), src, 0).is_none(), "accepted: {line}");
         let out = d.finish();
         assert_eq!(out.batch.num_rows(), 0);
         let dl = &out.dead_letters[0];
@@ -663,47 +580,15 @@ mod tests {
         let out = d.finish();
         let b = &out.batch;
         assert_eq!(b.num_rows(), 1);
-        assert_eq!(
-            b.column_by_name("owner")
-                .unwrap()
-                .as_string::<i32>()
-                .value(0),
-            "search"
-        );
-        assert_eq!(
-            b.column_by_name("risk_owner")
-                .unwrap()
-                .as_string::<i32>()
-                .value(0),
-            "lead@x"
-        );
+        assert_eq!(b.column_by_name("owner").unwrap().as_string::<i32>().value(0), "search");
+        assert_eq!(b.column_by_name("risk_owner").unwrap().as_string::<i32>().value(0), "lead@x");
         // 600 uncached x 2.5/M + 400 cached x 1.25/M + 100 x 10/M = 0.0015 + 0.0005 + 0.001
-        let cost = b
-            .column_by_name("cost_usd")
-            .unwrap()
-            .as_primitive::<Decimal128Type>()
-            .value(0);
+        let cost = b.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>().value(0);
         assert_eq!(cost, parse_usd("c", "0.003").unwrap());
-        let reported = b
-            .column_by_name("reported_cost_usd")
-            .unwrap()
-            .as_primitive::<Decimal128Type>()
-            .value(0);
+        let reported = b.column_by_name("reported_cost_usd").unwrap().as_primitive::<Decimal128Type>().value(0);
         assert_eq!(reported, parse_usd("c", "0.0035").unwrap());
-        assert_eq!(
-            b.column_by_name("cache_read_tokens")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .value(0),
-            400
-        );
-        assert_eq!(
-            out.stats,
-            DecodeStats {
-                accepted: 1,
-                ..Default::default()
-            }
-        );
+        assert_eq!(b.column_by_name("cache_read_tokens").unwrap().as_primitive::<Int64Type>().value(0), 400);
+        assert_eq!(out.stats, DecodeStats { accepted: 1, ..Default::default() });
     }
 
     #[test]
@@ -712,26 +597,10 @@ mod tests {
         let line = r#"{"event_id":"r2","timestamp":1764496800000,"provider":"openai","model":"gpt-9","input_tokens":5,"output_tokens":1,"api_key_id":"sk-proj-abcdEFGH1234ijklMNOP5678qrst","extra":{"x":[1,2]}}"#;
         assert!(d.push(line.as_bytes(), src, 0).is_some());
         let b = d.finish();
-        let id = b
-            .batch
-            .column_by_name("identity")
-            .unwrap()
-            .as_string::<i32>()
-            .value(0)
-            .to_string();
+        let id = b.batch.column_by_name("identity").unwrap().as_string::<i32>().value(0).to_string();
         assert!(id.starts_with("fp:"), "{id}");
-        assert_eq!(
-            b.batch
-                .column_by_name("owner")
-                .unwrap()
-                .as_string::<i32>()
-                .value(0),
-            UNATTRIBUTED
-        );
-        assert!(
-            b.batch.column_by_name("cost_usd").unwrap().is_null(0),
-            "unpriced is null, not 0"
-        );
+        assert_eq!(b.batch.column_by_name("owner").unwrap().as_string::<i32>().value(0), UNATTRIBUTED);
+        assert!(b.batch.column_by_name("cost_usd").unwrap().is_null(0), "unpriced is null, not 0");
         assert_eq!(b.stats.unpriced, 1);
         assert_eq!(b.stats.unattributed, 1);
     }
@@ -811,10 +680,7 @@ mod tests {
         for (line, kind, needle) in cases {
             let (k, r) = reason_of(line);
             assert_eq!(k, kind, "{line} -> {r}");
-            assert!(
-                r.contains(needle),
-                "{line}: reason {r:?} should mention {needle:?}"
-            );
+            assert!(r.contains(needle), "{line}: reason {r:?} should mention {needle:?}");
         }
         let mut d = decoder();
         assert!(d.push(&[0xff, 0xfe, b'{'], src, 0).is_none());
@@ -823,12 +689,8 @@ mod tests {
 
     #[test]
     fn oversized_records_are_dead_letters_and_secrets_are_redacted_in_them() {
-        let mut d = Decoder::new(
-            Arc::new(PriceCatalog::builtin()),
-            Arc::new(OwnerMap::default()),
-            100,
-            RawPolicy::Redacted,
-        );
+        let mut d =
+            Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(OwnerMap::default()), 100, RawPolicy::Redacted);
         let big = format!(
             r#"{{"event_id":"a","api_key_id":"sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789","pad":"{}"}}"#,
             "x".repeat(200)

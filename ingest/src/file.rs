@@ -55,11 +55,8 @@ impl FileSource {
 
     /// Lines consumed per file so far; `u64::MAX` marks a finished file.
     pub fn positions(&self) -> std::collections::BTreeMap<String, u64> {
-        let mut m: std::collections::BTreeMap<String, u64> = self
-            .finished
-            .iter()
-            .map(|f| (f.clone(), u64::MAX))
-            .collect();
+        let mut m: std::collections::BTreeMap<String, u64> =
+            self.finished.iter().map(|f| (f.clone(), u64::MAX)).collect();
         if let Some((name, _)) = &self.current {
             m.insert(name.clone(), self.line);
         }
@@ -73,11 +70,7 @@ impl FileSource {
 
     /// Total size of the input files on disk (0 for stdin), for progress reporting.
     pub fn total_bytes(&self) -> u64 {
-        self.files
-            .iter()
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum()
+        self.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
     }
 
     fn open_next(&mut self) -> Result<bool, IngestError> {
@@ -90,16 +83,10 @@ impl FileSource {
         let reader: Box<dyn Read + Send> = if name == "-" {
             Box::new(std::io::stdin())
         } else {
-            Box::new(File::open(&path).map_err(|e| IngestError::Io {
-                context: format!("opening {name}"),
-                source: e,
-            })?)
+            Box::new(File::open(&path).map_err(|e| IngestError::Io { context: format!("opening {name}"), source: e })?)
         };
         let reader: Box<dyn BufRead + Send> = if name.ends_with(".gz") {
-            Box::new(BufReader::with_capacity(
-                1 << 20,
-                flate2::read::MultiGzDecoder::new(BufReader::new(reader)),
-            ))
+            Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(BufReader::new(reader))))
         } else {
             Box::new(BufReader::with_capacity(1 << 20, reader))
         };
@@ -108,12 +95,7 @@ impl FileSource {
     }
 
     /// Decodes up to `max_records` lines into `decoder`. Blank lines are not records and are skipped.
-    pub fn read_into(
-        &mut self,
-        decoder: &mut Decoder,
-        max_records: usize,
-        now_ms: i64,
-    ) -> Result<Chunk, IngestError> {
+    pub fn read_into(&mut self, decoder: &mut Decoder, max_records: usize, now_ms: i64) -> Result<Chunk, IngestError> {
         let mut chunk = Chunk::default();
         while (chunk.records as usize) < max_records {
             if self.current.is_none() && !self.open_next()? {
@@ -122,12 +104,10 @@ impl FileSource {
             }
             let (name, reader) = self.current.as_mut().expect("open file");
             self.buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut self.buf)
-                .map_err(|e| IngestError::Io {
-                    context: format!("reading {name} after line {}", self.line),
-                    source: e,
-                })?;
+            let n = reader.read_until(b'\n', &mut self.buf).map_err(|e| IngestError::Io {
+                context: format!("reading {name} after line {}", self.line),
+                source: e,
+            })?;
             if n == 0 {
                 if let Some((name, _)) = self.current.take() {
                     self.finished.push(name);
@@ -136,11 +116,7 @@ impl FileSource {
             }
             self.bytes_read += n as u64;
             self.line += 1;
-            if self
-                .resume
-                .get(name.as_str())
-                .is_some_and(|done| self.line <= *done)
-            {
+            if self.resume.get(name.as_str()).is_some_and(|done| self.line <= *done) {
                 continue;
             }
             let mut rec: &[u8] = &self.buf;
@@ -152,14 +128,7 @@ impl FileSource {
             }
             chunk.records += 1;
             let line = self.line;
-            if let Some(ts) = decoder.push(
-                rec,
-                || SourceRef::File {
-                    path: name.clone(),
-                    line,
-                },
-                now_ms,
-            ) {
+            if let Some(ts) = decoder.push(rec, || SourceRef::File { path: name.clone(), line }, now_ms) {
                 chunk.accepted += 1;
                 chunk.max_ts_ms = Some(chunk.max_ts_ms.map_or(ts, |m: i64| m.max(ts)));
             }
@@ -183,29 +152,18 @@ mod tests {
         let plain = dir.path().join("a.ndjson");
         std::fs::write(&plain, format!("{good}\n\nbroken\r\n{good}")).unwrap();
         let gz = dir.path().join("b.ndjson.gz");
-        let mut enc =
-            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
         writeln!(enc, "{good}\n{{").unwrap();
         enc.finish().unwrap();
-        let mut d = Decoder::new(
-            Arc::new(PriceCatalog::builtin()),
-            Arc::new(OwnerMap::default()),
-            1 << 20,
-            RawPolicy::Raw,
-        );
+        let mut d =
+            Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(OwnerMap::default()), 1 << 20, RawPolicy::Raw);
         let mut src = FileSource::new(vec![plain.clone(), gz.clone()]);
         let c = src.read_into(&mut d, 100, 0).unwrap();
         assert!(c.done);
         assert_eq!((c.records, c.accepted), (5, 3));
         let out = d.finish();
         let sources: Vec<_> = out.dead_letters.iter().map(|d| d.source.clone()).collect();
-        assert_eq!(
-            sources,
-            vec![
-                format!("{}:3", plain.display()),
-                format!("{}:2", gz.display())
-            ]
-        );
+        assert_eq!(sources, vec![format!("{}:3", plain.display()), format!("{}:2", gz.display())]);
         assert_eq!(out.dead_letters[0].raw, b"broken");
     }
 }

@@ -56,10 +56,7 @@ pub struct SourceContext {
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
             }
             RDKafkaLogLevel::Warning => {
@@ -74,12 +71,7 @@ impl ClientContext for SourceContext {
 }
 
 impl ConsumerContext for SourceContext {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let starts = self.shared.start_offsets.lock().expect("lock");
@@ -98,9 +90,7 @@ impl ConsumerContext for SourceContext {
                 }
                 drop(starts);
                 let result = match consumer.rebalance_protocol() {
-                    rdkafka::consumer::RebalanceProtocol::Cooperative => {
-                        consumer.incremental_assign(tpl)
-                    }
+                    rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
                     _ => consumer.assign(tpl),
                 };
                 if let Err(e) = result {
@@ -115,26 +105,16 @@ impl ConsumerContext for SourceContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let revoked: Vec<Tp> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect();
+                let revoked: Vec<Tp> = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
                 let result = match consumer.rebalance_protocol() {
-                    rdkafka::consumer::RebalanceProtocol::Cooperative => {
-                        consumer.incremental_unassign(tpl)
-                    }
+                    rdkafka::consumer::RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
                     _ => consumer.unassign(),
                 };
                 if let Err(e) = result {
                     tracing::error!(error = %e, "partition revocation failed");
                 }
                 tracing::info!(partitions = ?revoked, "partitions revoked");
-                self.shared
-                    .assigned
-                    .lock()
-                    .expect("lock")
-                    .retain(|tp| !revoked.contains(tp));
+                self.shared.assigned.lock().expect("lock").retain(|tp| !revoked.contains(tp));
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
@@ -181,10 +161,7 @@ pub struct KafkaSource {
 
 impl KafkaSource {
     /// Creates the consumer and subscribes. `committed` are the lake's committed next offsets.
-    pub fn connect(
-        settings: &KafkaSettings,
-        committed: HashMap<Tp, i64>,
-    ) -> Result<Self, IngestError> {
+    pub fn connect(settings: &KafkaSettings, committed: HashMap<Tp, i64>) -> Result<Self, IngestError> {
         let mut cfg = ClientConfig::new();
         cfg.set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group)
@@ -192,10 +169,7 @@ impl KafkaSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set(
-                "session.timeout.ms",
-                settings.session_timeout_ms.to_string(),
-            )
+            .set("session.timeout.ms", settings.session_timeout_ms.to_string())
             .set("queued.max.messages.kbytes", "65536")
             .set("fetch.max.bytes", "52428800");
         for (k, v) in &settings.properties {
@@ -203,21 +177,15 @@ impl KafkaSource {
         }
         let shared = Arc::new(Shared::default());
         *shared.start_offsets.lock().expect("lock") = committed;
-        let consumer: StreamConsumer<SourceContext> = cfg
-            .create_with_context(SourceContext {
-                shared: shared.clone(),
-            })
-            .map_err(|e| IngestError::Kafka {
+        let consumer: StreamConsumer<SourceContext> =
+            cfg.create_with_context(SourceContext { shared: shared.clone() }).map_err(|e| IngestError::Kafka {
                 context: format!("creating consumer for {}", settings.brokers),
                 source: e,
             })?;
         let topics: Vec<&str> = settings.topics.iter().map(|s| s.as_str()).collect();
         consumer
             .subscribe(&topics)
-            .map_err(|e| IngestError::Kafka {
-                context: format!("subscribing to {topics:?}"),
-                source: e,
-            })?;
+            .map_err(|e| IngestError::Kafka { context: format!("subscribing to {topics:?}"), source: e })?;
         Ok(KafkaSource {
             consumer,
             shared,
@@ -231,11 +199,7 @@ impl KafkaSource {
     /// Records the offsets of a new lake commit: future (re)assignments start there, and the group's
     /// offsets follow them (for lag monitoring only).
     pub fn committed(&mut self, offsets: &HashMap<Tp, i64>) {
-        self.shared
-            .start_offsets
-            .lock()
-            .expect("lock")
-            .extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        self.shared.start_offsets.lock().expect("lock").extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
         let mut tpl = TopicPartitionList::new();
         let assigned = self.assigned();
         for ((t, p), o) in offsets {
@@ -280,11 +244,7 @@ impl KafkaSource {
     /// Next offsets of all partitions consumed in this assignment (for the lake commit). Partitions
     /// that started from "beginning" and delivered nothing are absent.
     pub fn next_offsets(&self) -> HashMap<Tp, i64> {
-        self.progress
-            .iter()
-            .filter(|(_, p)| p.next_offset >= 0)
-            .map(|(k, p)| (k.clone(), p.next_offset))
-            .collect()
+        self.progress.iter().filter(|(_, p)| p.next_offset >= 0).map(|(k, p)| (k.clone(), p.next_offset)).collect()
     }
 
     /// Receives up to `max_records` messages or until `max_wait` passes, decoding into `decoder`.
@@ -336,24 +296,15 @@ impl KafkaSource {
         }
     }
 
-    fn accept(
-        &mut self,
-        m: &rdkafka::message::OwnedMessage,
-        decoder: &mut Decoder,
-        poll: &mut Poll,
-        now_ms: i64,
-    ) {
+    fn accept(&mut self, m: &rdkafka::message::OwnedMessage, decoder: &mut Decoder, poll: &mut Poll, now_ms: i64) {
         let tp = (m.topic().to_string(), m.partition());
         let offset = m.offset();
         let starts = &self.shared.start_offsets;
-        let p = self
-            .progress
-            .entry(tp.clone())
-            .or_insert_with(|| PartitionProgress {
-                next_offset: starts.lock().expect("lock").get(&tp).copied().unwrap_or(-1),
-                max_ts_ms: None,
-                last_active: Instant::now(),
-            });
+        let p = self.progress.entry(tp.clone()).or_insert_with(|| PartitionProgress {
+            next_offset: starts.lock().expect("lock").get(&tp).copied().unwrap_or(-1),
+            max_ts_ms: None,
+            last_active: Instant::now(),
+        });
         if offset < p.next_offset {
             poll.skipped += 1;
             return;
@@ -368,15 +319,8 @@ impl KafkaSource {
         poll.bytes += payload.len() as u64;
         let topic = &tp.0;
         let partition = tp.1;
-        if let Some(ts) = decoder.push(
-            payload,
-            || SourceRef::Kafka {
-                topic: topic.clone(),
-                partition,
-                offset,
-            },
-            now_ms,
-        ) {
+        if let Some(ts) = decoder.push(payload, || SourceRef::Kafka { topic: topic.clone(), partition, offset }, now_ms)
+        {
             p.max_ts_ms = Some(p.max_ts_ms.map_or(ts, |x| x.max(ts)));
         }
     }
@@ -386,23 +330,12 @@ impl KafkaSource {
         let md = self
             .consumer
             .fetch_metadata(None, timeout)
-            .map_err(|e| IngestError::Kafka {
-                context: "fetching metadata".into(),
-                source: e,
-            })?;
-        for t in md
-            .topics()
-            .iter()
-            .filter(|t| self.topic_names.iter().any(|n| n == t.name()))
-        {
+            .map_err(|e| IngestError::Kafka { context: "fetching metadata".into(), source: e })?;
+        for t in md.topics().iter().filter(|t| self.topic_names.iter().any(|n| n == t.name())) {
             for p in t.partitions() {
-                let (low, high) = self
-                    .consumer
-                    .fetch_watermarks(t.name(), p.id(), timeout)
-                    .map_err(|e| IngestError::Kafka {
-                        context: format!("watermarks of {}/{}", t.name(), p.id()),
-                        source: e,
-                    })?;
+                let (low, high) = self.consumer.fetch_watermarks(t.name(), p.id(), timeout).map_err(|e| {
+                    IngestError::Kafka { context: format!("watermarks of {}/{}", t.name(), p.id()), source: e }
+                })?;
                 if high <= low {
                     continue;
                 }
@@ -411,23 +344,10 @@ impl KafkaSource {
                     .progress
                     .get(&tp)
                     .map(|p| p.next_offset)
-                    .or_else(|| {
-                        self.shared
-                            .start_offsets
-                            .lock()
-                            .expect("lock")
-                            .get(&tp)
-                            .copied()
-                    })
+                    .or_else(|| self.shared.start_offsets.lock().expect("lock").get(&tp).copied())
                     .unwrap_or(-1);
                 if next < high {
-                    tracing::debug!(
-                        topic = t.name(),
-                        partition = p.id(),
-                        next,
-                        high,
-                        "not caught up"
-                    );
+                    tracing::debug!(topic = t.name(), partition = p.id(), next, high, "not caught up");
                     return Ok(false);
                 }
             }

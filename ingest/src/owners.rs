@@ -89,20 +89,15 @@ impl Default for OwnerMap {
 
 impl OwnerMap {
     pub fn load(path: &Path) -> Result<Self, IngestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| IngestError::Io {
-            context: format!("reading owner map {}", path.display()),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| IngestError::Io { context: format!("reading owner map {}", path.display()), source: e })?;
         Self::from_toml_str(&path.display().to_string(), &text)
     }
 
     pub fn from_toml_str(name: &str, text: &str) -> Result<Self, IngestError> {
-        let file: OwnerFile = toml::from_str(text).map_err(|e| IngestError::OwnerMap {
-            file: name.to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut builders: Vec<(GlobSetBuilder, Vec<usize>)> =
-            (0..5).map(|_| (GlobSetBuilder::new(), vec![])).collect();
+        let file: OwnerFile = toml::from_str(text)
+            .map_err(|e| IngestError::OwnerMap { file: name.to_string(), reason: e.to_string() })?;
+        let mut builders: Vec<(GlobSetBuilder, Vec<usize>)> = (0..5).map(|_| (GlobSetBuilder::new(), vec![])).collect();
         let mut owners = Vec::with_capacity(file.owner.len());
         for (idx, rule) in file.owner.iter().enumerate() {
             if rule.id.trim().is_empty() {
@@ -111,13 +106,7 @@ impl OwnerMap {
                     reason: format!("owner #{} has an empty id", idx + 1),
                 });
             }
-            let lists = [
-                &rule.api_key_id,
-                &rule.service_account,
-                &rule.team,
-                &rule.project,
-                &rule.workflow,
-            ];
+            let lists = [&rule.api_key_id, &rule.service_account, &rule.team, &rule.project, &rule.workflow];
             for (f, list) in lists.iter().enumerate() {
                 for pat in list.iter() {
                     let glob = Glob::new(pat).map_err(|e| IngestError::OwnerMap {
@@ -128,21 +117,12 @@ impl OwnerMap {
                     builders[f].1.push(idx);
                 }
             }
-            owners.push(Owner {
-                id: rule.id.clone(),
-                risk_owner: rule.risk_owner.clone(),
-            });
+            owners.push(Owner { id: rule.id.clone(), risk_owner: rule.risk_owner.clone() });
         }
         let mut fields = Vec::with_capacity(5);
         for (b, rule_of_pattern) in builders {
-            let set = b.build().map_err(|e| IngestError::OwnerMap {
-                file: name.to_string(),
-                reason: e.to_string(),
-            })?;
-            fields.push(FieldMatcher {
-                set,
-                rule_of_pattern,
-            });
+            let set = b.build().map_err(|e| IngestError::OwnerMap { file: name.to_string(), reason: e.to_string() })?;
+            fields.push(FieldMatcher { set, rule_of_pattern });
         }
         let fields: [FieldMatcher; 5] = fields.try_into().expect("five fields");
         Ok(OwnerMap { owners, fields })
@@ -154,13 +134,7 @@ impl OwnerMap {
 
     /// The first rule (in file order) that any field matches, or `None` (unattributed).
     pub fn resolve(&self, id: &Identity<'_>, scratch: &mut Vec<usize>) -> Option<&Owner> {
-        let values = [
-            id.api_key_id,
-            id.service_account,
-            id.team,
-            id.project,
-            id.workflow,
-        ];
+        let values = [id.api_key_id, id.service_account, id.team, id.project, id.workflow];
         let mut best: Option<usize> = None;
         for (m, v) in self.fields.iter().zip(values) {
             if let Some(r) = m.best(v, scratch) {
@@ -201,78 +175,29 @@ mod tests {
         let m = OwnerMap::from_toml_str("o.toml", MAP).unwrap();
         let mut s = vec![];
         let r = |id: Identity| m.resolve(&id, &mut vec![]).map(|o| o.id.clone());
+        assert_eq!(r(Identity { api_key_id: Some("key-search-7"), ..Default::default() }).as_deref(), Some("search"));
+        assert_eq!(r(Identity { team: Some("search"), ..Default::default() }).as_deref(), Some("search"));
+        assert_eq!(r(Identity { workflow: Some("agent-nightly"), ..Default::default() }).as_deref(), Some("agents"));
         assert_eq!(
-            r(Identity {
-                api_key_id: Some("key-search-7"),
-                ..Default::default()
-            })
-            .as_deref(),
-            Some("search")
-        );
-        assert_eq!(
-            r(Identity {
-                team: Some("search"),
-                ..Default::default()
-            })
-            .as_deref(),
-            Some("search")
-        );
-        assert_eq!(
-            r(Identity {
-                workflow: Some("agent-nightly"),
-                ..Default::default()
-            })
-            .as_deref(),
-            Some("agents")
-        );
-        assert_eq!(
-            r(Identity {
-                service_account: Some("svc-agent-1"),
-                ..Default::default()
-            })
-            .as_deref(),
+            r(Identity { service_account: Some("svc-agent-1"), ..Default::default() }).as_deref(),
             Some("agents")
         );
         // workflow says agents but the key says search: search is the earlier rule
         assert_eq!(
-            r(Identity {
-                api_key_id: Some("key-search-1"),
-                workflow: Some("agent-x"),
-                ..Default::default()
-            })
-            .as_deref(),
+            r(Identity { api_key_id: Some("key-search-1"), workflow: Some("agent-x"), ..Default::default() })
+                .as_deref(),
             Some("search")
         );
-        assert_eq!(
-            r(Identity {
-                team: Some("xylophone"),
-                ..Default::default()
-            })
-            .as_deref(),
-            Some("catch-team-x")
-        );
-        assert!(
-            m.resolve(
-                &Identity {
-                    api_key_id: Some("key-nobody"),
-                    ..Default::default()
-                },
-                &mut s
-            )
-            .is_none()
-        );
+        assert_eq!(r(Identity { team: Some("xylophone"), ..Default::default() }).as_deref(), Some("catch-team-x"));
+        assert!(m.resolve(&Identity { api_key_id: Some("key-nobody"), ..Default::default() }, &mut s).is_none());
         assert_eq!(m.owners()[0].risk_owner, "lead@example.com");
     }
 
     #[test]
     fn errors_name_the_file_and_rule() {
-        let e = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"a\"\nteam = [\"[\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"a\"\nteam = [\"[\"]\n").unwrap_err().to_string();
         assert!(e.contains("o.toml") && e.contains("\"a\""), "{e}");
-        let e = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"a\"\nteams = [\"x\"]\n")
-            .unwrap_err()
-            .to_string();
+        let e = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"a\"\nteams = [\"x\"]\n").unwrap_err().to_string();
         assert!(e.contains("teams"), "{e}");
     }
 }

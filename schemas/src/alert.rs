@@ -68,10 +68,7 @@ impl Alert {
 
     /// The owner the alert is about (`data.owner`), the Kafka key.
     pub fn owner(&self) -> &str {
-        self.data
-            .get("owner")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
+        self.data.get("owner").and_then(|v| v.as_str()).unwrap_or("")
     }
 }
 
@@ -86,22 +83,12 @@ pub fn deterministic_id(parts: &[&str]) -> String {
     }
     let d = h.finalize();
     let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// RFC 3339 with milliseconds, UTC (`2026-11-30T12:00:00.000Z`).
 pub fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 /// The Arrow schema of `<lake>/alerts/`.
@@ -109,11 +96,7 @@ pub fn alert_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Utf8, false),
         Field::new("type", DataType::Utf8, false),
-        Field::new(
-            "time",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("time", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
         Field::new("owner", DataType::Utf8, false),
         Field::new("subject", DataType::Utf8, false),
         Field::new("data", DataType::Utf8, false),
@@ -131,10 +114,7 @@ mod tests {
         assert_eq!(a, deterministic_id(&["budget", "search", "2026-11", "80"]));
         assert_ne!(a, deterministic_id(&["budget", "search", "2026-11", "100"]));
         // the separator keeps ("ab","c") apart from ("a","bc")
-        assert_ne!(
-            deterministic_id(&["ab", "c"]),
-            deterministic_id(&["a", "bc"])
-        );
+        assert_ne!(deterministic_id(&["ab", "c"]), deterministic_id(&["a", "bc"]));
         assert_eq!(a.len(), 36);
     }
 
@@ -149,16 +129,7 @@ mod tests {
             serde_json::json!({"owner": "search"}),
         );
         let v: serde_json::Value = serde_json::to_value(&a).unwrap();
-        for k in [
-            "specversion",
-            "id",
-            "source",
-            "type",
-            "subject",
-            "time",
-            "datacontenttype",
-            "data",
-        ] {
+        for k in ["specversion", "id", "source", "type", "subject", "time", "datacontenttype", "data"] {
             assert!(v.get(k).is_some(), "missing {k}");
         }
         assert_eq!(v["type"], "aifinops.model.unpriced");

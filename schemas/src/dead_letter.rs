@@ -7,25 +7,14 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 /// Where a record came from: a Kafka message or a line of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceRef {
-    Kafka {
-        topic: String,
-        partition: i32,
-        offset: i64,
-    },
-    File {
-        path: String,
-        line: u64,
-    },
+    Kafka { topic: String, partition: i32, offset: i64 },
+    File { path: String, line: u64 },
 }
 
 impl std::fmt::Display for SourceRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SourceRef::Kafka {
-                topic,
-                partition,
-                offset,
-            } => write!(f, "{topic}/{partition}@{offset}"),
+            SourceRef::Kafka { topic, partition, offset } => write!(f, "{topic}/{partition}@{offset}"),
             SourceRef::File { path, line } => write!(f, "{path}:{line}"),
         }
     }
@@ -53,10 +42,6 @@ pub fn dead_letter_schema() -> SchemaRef {
         Field::new("kind", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("raw", DataType::Binary, false),
-        Field::new(
-            "received_at",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            false,
-        ),
+        Field::new("received_at", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
     ]))
 }

@@ -53,11 +53,7 @@ pub fn priced_event_schema() -> SchemaRef {
     SCHEMA
         .get_or_init(|| {
             let mut fields = vec![
-                Field::new(
-                    TS,
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    false,
-                ),
+                Field::new(TS, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
                 Field::new(EVENT_KEY, DataType::FixedSizeBinary(EVENT_KEY_LEN), false),
             ];
             for d in DIMENSIONS {

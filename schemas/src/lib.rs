@@ -18,11 +18,7 @@ pub use dead_letter::{DeadLetter, SourceRef};
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("invalid decimal {value:?} for {what}: {reason}")]
-    Decimal {
-        what: String,
-        value: String,
-        reason: String,
-    },
+    Decimal { what: String, value: String, reason: String },
     #[error("arrow error while {context}: {source}")]
     Arrow {
         context: String,

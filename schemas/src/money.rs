@@ -27,10 +27,7 @@ pub fn parse_usd(what: &str, text: &str) -> Result<i128, SchemaError> {
         return Err(err("empty"));
     }
     let (mantissa, exp) = match t.find(['e', 'E']) {
-        Some(i) => (
-            &t[..i],
-            t[i + 1..].parse::<i32>().map_err(|_| err("bad exponent"))?,
-        ),
+        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().map_err(|_| err("bad exponent"))?),
         None => (t, 0),
     };
     let (neg, digits) = match mantissa.strip_prefix('-') {
@@ -44,9 +41,7 @@ pub fn parse_usd(what: &str, text: &str) -> Result<i128, SchemaError> {
     if int_part.is_empty() && frac_part.is_empty() {
         return Err(err("no digits"));
     }
-    if !int_part.bytes().all(|b| b.is_ascii_digit())
-        || !frac_part.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !int_part.bytes().all(|b| b.is_ascii_digit()) || !frac_part.bytes().all(|b| b.is_ascii_digit()) {
         return Err(err("not a decimal number"));
     }
     // value = int_part.frac_part * 10^exp ; units = value * 10^18
@@ -59,11 +54,7 @@ pub fn parse_usd(what: &str, text: &str) -> Result<i128, SchemaError> {
             (all, "")
         } else {
             let cut = all.len() as i64 + shift as i64;
-            if cut <= 0 {
-                ("", all)
-            } else {
-                all.split_at(cut as usize)
-            }
+            if cut <= 0 { ("", all) } else { all.split_at(cut as usize) }
         };
         if dropped.bytes().any(|b| b != b'0') {
             return Err(err("more than 18 fractional digits"));
@@ -75,9 +66,7 @@ pub fn parse_usd(what: &str, text: &str) -> Result<i128, SchemaError> {
                 .ok_or_else(|| err("too large"))?;
         }
         if shift > 0 {
-            let p = 10i128
-                .checked_pow(shift as u32)
-                .ok_or_else(|| err("too large"))?;
+            let p = 10i128.checked_pow(shift as u32).ok_or_else(|| err("too large"))?;
             units = units.checked_mul(p).ok_or_else(|| err("too large"))?;
         }
     }
@@ -103,24 +92,14 @@ pub fn format_usd(units: i128) -> String {
 pub fn format_usd_rounded(units: i128, digits: u32) -> String {
     let step = 10i128.pow(COST_SCALE as u32 - digits);
     let half = step / 2;
-    let r = if units >= 0 {
-        (units + half) / step
-    } else {
-        (units - half) / step
-    };
+    let r = if units >= 0 { (units + half) / step } else { (units - half) / step };
     let neg = r < 0;
     let r = r.unsigned_abs();
     let p = 10u128.pow(digits);
     if digits == 0 {
         return format!("{}{}", if neg { "-" } else { "" }, r);
     }
-    format!(
-        "{}{}.{:0width$}",
-        if neg { "-" } else { "" },
-        r / p,
-        r % p,
-        width = digits as usize
-    )
+    format!("{}{}.{:0width$}", if neg { "-" } else { "" }, r / p, r % p, width = digits as usize)
 }
 
 #[cfg(test)]
@@ -148,22 +127,10 @@ mod tests {
 
     #[test]
     fn formats_round_trip() {
-        for s in [
-            "0",
-            "12.5",
-            "0.000000000000000001",
-            "-3.25",
-            "123456789.123456789",
-        ] {
+        for s in ["0", "12.5", "0.000000000000000001", "-3.25", "123456789.123456789"] {
             assert_eq!(format_usd(parse_usd("x", s).unwrap()), s);
         }
-        assert_eq!(
-            format_usd_rounded(parse_usd("x", "1.235").unwrap(), 2),
-            "1.24"
-        );
-        assert_eq!(
-            format_usd_rounded(parse_usd("x", "0.004").unwrap(), 2),
-            "0.00"
-        );
+        assert_eq!(format_usd_rounded(parse_usd("x", "1.235").unwrap(), 2), "1.24");
+        assert_eq!(format_usd_rounded(parse_usd("x", "0.004").unwrap(), 2), "0.00");
     }
 }

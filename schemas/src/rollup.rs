@@ -30,10 +30,7 @@ pub fn rollup_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let mut fields = vec![
-                Field::new(WINDOW_START, ts_type(), false),
-                Field::new(WINDOW_END, ts_type(), false),
-            ];
+            let mut fields = vec![Field::new(WINDOW_START, ts_type(), false), Field::new(WINDOW_END, ts_type(), false)];
             for d in DIMENSIONS {
                 fields.push(Field::new(d, DataType::Utf8, false));
             }

@@ -36,9 +36,7 @@ pub fn looks_like_secret(value: &str) -> bool {
     }
     if (v.starts_with("AKIA") || v.starts_with("ASIA"))
         && v.len() >= 20
-        && v[..20]
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && v[..20].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
     {
         return true;
     }
@@ -46,10 +44,7 @@ pub fn looks_like_secret(value: &str) -> bool {
         return true; // JWT
     }
     // Long opaque token: >= 32 chars of [A-Za-z0-9_-+/=] mixing lower, upper and digits, no separators a human id would use.
-    if v.len() >= 32
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b))
-    {
+    if v.len() >= 32 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_+/=".contains(&b)) {
         let lowers = v.bytes().filter(|b| b.is_ascii_lowercase()).count();
         let uppers = v.bytes().filter(|b| b.is_ascii_uppercase()).count();
         let digits = v.bytes().filter(|b| b.is_ascii_digit()).count();
@@ -73,11 +68,7 @@ pub fn fingerprint(value: &str) -> String {
 
 /// `value` itself, or its fingerprint when it looks like a secret.
 pub fn redact(value: &str) -> std::borrow::Cow<'_, str> {
-    if looks_like_secret(value) {
-        fingerprint(value).into()
-    } else {
-        value.into()
-    }
+    if looks_like_secret(value) { fingerprint(value).into() } else { value.into() }
 }
 
 /// Replaces every secret-looking token inside free text (split on whitespace, quotes and JSON punctuation).
@@ -118,14 +109,10 @@ mod tests {
     #[test]
     fn provider_keys_are_secrets_but_key_ids_are_not() {
         assert!(looks_like_secret("sk-proj-abcdEFGH1234ijklMNOP5678qrst"));
-        assert!(looks_like_secret(
-            "sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"
-        ));
+        assert!(looks_like_secret("sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"));
         assert!(looks_like_secret("AKIAIOSFODNN7EXAMPLE"));
         assert!(looks_like_secret("Bearer abcdefghijklmnop1234"));
-        assert!(looks_like_secret(
-            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXN0dWZm"
-        ));
+        assert!(looks_like_secret("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJlLXN0dWZm"));
         assert!(!looks_like_secret("key-search-1"));
         assert!(!looks_like_secret("svc-support-bot@prod"));
         assert!(!looks_like_secret("research-agents-nightly-workflow"));

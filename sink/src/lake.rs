@@ -22,8 +22,7 @@ use aifinops_schemas::alert::alert_schema;
 use aifinops_schemas::dead_letter::dead_letter_schema;
 use aifinops_schemas::{Alert, DeadLetter};
 use datafusion::arrow::array::{
-    ArrayRef, AsArray, BinaryArray, BooleanArray, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    ArrayRef, AsArray, BinaryArray, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::TimestampMillisecondType;
@@ -143,38 +142,28 @@ fn seq_name(seq: u64) -> String {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(format!("fsync directory {}", dir.display())))
+    fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(format!("fsync directory {}", dir.display())))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
-        let mut f =
-            fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-        f.write_all(bytes)
-            .map_err(io_err(format!("writing {}", tmp.display())))?;
-        f.sync_all()
-            .map_err(io_err(format!("fsync {}", tmp.display())))?;
+        let mut f = fs::File::create(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
+        f.write_all(bytes).map_err(io_err(format!("writing {}", tmp.display())))?;
+        f.sync_all().map_err(io_err(format!("fsync {}", tmp.display())))?;
     }
     fs::rename(&tmp, path).map_err(io_err(format!("renaming {} into place", path.display())))?;
     fsync_dir(path.parent().expect("parent"))
 }
 
 fn date_of(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .format("%Y-%m-%d")
-        .to_string()
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%d").to_string()
 }
 
 /// Splits rows by the UTC date of a timestamp column.
 fn by_date(batch: &RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatch)>, SinkError> {
-    let ts = batch
-        .column(ts_col)
-        .as_primitive::<TimestampMillisecondType>();
+    let ts = batch.column(ts_col).as_primitive::<TimestampMillisecondType>();
     let dates: Vec<String> = ts.values().iter().map(|&v| date_of(v)).collect();
     let mut uniq: Vec<&String> = dates.iter().collect();
     uniq.sort();
@@ -182,10 +171,8 @@ fn by_date(batch: &RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatc
     let mut out = Vec::new();
     for d in uniq {
         let mask: BooleanArray = dates.iter().map(|x| Some(x == d)).collect();
-        let part = filter_record_batch(batch, &mask).map_err(|e| SinkError::Arrow {
-            context: "partitioning by date".into(),
-            source: e,
-        })?;
+        let part = filter_record_batch(batch, &mask)
+            .map_err(|e| SinkError::Arrow { context: "partitioning by date".into(), source: e })?;
         out.push((d.clone(), part));
     }
     Ok(out)
@@ -195,15 +182,10 @@ impl Lake {
     /// Opens (creating) a lake, recovering from any interrupted commit.
     pub fn open(root: &Path) -> Result<(Lake, Option<Recovered>), SinkError> {
         for d in ["manifest", "staging", "state"] {
-            fs::create_dir_all(root.join(META).join(d)).map_err(io_err(format!(
-                "creating {}",
-                root.join(META).join(d).display()
-            )))?;
+            fs::create_dir_all(root.join(META).join(d))
+                .map_err(io_err(format!("creating {}", root.join(META).join(d).display())))?;
         }
-        let mut lake = Lake {
-            root: root.to_path_buf(),
-            last: None,
-        };
+        let mut lake = Lake { root: root.to_path_buf(), last: None };
         let manifests = lake.manifest_seqs()?;
         let last_seq = manifests.last().copied();
         if let Some(seq) = last_seq {
@@ -224,25 +206,18 @@ impl Lake {
                 let stale_staging = d == "staging" && seq <= last; // rolled forward already
                 if seq > last || stale_staging {
                     tracing::info!(dir = %e.path().display(), "removing uncommitted or finished commit directory");
-                    fs::remove_dir_all(e.path())
-                        .map_err(io_err(format!("removing {}", e.path().display())))?;
+                    fs::remove_dir_all(e.path()).map_err(io_err(format!("removing {}", e.path().display())))?;
                 }
             }
         }
-        for e in fs::read_dir(root.join(META).join("manifest"))
-            .map_err(io_err("listing manifests"))?
-            .flatten()
-        {
+        for e in fs::read_dir(root.join(META).join("manifest")).map_err(io_err("listing manifests"))?.flatten() {
             if e.file_name().to_string_lossy().ends_with(".tmp") {
                 let _ = fs::remove_file(e.path());
             }
         }
         let recovered = match &lake.last {
             None => None,
-            Some(m) => Some(Recovered {
-                manifest: m.clone(),
-                state: lake.read_state(m)?,
-            }),
+            Some(m) => Some(Recovered { manifest: m.clone(), state: lake.read_state(m)? }),
         };
         Ok((lake, recovered))
     }
@@ -260,36 +235,21 @@ impl Lake {
         let mut seqs: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
             .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_suffix(".json")
-                    .and_then(|s| s.parse().ok())
-            })
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").and_then(|s| s.parse().ok()))
             .collect();
         seqs.sort_unstable();
         Ok(seqs)
     }
 
     fn read_manifest(&self, seq: u64) -> Result<Manifest, SinkError> {
-        let p = self
-            .root
-            .join(META)
-            .join("manifest")
-            .join(format!("{}.json", seq_name(seq)));
+        let p = self.root.join(META).join("manifest").join(format!("{}.json", seq_name(seq)));
         let text = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
-        serde_json::from_str(&text).map_err(|e| SinkError::Manifest {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        })
+        serde_json::from_str(&text)
+            .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })
     }
 
     fn staged_path(&self, seq: u64, rel: &str) -> PathBuf {
-        self.root
-            .join(META)
-            .join("staging")
-            .join(seq_name(seq))
-            .join(format!("{}.staged", rel.replace('/', "__")))
+        self.root.join(META).join("staging").join(seq_name(seq)).join(format!("{}.staged", rel.replace('/', "__")))
     }
 
     /// Moves a committed manifest's staged files to their final names (idempotent).
@@ -300,10 +260,8 @@ impl Lake {
             let fin = self.root.join(rel);
             if staged.exists() {
                 let parent = fin.parent().expect("parent");
-                fs::create_dir_all(parent)
-                    .map_err(io_err(format!("creating {}", parent.display())))?;
-                fs::rename(&staged, &fin)
-                    .map_err(io_err(format!("publishing {}", fin.display())))?;
+                fs::create_dir_all(parent).map_err(io_err(format!("creating {}", parent.display())))?;
+                fs::rename(&staged, &fin).map_err(io_err(format!("publishing {}", fin.display())))?;
                 dirs.insert(parent.to_path_buf());
                 if i == 0 {
                     fault::point("mid_rollforward");
@@ -334,89 +292,48 @@ impl Lake {
         let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
         names.sort();
         for p in names {
-            let name = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .to_string();
-            if let Some(label) = name
-                .strip_prefix("partials-")
-                .and_then(|s| s.strip_suffix(".arrow"))
-            {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+            if let Some(label) = name.strip_prefix("partials-").and_then(|s| s.strip_suffix(".arrow")) {
                 let f = fs::File::open(&p).map_err(io_err(format!("opening {}", p.display())))?;
-                let r = FileReader::try_new(f, None).map_err(|e| SinkError::Arrow {
-                    context: format!("reading {}", p.display()),
-                    source: e,
-                })?;
+                let r = FileReader::try_new(f, None)
+                    .map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
                 let schema = r.schema();
                 let batches: Result<Vec<_>, _> = r.collect();
-                let batches = batches.map_err(|e| SinkError::Arrow {
-                    context: format!("reading {}", p.display()),
-                    source: e,
-                })?;
-                let b =
-                    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(|e| {
-                        SinkError::Arrow {
-                            context: format!("reading {}", p.display()),
-                            source: e,
-                        }
-                    })?;
+                let batches =
+                    batches.map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
+                let b = datafusion::arrow::compute::concat_batches(&schema, &batches)
+                    .map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
                 st.partials.push((label.to_string(), b));
             } else if name == "dedup.bin" {
                 st.dedup = fs::read(&p).map_err(io_err(format!("reading {}", p.display())))?;
             } else if name == "rules.json" {
-                let t =
-                    fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
-                st.rules = serde_json::from_str(&t).map_err(|e| SinkError::Manifest {
-                    path: p.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let t = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
+                st.rules = serde_json::from_str(&t)
+                    .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })?;
             }
         }
         Ok(st)
     }
 
-    fn write_state(
-        &self,
-        seq: u64,
-        st: &StateSnapshot,
-        outbox: Option<&Outbox>,
-    ) -> Result<(), SinkError> {
+    fn write_state(&self, seq: u64, st: &StateSnapshot, outbox: Option<&Outbox>) -> Result<(), SinkError> {
         let dir = self.state_dir(seq);
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         for (label, batch) in &st.partials {
             let p = dir.join(format!("partials-{label}.arrow"));
             let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
-            let ae = |e| SinkError::Arrow {
-                context: format!("writing {}", p.display()),
-                source: e,
-            };
+            let ae = |e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e };
             let mut w = FileWriter::try_new(f, &batch.schema()).map_err(ae)?;
-            w.write(batch).map_err(|e| SinkError::Arrow {
-                context: format!("writing {}", p.display()),
-                source: e,
-            })?;
-            w.finish().map_err(|e| SinkError::Arrow {
-                context: format!("writing {}", p.display()),
-                source: e,
-            })?;
-            let f = w.into_inner().map_err(|e| SinkError::Arrow {
-                context: format!("writing {}", p.display()),
-                source: e,
-            })?;
-            f.sync_all()
-                .map_err(io_err(format!("fsync {}", p.display())))?;
+            w.write(batch).map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
+            w.finish().map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
+            let f = w
+                .into_inner()
+                .map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
+            f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
         }
         write_atomic(&dir.join("dedup.bin"), &st.dedup)?;
-        write_atomic(
-            &dir.join("rules.json"),
-            serde_json::to_string(&st.rules).expect("json").as_bytes(),
-        )?;
+        write_atomic(&dir.join("rules.json"), serde_json::to_string(&st.rules).expect("json").as_bytes())?;
         if let Some(o) = outbox {
-            write_atomic(
-                &dir.join("outbox.json"),
-                serde_json::to_string(o).expect("json").as_bytes(),
-            )?;
+            write_atomic(&dir.join("outbox.json"), serde_json::to_string(o).expect("json").as_bytes())?;
         }
         fsync_dir(&dir)
     }
@@ -426,15 +343,9 @@ impl Lake {
         let seq = self.last.as_ref().map_or(1, |m| m.seq + 1);
         let staging = self.root.join(META).join("staging").join(seq_name(seq));
         fs::create_dir_all(&staging).map_err(io_err(format!("creating {}", staging.display())))?;
-        let mut info = CommitInfo {
-            seq,
-            ..Default::default()
-        };
+        let mut info = CommitInfo { seq, ..Default::default() };
         let mut added = Vec::new();
-        let mut write = |rel: String,
-                         batches: &[RecordBatch],
-                         info: &mut CommitInfo|
-         -> Result<(), SinkError> {
+        let mut write = |rel: String, batches: &[RecordBatch], info: &mut CommitInfo| -> Result<(), SinkError> {
             let staged = self.staged_path(seq, &rel);
             info.bytes += write_parquet(&staged, batches)?;
             info.files += 1;
@@ -449,21 +360,12 @@ impl Lake {
             }
         }
         for (label, batches) in by_label {
-            let all = datafusion::arrow::compute::concat_batches(
-                &batches[0].schema(),
-                batches.iter().copied(),
-            )
-            .map_err(|e| SinkError::Arrow {
-                context: "concatenating rollups".into(),
-                source: e,
-            })?;
+            let all = datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches.iter().copied())
+                .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?;
             info.rollup_rows += all.num_rows();
             for (date, part) in by_date(&all, 0)? {
                 write(
-                    format!(
-                        "rollups/window={label}/date={date}/part-{}-000.parquet",
-                        seq_name(seq)
-                    ),
+                    format!("rollups/window={label}/date={date}/part-{}-000.parquet", seq_name(seq)),
                     &[part],
                     &mut info,
                 )?;
@@ -472,49 +374,35 @@ impl Lake {
         if !c.alerts.is_empty() {
             let b = alerts_batch(&c.alerts)?;
             for (date, part) in by_date(&b, 2)? {
-                write(
-                    format!("alerts/date={date}/part-{}-000.parquet", seq_name(seq)),
-                    &[part],
-                    &mut info,
-                )?;
+                write(format!("alerts/date={date}/part-{}-000.parquet", seq_name(seq)), &[part], &mut info)?;
             }
         }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
             for (date, part) in by_date(&b, 4)? {
-                write(
-                    format!(
-                        "dead_letters/date={date}/part-{}-000.parquet",
-                        seq_name(seq)
-                    ),
-                    &[part],
-                    &mut info,
-                )?;
+                write(format!("dead_letters/date={date}/part-{}-000.parquet", seq_name(seq)), &[part], &mut info)?;
             }
         }
         fsync_dir(&staging)?;
-        let outbox =
-            (c.publish && (!c.alerts.is_empty() || !c.dead_letters.is_empty())).then(|| Outbox {
-                alerts: c.alerts.clone(),
-                dead_letters: c
-                    .dead_letters
-                    .iter()
-                    .map(|d| OutboxDeadLetter {
-                        source: d.source.clone(),
-                        kind: d.kind.to_string(),
-                        reason: d.reason.clone(),
-                        raw_hex: d.raw.iter().map(|b| format!("{b:02x}")).collect(),
-                        received_at_ms: d.received_at_ms,
-                    })
-                    .collect(),
-            });
+        let outbox = (c.publish && (!c.alerts.is_empty() || !c.dead_letters.is_empty())).then(|| Outbox {
+            alerts: c.alerts.clone(),
+            dead_letters: c
+                .dead_letters
+                .iter()
+                .map(|d| OutboxDeadLetter {
+                    source: d.source.clone(),
+                    kind: d.kind.to_string(),
+                    reason: d.reason.clone(),
+                    raw_hex: d.raw.iter().map(|b| format!("{b:02x}")).collect(),
+                    received_at_ms: d.received_at_ms,
+                })
+                .collect(),
+        });
         self.write_state(seq, &c.state, outbox.as_ref())?;
         let m = Manifest {
             version: 1,
             seq,
-            committed_at: aifinops_schemas::alert::rfc3339_ms(
-                chrono::Utc::now().timestamp_millis(),
-            ),
+            committed_at: aifinops_schemas::alert::rfc3339_ms(chrono::Utc::now().timestamp_millis()),
             offsets: c.offsets,
             files: c.files,
             added,
@@ -525,15 +413,8 @@ impl Lake {
             totals: c.totals,
         };
         fault::point("before_manifest");
-        let path = self
-            .root
-            .join(META)
-            .join("manifest")
-            .join(format!("{}.json", seq_name(seq)));
-        write_atomic(
-            &path,
-            serde_json::to_string_pretty(&m).expect("json").as_bytes(),
-        )?;
+        let path = self.root.join(META).join("manifest").join(format!("{}.json", seq_name(seq)));
+        write_atomic(&path, serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
         // ---- commit point ----
         fault::point("after_manifest");
         self.roll_forward(&m)?;
@@ -554,20 +435,13 @@ impl Lake {
             }
         }
         for s in seq.saturating_sub(60)..seq.saturating_sub(20) {
-            let _ = fs::remove_file(
-                self.root
-                    .join(META)
-                    .join("manifest")
-                    .join(format!("{}.json", seq_name(s))),
-            );
+            let _ = fs::remove_file(self.root.join(META).join("manifest").join(format!("{}.json", seq_name(s))));
         }
     }
 
     /// The outboxes of this lake, for a publisher that runs beside the commit loop.
     pub fn outbox_log(&self) -> OutboxLog {
-        OutboxLog {
-            root: self.root.clone(),
-        }
+        OutboxLog { root: self.root.clone() }
     }
 }
 
@@ -581,10 +455,7 @@ pub struct OutboxLog {
 impl OutboxLog {
     /// The last seq whose outbox was fully published.
     pub fn published_seq(&self) -> u64 {
-        fs::read_to_string(self.root.join(META).join("published"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0)
+        fs::read_to_string(self.root.join(META).join("published")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
     }
 
     fn committed_seq(&self) -> Result<u64, SinkError> {
@@ -592,12 +463,7 @@ impl OutboxLog {
         Ok(fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
             .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .strip_suffix(".json")
-                    .and_then(|s| s.parse().ok())
-            })
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").and_then(|s| s.parse().ok()))
             .max()
             .unwrap_or(0))
     }
@@ -618,10 +484,8 @@ impl OutboxLog {
         for s in seqs {
             let p = dir.join(seq_name(s)).join("outbox.json");
             if let Ok(t) = fs::read_to_string(&p) {
-                let o: Outbox = serde_json::from_str(&t).map_err(|e| SinkError::Manifest {
-                    path: p.display().to_string(),
-                    reason: e.to_string(),
-                })?;
+                let o: Outbox = serde_json::from_str(&t)
+                    .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })?;
                 out.push((s, o));
             }
         }
@@ -633,72 +497,42 @@ impl OutboxLog {
         if seq <= self.published_seq() {
             return Ok(());
         }
-        write_atomic(
-            &self.root.join(META).join("published"),
-            seq.to_string().as_bytes(),
-        )
+        write_atomic(&self.root.join(META).join("published"), seq.to_string().as_bytes())
     }
 }
 
 fn alerts_batch(alerts: &[Alert]) -> Result<RecordBatch, SinkError> {
     let time: Vec<i64> = alerts
         .iter()
-        .map(|a| {
-            chrono::DateTime::parse_from_rfc3339(&a.time)
-                .map(|d| d.timestamp_millis())
-                .unwrap_or(0)
-        })
+        .map(|a| chrono::DateTime::parse_from_rfc3339(&a.time).map(|d| d.timestamp_millis()).unwrap_or(0))
         .collect();
     let cols: Vec<ArrayRef> = vec![
-        std::sync::Arc::new(StringArray::from_iter_values(
-            alerts.iter().map(|a| a.id.as_str()),
-        )),
-        std::sync::Arc::new(StringArray::from_iter_values(
-            alerts.iter().map(|a| a.kind.as_str()),
-        )),
+        std::sync::Arc::new(StringArray::from_iter_values(alerts.iter().map(|a| a.id.as_str()))),
+        std::sync::Arc::new(StringArray::from_iter_values(alerts.iter().map(|a| a.kind.as_str()))),
         std::sync::Arc::new(TimestampMillisecondArray::from(time).with_timezone("UTC")),
+        std::sync::Arc::new(StringArray::from_iter_values(alerts.iter().map(|a| a.owner()))),
+        std::sync::Arc::new(StringArray::from_iter_values(alerts.iter().map(|a| a.subject.as_str()))),
+        std::sync::Arc::new(StringArray::from_iter_values(alerts.iter().map(|a| a.data.to_string()))),
         std::sync::Arc::new(StringArray::from_iter_values(
-            alerts.iter().map(|a| a.owner()),
-        )),
-        std::sync::Arc::new(StringArray::from_iter_values(
-            alerts.iter().map(|a| a.subject.as_str()),
-        )),
-        std::sync::Arc::new(StringArray::from_iter_values(
-            alerts.iter().map(|a| a.data.to_string()),
-        )),
-        std::sync::Arc::new(StringArray::from_iter_values(
-            alerts
-                .iter()
-                .map(|a| serde_json::to_string(a).expect("json")),
+            alerts.iter().map(|a| serde_json::to_string(a).expect("json")),
         )),
     ];
-    RecordBatch::try_new(alert_schema(), cols).map_err(|e| SinkError::Arrow {
-        context: "building alert rows".into(),
-        source: e,
-    })
+    RecordBatch::try_new(alert_schema(), cols)
+        .map_err(|e| SinkError::Arrow { context: "building alert rows".into(), source: e })
 }
 
 fn dead_letters_batch(d: &[DeadLetter]) -> Result<RecordBatch, SinkError> {
     let cols: Vec<ArrayRef> = vec![
-        std::sync::Arc::new(StringArray::from_iter_values(
-            d.iter().map(|x| x.source.as_str()),
-        )),
+        std::sync::Arc::new(StringArray::from_iter_values(d.iter().map(|x| x.source.as_str()))),
         std::sync::Arc::new(StringArray::from_iter_values(d.iter().map(|x| x.kind))),
-        std::sync::Arc::new(StringArray::from_iter_values(
-            d.iter().map(|x| x.reason.as_str()),
-        )),
-        std::sync::Arc::new(BinaryArray::from_iter_values(
-            d.iter().map(|x| x.raw.as_slice()),
-        )),
+        std::sync::Arc::new(StringArray::from_iter_values(d.iter().map(|x| x.reason.as_str()))),
+        std::sync::Arc::new(BinaryArray::from_iter_values(d.iter().map(|x| x.raw.as_slice()))),
         std::sync::Arc::new(
-            TimestampMillisecondArray::from_iter_values(d.iter().map(|x| x.received_at_ms))
-                .with_timezone("UTC"),
+            TimestampMillisecondArray::from_iter_values(d.iter().map(|x| x.received_at_ms)).with_timezone("UTC"),
         ),
     ];
-    RecordBatch::try_new(dead_letter_schema(), cols).map_err(|e| SinkError::Arrow {
-        context: "building dead-letter rows".into(),
-        source: e,
-    })
+    RecordBatch::try_new(dead_letter_schema(), cols)
+        .map_err(|e| SinkError::Arrow { context: "building dead-letter rows".into(), source: e })
 }
 
 #[cfg(test)]
@@ -715,9 +549,7 @@ mod tests {
         c.offsets.entry("t".into()).or_default().insert(0, 42);
         c.state.dedup = vec![1; 24];
         c.state.rules = serde_json::json!({"x": 1});
-        c.state
-            .partials
-            .push(("1m".into(), RecordBatch::new_empty(rollup_schema())));
+        c.state.partials.push(("1m".into(), RecordBatch::new_empty(rollup_schema())));
         c.dead_letters.push(DeadLetter {
             source: "t/0@3".into(),
             reason: "bad".into(),
@@ -729,11 +561,7 @@ mod tests {
         let info = lake.commit(c).unwrap();
         assert_eq!(info.seq, 1);
         assert_eq!(info.files, 1);
-        assert!(
-            dir.path()
-                .join("dead_letters/date=1970-01-01/part-0000000001-000.parquet")
-                .exists()
-        );
+        assert!(dir.path().join("dead_letters/date=1970-01-01/part-0000000001-000.parquet").exists());
         let (lake2, rec) = Lake::open(dir.path()).unwrap();
         let rec = rec.unwrap();
         assert_eq!(rec.manifest.offsets["t"][&0], 42);
@@ -761,20 +589,12 @@ mod tests {
         });
         lake.commit(c).unwrap();
         // simulate a crash after the manifest of seq 1 but before roll-forward: move the file back
-        let fin = dir
-            .path()
-            .join("dead_letters/date=1970-01-01/part-0000000001-000.parquet");
-        let staged = lake.staged_path(
-            1,
-            "dead_letters/date=1970-01-01/part-0000000001-000.parquet",
-        );
+        let fin = dir.path().join("dead_letters/date=1970-01-01/part-0000000001-000.parquet");
+        let staged = lake.staged_path(1, "dead_letters/date=1970-01-01/part-0000000001-000.parquet");
         fs::create_dir_all(staged.parent().unwrap()).unwrap();
         fs::rename(&fin, &staged).unwrap();
         // and a crash in the middle of seq 2, before its manifest
-        let orphan = lake.staged_path(
-            2,
-            "rollups/window=1m/date=1970-01-01/part-0000000002-000.parquet",
-        );
+        let orphan = lake.staged_path(2, "rollups/window=1m/date=1970-01-01/part-0000000002-000.parquet");
         fs::create_dir_all(orphan.parent().unwrap()).unwrap();
         fs::write(&orphan, b"partial").unwrap();
         fs::create_dir_all(lake.state_dir(2)).unwrap();

@@ -15,19 +15,11 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
     let schema = batches
         .first()
         .map(|b| b.schema())
-        .ok_or_else(|| SinkError::Manifest {
-            path: path.display().to_string(),
-            reason: "no rows to write".into(),
-        })?;
-    let pe = |e| SinkError::Parquet {
-        path: path.display().to_string(),
-        source: e,
-    };
+        .ok_or_else(|| SinkError::Manifest { path: path.display().to_string(), reason: "no rows to write".into() })?;
+    let pe = |e| SinkError::Parquet { path: path.display().to_string(), source: e };
     let file = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("zstd level 3"),
-        ))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("zstd level 3")))
         .set_max_row_group_row_count(Some(1 << 20))
         .set_created_by("aifinops".into())
         .build();
@@ -39,7 +31,6 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
         }
     }
     let file = w.into_inner().map_err(pe)?;
-    file.sync_all()
-        .map_err(io_err(format!("fsync {}", path.display())))?;
+    file.sync_all().map_err(io_err(format!("fsync {}", path.display())))?;
     Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
 }

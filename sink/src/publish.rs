@@ -36,10 +36,9 @@ impl Publisher {
         for (k, v) in properties {
             cfg.set(k, v);
         }
-        let producer: FutureProducer = cfg.create().map_err(|e| SinkError::Kafka {
-            context: format!("creating producer for {brokers}"),
-            source: e,
-        })?;
+        let producer: FutureProducer = cfg
+            .create()
+            .map_err(|e| SinkError::Kafka { context: format!("creating producer for {brokers}"), source: e })?;
         Ok(Publisher {
             producer,
             alert_topic: alert_topic.to_string(),
@@ -57,68 +56,37 @@ impl Publisher {
         for a in &outbox.alerts {
             let payload = serde_json::to_vec(a).expect("alert json");
             let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "ce_id",
-                    value: Some(a.id.as_str()),
-                })
-                .insert(Header {
-                    key: "ce_type",
-                    value: Some(a.kind.as_str()),
-                })
-                .insert(Header {
-                    key: "content-type",
-                    value: Some("application/cloudevents+json"),
-                });
+                .insert(Header { key: "ce_id", value: Some(a.id.as_str()) })
+                .insert(Header { key: "ce_type", value: Some(a.kind.as_str()) })
+                .insert(Header { key: "content-type", value: Some("application/cloudevents+json") });
             let key = a.owner().to_string();
             let topic = self.alert_topic.clone();
             let producer = self.producer.clone();
             pending.push(tokio::spawn(async move {
-                let rec = FutureRecord::to(&topic)
-                    .key(&key)
-                    .payload(&payload)
-                    .headers(headers);
+                let rec = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
                 producer
                     .send(rec, Duration::from_secs(30))
                     .await
                     .map(|_| ())
-                    .map_err(|(e, _)| SinkError::Kafka {
-                        context: format!("publishing alert to {topic}"),
-                        source: e,
-                    })
+                    .map_err(|(e, _)| SinkError::Kafka { context: format!("publishing alert to {topic}"), source: e })
             }));
         }
         if let Some(topic) = &self.dead_letter_topic {
             for d in &outbox.dead_letters {
                 let raw = d.raw();
                 let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "aifinops_source",
-                        value: Some(d.source.as_str()),
-                    })
-                    .insert(Header {
-                        key: "aifinops_reason",
-                        value: Some(d.reason.as_str()),
-                    })
-                    .insert(Header {
-                        key: "aifinops_kind",
-                        value: Some(d.kind.as_str()),
-                    });
+                    .insert(Header { key: "aifinops_source", value: Some(d.source.as_str()) })
+                    .insert(Header { key: "aifinops_reason", value: Some(d.reason.as_str()) })
+                    .insert(Header { key: "aifinops_kind", value: Some(d.kind.as_str()) });
                 let topic = topic.clone();
                 let producer = self.producer.clone();
                 let key = d.source.clone();
                 pending.push(tokio::spawn(async move {
-                    let rec = FutureRecord::to(&topic)
-                        .key(&key)
-                        .payload(&raw)
-                        .headers(headers);
-                    producer
-                        .send(rec, Duration::from_secs(30))
-                        .await
-                        .map(|_| ())
-                        .map_err(|(e, _)| SinkError::Kafka {
-                            context: format!("publishing dead letter to {topic}"),
-                            source: e,
-                        })
+                    let rec = FutureRecord::to(&topic).key(&key).payload(&raw).headers(headers);
+                    producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| SinkError::Kafka {
+                        context: format!("publishing dead letter to {topic}"),
+                        source: e,
+                    })
                 }));
             }
         }
@@ -130,10 +98,7 @@ impl Publisher {
                     first_err.get_or_insert(e);
                 }
                 Err(join) => {
-                    first_err.get_or_insert(SinkError::Manifest {
-                        path: "publish".into(),
-                        reason: join.to_string(),
-                    });
+                    first_err.get_or_insert(SinkError::Manifest { path: "publish".into(), reason: join.to_string() });
                 }
             }
         }

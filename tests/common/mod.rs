@@ -36,18 +36,8 @@ pub fn ok(out: &Output) -> String {
 
 /// Runs SQL over the lake with `aifinops query --format json` and returns the rows.
 pub fn query(lake: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let out = ok(&aifinops(&[
-        "query",
-        "--lake",
-        lake.to_str().unwrap(),
-        "--format",
-        "json",
-        sql,
-    ]));
-    out.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("json row"))
-        .collect()
+    let out = ok(&aifinops(&["query", "--lake", lake.to_str().unwrap(), "--format", "json", sql]));
+    out.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("json row")).collect()
 }
 
 /// Test prices (USD per 1M tokens, scaled by 1e6 to integers of 1e-12 USD per token... kept as micro-USD
@@ -77,11 +67,7 @@ impl Expected {
     pub fn cost_str(pico: u128) -> String {
         let int = pico / 1_000_000_000_000;
         let frac = pico % 1_000_000_000_000;
-        if frac == 0 {
-            format!("{int}")
-        } else {
-            format!("{int}.{}", format!("{frac:012}").trim_end_matches('0'))
-        }
+        if frac == 0 { format!("{int}") } else { format!("{int}.{}", format!("{frac:012}").trim_end_matches('0')) }
     }
 }
 
@@ -122,13 +108,7 @@ type Kind<'a> = (&'a str, &'a str, String, &'a str, Option<(u64, u64, u64)>);
 
 /// `n` valid events over `hours` hours from `start_ms`, slightly out of order, for three owners plus an
 /// unattributed key and an unpriced model; then `dups` exact redeliveries and a handful of bad records.
-pub fn workload(
-    n: usize,
-    start_ms: i64,
-    hours: i64,
-    dups: usize,
-    seed: u64,
-) -> (Vec<String>, Expected) {
+pub fn workload(n: usize, start_ms: i64, hours: i64, dups: usize, seed: u64) -> (Vec<String>, Expected) {
     let mut rng = Rng(seed | 1);
     let mut e = Expected::default();
     let mut lines = Vec::with_capacity(n + dups + 8);
@@ -143,20 +123,10 @@ pub fn workload(
         };
         let kind = rng.next() % 10;
         let (model, provider, attrs, owner, prices): Kind<'_> = match kind {
-            0..=3 => (
-                "gpt-4o-mini",
-                "openai",
-                format!(r#""api_key_id":"key-search-{}""#, i % 3),
-                "search",
-                Some(MINI),
-            ),
-            4..=6 => (
-                "claude-haiku-4-5",
-                "anthropic",
-                r#""service_account":"svc-support""#.into(),
-                "support",
-                Some(HAIKU),
-            ),
+            0..=3 => ("gpt-4o-mini", "openai", format!(r#""api_key_id":"key-search-{}""#, i % 3), "search", Some(MINI)),
+            4..=6 => {
+                ("claude-haiku-4-5", "anthropic", r#""service_account":"svc-support""#.into(), "support", Some(HAIKU))
+            }
             7 | 8 => (
                 "gpt-4o-mini",
                 "openai",
@@ -164,32 +134,14 @@ pub fn workload(
                 "agents",
                 Some(MINI),
             ),
-            _ if i % 2 == 0 => (
-                "gpt-4o-mini",
-                "openai",
-                r#""api_key_id":"key-stray-9""#.into(),
-                "unattributed",
-                Some(MINI),
-            ),
-            _ => (
-                "mystery-model-1",
-                "openai",
-                r#""api_key_id":"key-search-1""#.into(),
-                "search",
-                None,
-            ),
+            _ if i % 2 == 0 => {
+                ("gpt-4o-mini", "openai", r#""api_key_id":"key-stray-9""#.into(), "unattributed", Some(MINI))
+            }
+            _ => ("mystery-model-1", "openai", r#""api_key_id":"key-search-1""#.into(), "search", None),
         };
         let input = rng.range(100, 20_000) as i64;
-        let cache_read = if rng.next().is_multiple_of(2) {
-            input / 2
-        } else {
-            0
-        };
-        let cache_write = if provider == "anthropic" && rng.next().is_multiple_of(4) {
-            input / 10
-        } else {
-            0
-        };
+        let cache_read = if rng.next().is_multiple_of(2) { input / 2 } else { 0 };
+        let cache_write = if provider == "anthropic" && rng.next().is_multiple_of(4) { input / 10 } else { 0 };
         let output = rng.range(10, 2_000) as i64;
         let line = format!(
             r#"{{"event_id":"ev-{seed}-{i}","timestamp":{ts},"provider":"{provider}","model":"{model}","input_tokens":{input},"output_tokens":{output},"cache_read_tokens":{cache_read},"cache_write_tokens":{cache_write},{attrs}}}"#
@@ -203,11 +155,7 @@ pub fn workload(
         *e.per_owner_requests.entry(owner.into()).or_default() += 1;
         match prices {
             Some((pin, pcr, pout)) => {
-                let pcw = if provider == "anthropic" {
-                    HAIKU_CACHE_WRITE
-                } else {
-                    pin
-                };
+                let pcw = if provider == "anthropic" { HAIKU_CACHE_WRITE } else { pin };
                 let c = (input - cache_read - cache_write) as u128 * pin as u128
                     + cache_read as u128 * pcr as u128
                     + cache_write as u128 * pcw as u128
@@ -258,25 +206,14 @@ pub fn assert_lake_totals(lake: &Path, e: &Expected, windows: &[&str]) {
         assert_eq!(num("o"), e.output, "output tokens in window={w}");
         assert_eq!(num("u"), e.unpriced, "unpriced in window={w}");
         let cost = r["c"].as_str().unwrap_or_default();
-        assert_eq!(
-            trim_decimal(cost),
-            Expected::cost_str(e.cost_pico),
-            "cost in window={w}"
-        );
+        assert_eq!(trim_decimal(cost), Expected::cost_str(e.cost_pico), "cost in window={w}");
     }
     let owners = query(
         lake,
         "SELECT owner, sum(requests) AS r, CAST(sum(cost_usd) AS VARCHAR) AS c FROM rollups WHERE \"window\" = '1h' GROUP BY owner ORDER BY owner",
     );
-    let got: BTreeMap<String, i64> = owners
-        .iter()
-        .map(|r| {
-            (
-                r["owner"].as_str().unwrap().to_string(),
-                r["r"].as_i64().unwrap(),
-            )
-        })
-        .collect();
+    let got: BTreeMap<String, i64> =
+        owners.iter().map(|r| (r["owner"].as_str().unwrap().to_string(), r["r"].as_i64().unwrap())).collect();
     assert_eq!(got, e.per_owner_requests, "requests per owner");
     for r in &owners {
         let o = r["owner"].as_str().unwrap();
@@ -289,11 +226,7 @@ pub fn assert_lake_totals(lake: &Path, e: &Expected, windows: &[&str]) {
 }
 
 pub fn trim_decimal(s: &str) -> String {
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s.to_string()
-    }
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s.to_string() }
 }
 
 /// The test broker's address. In CI (`CI` set) a missing broker is a failure, elsewhere the test is skipped.
@@ -313,9 +246,6 @@ pub fn brokers() -> Option<String> {
 }
 
 pub fn unique(name: &str) -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{name}-{}-{}", std::process::id(), n % 1_000_000_000)
 }
