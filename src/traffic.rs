@@ -108,10 +108,9 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
     let mut calls: Vec<(i64, String)> = Vec::new();
     let hour = 3_600_000i64;
     let mut n = 0u64;
-    let mut push = |rng: &mut Rng, calls: &mut Vec<(i64, String)>, h: i64, c: Call<'_>| {
+    let mut push = |rng: &mut Rng, calls: &mut Vec<(i64, String)>, c: Call<'_>| {
         n += 1;
         let id = format!("req-{:08x}-{n}", rng.next() as u32);
-        let _ = h;
         calls.push((c.ts, line(&id, &c)));
     };
     for h in 0..24i64 {
@@ -138,7 +137,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 status_error: rng.chance(2),
                 attempt: 1,
             };
-            push(&mut rng, &mut calls, h, c);
+            push(&mut rng, &mut calls, c);
         }
         for _ in 0..(25 * busy) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
@@ -159,7 +158,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 status_error: false,
                 attempt: 1,
             };
-            push(&mut rng, &mut calls, h, c);
+            push(&mut rng, &mut calls, c);
         }
         let agent_calls = if h == 14 { 900 } else { 20 };
         for i in 0..agent_calls {
@@ -181,7 +180,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 status_error: h == 14 && i % 7 == 0,
                 attempt: if h == 14 { 1 + (i % 3) as u64 } else { 1 },
             };
-            push(&mut rng, &mut calls, h, c);
+            push(&mut rng, &mut calls, c);
         }
         for _ in 0..(10 * busy) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
@@ -202,7 +201,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 status_error: false,
                 attempt: 1,
             };
-            push(&mut rng, &mut calls, h, c);
+            push(&mut rng, &mut calls, c);
         }
         if (9..18).contains(&h) {
             for _ in 0..4 {
@@ -222,7 +221,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                     status_error: false,
                     attempt: 1,
                 };
-                push(&mut rng, &mut calls, h, c);
+                push(&mut rng, &mut calls, c);
             }
         }
         if h >= 19 {
@@ -245,7 +244,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                     status_error: false,
                     attempt: 1,
                 };
-                push(&mut rng, &mut calls, h, c);
+                push(&mut rng, &mut calls, c);
             }
         }
     }

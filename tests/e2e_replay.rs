@@ -207,3 +207,55 @@ fn replay_reads_gzip_and_stdin_into_the_same_totals() {
     let sources = query(&lake, "SELECT source FROM dead_letters ORDER BY source");
     assert!(sources.iter().any(|r| r["source"].as_str().unwrap().starts_with("<stdin>:")), "{sources:?}");
 }
+
+#[test]
+fn prices_from_litellm_json_and_a_toml_override_are_applied_per_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let litellm = concat!(env!("CARGO_MANIFEST_DIR"), "/ingest/tests/fixtures/litellm_prices_sample.json");
+    let negotiated = dir.path().join("negotiated.toml");
+    // from 2025-12-01 our negotiated price for sonnet output is $12 / 1M instead of $15
+    std::fs::write(
+        &negotiated,
+        "[[model]]\nname = \"claude-sonnet-4-5\"\neffective_from = \"2025-12-01\"\noutput_per_mtok = \"12\"\n",
+    )
+    .unwrap();
+    let ev = |id: &str, ts: &str, tier: &str| {
+        format!(
+            r#"{{"event_id":"{id}","timestamp":"{ts}","provider":"anthropic","model":"claude-sonnet-4-5","input_tokens":1000000,"cache_read_tokens":400000,"cache_write_tokens":100000,"output_tokens":200000,"service_tier":"{tier}"}}"#
+        )
+    };
+    let input = dir.path().join("in.ndjson");
+    std::fs::write(
+        &input,
+        [
+            ev("a", "2025-11-30T10:00:00Z", "default"), // 1.5 + 0.12 + 0.375 + 3.0   = 4.995
+            ev("b", "2025-11-30T11:00:00Z", "batch"),   // LiteLLM batch prices: half = 2.4975
+            ev("c", "2025-12-01T10:00:00Z", "default"), // 1.5 + 0.12 + 0.375 + 2.4   = 4.395
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let lake = dir.path().join("lake");
+    ok(&aifinops(&[
+        "replay",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--prices",
+        litellm,
+        "--prices",
+        negotiated.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]));
+    let rows = query(
+        &lake,
+        "SELECT CAST(date_trunc('day', window_start) AS VARCHAR) AS d, service_tier AS t, CAST(sum(cost_usd) AS VARCHAR) AS c \
+         FROM rollups WHERE \"window\" = '1d' GROUP BY 1, 2 ORDER BY 1, 2",
+    );
+    let got: Vec<(String, String)> =
+        rows.iter().map(|r| (r["t"].as_str().unwrap().to_string(), trim_decimal(r["c"].as_str().unwrap()))).collect();
+    assert_eq!(
+        got,
+        vec![("batch".into(), "2.4975".into()), ("default".into(), "4.995".into()), ("default".into(), "4.395".into())],
+        "{rows:?}"
+    );
+}
