@@ -224,6 +224,12 @@ impl Config {
                 "pipeline.windows: the finest window ({finest} ms) must divide a day evenly (budget periods are days and months)"
             );
         }
+        if self.kafka.consumer.get("partition.assignment.strategy").is_some_and(|s| s.contains("cooperative")) {
+            anyhow::bail!(
+                "kafka.consumer.\"partition.assignment.strategy\": cooperative rebalancing is not supported yet \
+                 (a rollback to the lake's commit must re-position every assigned partition); use range or roundrobin"
+            );
+        }
         if self.kafka.max_poll_interval < self.kafka.session_timeout {
             anyhow::bail!("kafka.max_poll_interval must be at least kafka.session_timeout");
         }

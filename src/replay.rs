@@ -18,26 +18,41 @@ pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result
     let started = Instant::now();
     let (mut p, manifest) = Pipeline::open(cfg)?;
     let mut done: BTreeMap<String, u64> = manifest.map(|m| m.files).unwrap_or_default();
+    // Files are known by their canonical path, so `./a.ndjson` and `a.ndjson` are one file; each once.
+    let mut inputs: Vec<PathBuf> = Vec::new();
     for f in files {
-        let name = f.display().to_string();
-        if name == "-" {
-            continue;
+        let f = if f.as_os_str() == "-" {
+            f.clone()
+        } else {
+            std::fs::canonicalize(f).map_err(|e| anyhow::anyhow!("input file {}: {e}", f.display()))?
+        };
+        if !inputs.contains(&f) {
+            inputs.push(f);
         }
-        if !f.exists() {
-            bail!("input file {name} does not exist");
-        }
-        if done.get(&name) == Some(&u64::MAX) {
+    }
+    let name = |f: &PathBuf| f.display().to_string();
+    // An interrupted replay of several files is resumed by running the same command again: files it
+    // finished are skipped then. Otherwise a finished file is refused (it would double its spend).
+    let resuming = inputs.iter().any(|f| done.get(&name(f)).is_some_and(|l| *l != u64::MAX));
+    let mut todo = Vec::new();
+    for f in inputs {
+        let n = name(&f);
+        if done.get(&n) == Some(&u64::MAX) {
             if force {
-                done.remove(&name);
+                done.remove(&n);
+            } else if resuming {
+                tracing::info!(file = %n, "already replayed; skipped while resuming an interrupted replay");
+                continue;
             } else {
                 bail!(
-                    "{name} was already replayed into {} (its spend is in the lake); use --force to count it again",
+                    "{n} was already replayed into {} (its spend is in the lake); use --force to count it again",
                     cfg.lake.dir.display()
                 );
             }
         }
+        todo.push(f);
     }
-    let mut src = FileSource::new(files.to_vec());
+    let mut src = FileSource::new(todo);
     src.resume_from(done.iter().filter(|(_, v)| **v != u64::MAX).map(|(k, v)| (k.clone(), *v)).collect());
     let total_bytes = src.total_bytes();
     let bar = if std::io::stderr().is_terminal() && total_bytes > 0 {

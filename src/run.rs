@@ -53,8 +53,12 @@ impl OutboxPublisher {
                     Ok(()) => {
                         backoff = Duration::from_millis(500);
                         metrics::gauge!("aifinops_alert_publisher_healthy").set(1.0);
+                        // closing: leave only when nothing committed is left unpublished
                         if c.load(Ordering::SeqCst) {
-                            return;
+                            if log.pending().map(|p| p.is_empty()).unwrap_or(true) {
+                                return;
+                            }
+                            continue;
                         }
                         let _ = tokio::time::timeout(Duration::from_secs(5), w.notified()).await;
                     }
@@ -152,7 +156,15 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                     let _ = p.decoder.finish();
                 }
                 src.reset_progress();
+                src.check_positions(Duration::from_secs(10))?;
                 continue;
+            }
+            if poll.skipped > 0 {
+                metrics::counter!("aifinops_records_skipped_total").increment(poll.skipped);
+                tracing::info!(
+                    skipped = poll.skipped,
+                    "skipped records below the lake's committed offsets (redelivery)"
+                );
             }
             let clocks: Vec<PartitionClock> = src
                 .progress()

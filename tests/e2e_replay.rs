@@ -259,3 +259,38 @@ fn prices_from_litellm_json_and_a_toml_override_are_applied_per_event_time() {
         "{rows:?}"
     );
 }
+
+#[test]
+fn an_interrupted_multi_file_replay_resumes_with_the_same_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (lines, e) = workload(6_000, DAY, 6, 0, 23);
+    let (a, b) = lines.split_at(2_500);
+    let fa = dir.path().join("a.ndjson");
+    let fb = dir.path().join("b.ndjson");
+    std::fs::write(&fa, a.join("\n") + "\n").unwrap();
+    std::fs::write(&fb, b.join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("owners.toml"), OWNERS).unwrap();
+    let lake = dir.path().join("lake");
+    let owners = dir.path().join("owners.toml");
+    let args = [
+        "replay",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--owners",
+        owners.to_str().unwrap(),
+        fa.to_str().unwrap(),
+        fb.to_str().unwrap(),
+    ];
+    // crash in the middle of b (a has 3 micro-batches of 1000 records, each committed)
+    let small = [("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "1000"), ("AIFINOPS__PIPELINE__COMMIT_INTERVAL", "0s")];
+    let mut env = small.to_vec();
+    env.push(("AIFINOPS_FAULT", "after_manifest:5"));
+    assert!(!aifinops_env(&args, &env).status.success(), "the fault must crash the replay");
+    // the same command again finishes the job: a is skipped, b resumes at its committed line
+    ok(&aifinops_env(&args, &small));
+    assert_lake_totals(&lake, &e, &["1m", "1h", "1d"]);
+    // and the same file under another spelling is the same file
+    let other_spelling = format!("{}/./a.ndjson", dir.path().display());
+    let again = aifinops(&["replay", "--lake", lake.to_str().unwrap(), &other_spelling]);
+    assert!(!again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+}

@@ -49,7 +49,11 @@ impl ModelPrice {
             flex_input,
             flex_output,
             priority_input,
-            priority_output
+            priority_output,
+            batch_cache_read,
+            batch_cache_write,
+            flex_cache_read,
+            priority_cache_read
         );
     }
 
@@ -152,6 +156,35 @@ struct Version {
     price: ModelPrice,
 }
 
+/// The price history of one catalog key: every layer as loaded (only the fields it set), and the
+/// resolved versions. A version at time T is the overlay of every layer effective at or before T, in
+/// order of (effective date, load order): a dated layer changes what it sets from its date on, and a
+/// later file's undated layer overrides earlier files' fields in every version that does not set them.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    layers: Vec<(i64, u64, ModelPrice)>,
+    versions: Vec<Version>,
+}
+
+impl Entry {
+    fn add(&mut self, from_ms: i64, seq: u64, price: &ModelPrice) {
+        self.layers.push((from_ms, seq, price.clone()));
+        self.layers.sort_by_key(|l| (l.0, l.1));
+        let mut points: Vec<i64> = self.layers.iter().map(|l| l.0).collect();
+        points.dedup();
+        self.versions = points
+            .into_iter()
+            .map(|at| {
+                let mut p = ModelPrice::default();
+                for (_, _, l) in self.layers.iter().filter(|l| l.0 <= at) {
+                    p.overlay(l);
+                }
+                Version { from_ms: at, price: p }
+            })
+            .collect();
+    }
+}
+
 /// Counts of what an import took and what it left, for `config check` and logs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatalogStats {
@@ -167,9 +200,11 @@ pub struct CatalogStats {
 #[derive(Debug, Clone, Default)]
 pub struct PriceCatalog {
     /// model name -> versions (sorted by `from_ms`); names as written in the catalog.
-    plain: HashMap<String, Vec<Version>>,
+    plain: HashMap<String, Entry>,
     /// provider -> model -> versions, from `provider/model` keys, `litellm_provider` and TOML `provider`.
-    by_provider: HashMap<String, HashMap<String, Vec<Version>>>,
+    by_provider: HashMap<String, HashMap<String, Entry>>,
+    /// Load order of layers.
+    seq: u64,
     pub stats: CatalogStats,
 }
 
@@ -203,26 +238,8 @@ struct TomlModel {
 /// The built-in catalog used when no price file is given.
 pub const DEFAULT_CATALOG_TOML: &str = include_str!("../prices/default.toml");
 
-fn insert_version(list: &mut Vec<Version>, from_ms: i64, price: &ModelPrice) {
-    match list.iter_mut().find(|v| v.from_ms == from_ms) {
-        Some(v) => v.price.overlay(price),
-        None => {
-            // A dated version inherits the fields it does not set from the version before it.
-            let mut p = list
-                .iter()
-                .filter(|v| v.from_ms < from_ms)
-                .max_by_key(|v| v.from_ms)
-                .map(|v| v.price.clone())
-                .unwrap_or_default();
-            p.overlay(price);
-            list.push(Version { from_ms, price: p });
-            list.sort_by_key(|v| v.from_ms);
-        }
-    }
-}
-
-fn pick(list: &[Version], ts_ms: i64) -> Option<&ModelPrice> {
-    list.iter().rev().find(|v| v.from_ms <= ts_ms).map(|v| &v.price)
+fn pick(entry: &Entry, ts_ms: i64) -> Option<&ModelPrice> {
+    entry.versions.iter().rev().find(|v| v.from_ms <= ts_ms).map(|v| &v.price)
 }
 
 impl PriceCatalog {
@@ -254,13 +271,17 @@ impl PriceCatalog {
     }
 
     fn insert(&mut self, provider: Option<&str>, model: &str, from_ms: i64, price: &ModelPrice) {
+        self.seq += 1;
+        let seq = self.seq;
         match provider {
-            Some(p) => insert_version(
-                self.by_provider.entry(p.to_string()).or_default().entry(model.to_string()).or_default(),
-                from_ms,
-                price,
-            ),
-            None => insert_version(self.plain.entry(model.to_string()).or_default(), from_ms, price),
+            Some(p) => self
+                .by_provider
+                .entry(p.to_string())
+                .or_default()
+                .entry(model.to_string())
+                .or_default()
+                .add(from_ms, seq, price),
+            None => self.plain.entry(model.to_string()).or_default().add(from_ms, seq, price),
         }
     }
 
@@ -387,7 +408,7 @@ impl PriceCatalog {
                 // A provider-less override must beat provider-specific entries of the same model name.
                 for models in self.by_provider.values_mut() {
                     if let Some(list) = models.get_mut(&m.name) {
-                        insert_version(list, from_ms, &price);
+                        list.add(from_ms, self.seq, &price);
                     }
                 }
             }
@@ -542,6 +563,35 @@ mod tests {
         let p1 = c.lookup("openai", "gpt-4o", after).unwrap();
         assert_eq!(p1.input, Some(usd("2") / 1_000_000));
         assert_eq!(p1.output, Some(usd("8") / 1_000_000), "dated version inherits other fields");
+    }
+
+    #[test]
+    fn a_later_undated_override_reaches_dated_versions_and_tier_cache_prices_are_kept() {
+        let mut c = PriceCatalog::default();
+        c.add_toml_str(
+            "1.toml",
+            "[[model]]\nname = \"x\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"8\"\n\
+             [[model]]\nname = \"x\"\neffective_from = \"2026-06-01\"\ninput_per_mtok = \"1.5\"\n",
+        )
+        .unwrap();
+        c.add_toml_str("2.toml", "[[model]]\nname = \"x\"\noutput_per_mtok = \"6\"\n").unwrap();
+        let june = parse_date_ms("2026-06-02").unwrap();
+        let p = c.lookup("any", "x", june).unwrap();
+        assert_eq!((p.input, p.output), (Some(usd("1.5") / 1_000_000), Some(usd("6") / 1_000_000)));
+        let p = c.lookup("any", "x", 0).unwrap();
+        assert_eq!((p.input, p.output), (Some(usd("1") / 1_000_000), Some(usd("6") / 1_000_000)));
+
+        // a batch cache-read price that is not proportional to the batch input price is used as is
+        let mut c = PriceCatalog::default();
+        c.add_litellm_json(
+            "t.json",
+            r#"{"m": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06, "cache_read_input_token_cost": 1e-07,
+                      "input_cost_per_token_batches": 5e-07, "output_cost_per_token_batches": 1e-06,
+                      "cache_read_input_token_cost_batches": 1e-08}}"#,
+        )
+        .unwrap();
+        let t = Tokens { input: 1_000_000, cache_read: 1_000_000, ..Default::default() };
+        assert_eq!(c.lookup("p", "m", 0).unwrap().cost(&t, Tier::Batch), Some(usd("0.01")));
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::owners::{Identity, OwnerMap};
 
 /// Largest token count accepted (2^53, the largest integer every JSON reader keeps exact).
 pub const MAX_COUNT: u64 = 1 << 53;
+/// Largest gateway-reported cost of one call accepted: $1M (sums stay far inside Decimal128(38, 18)).
+const MAX_REPORTED_COST: i128 = 1_000_000 * aifinops_schemas::money::ONE_USD;
 /// Event times outside [2000-01-01, 2200-01-01) are rejected as implausible (epoch seconds sent as
 /// milliseconds land in 1970; a broken clock in year 9999).
 pub const MIN_TS_MS: i64 = 946_684_800_000;
@@ -454,6 +456,10 @@ impl Decoder {
                 } else {
                     let v =
                         parse_usd("cost_usd", text).map_err(|e| reject("invalid_value", format!("`cost_usd`: {e}")))?;
+                    // a call costing more than $1M, or less than nothing, is a broken gateway figure
+                    if !(0..=MAX_REPORTED_COST).contains(&v) {
+                        return Err(reject("invalid_value", format!("`cost_usd` {text} is outside 0..=1000000")));
+                    }
                     Some(v)
                 }
             }

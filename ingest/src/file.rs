@@ -10,6 +10,9 @@ use aifinops_schemas::SourceRef;
 use crate::IngestError;
 use crate::decode::Decoder;
 
+/// How standard input is named in dead-letter sources.
+pub const STDIN: &str = "<stdin>";
+
 /// Reads a list of NDJSON files in order, feeding lines to a [`Decoder`].
 pub struct FileSource {
     files: Vec<PathBuf>,
@@ -54,10 +57,13 @@ impl FileSource {
     }
 
     /// Lines consumed per file so far; `u64::MAX` marks a finished file.
+    /// Standard input has no identity, so it has no position: it is never resumed nor refused.
     pub fn positions(&self) -> std::collections::BTreeMap<String, u64> {
         let mut m: std::collections::BTreeMap<String, u64> =
-            self.finished.iter().map(|f| (f.clone(), u64::MAX)).collect();
-        if let Some((name, _)) = &self.current {
+            self.finished.iter().filter(|f| *f != STDIN).map(|f| (f.clone(), u64::MAX)).collect();
+        if let Some((name, _)) = &self.current
+            && name != STDIN
+        {
             m.insert(name.clone(), self.line);
         }
         m
@@ -90,7 +96,7 @@ impl FileSource {
         } else {
             Box::new(BufReader::with_capacity(1 << 20, reader))
         };
-        self.current = Some((if name == "-" { "<stdin>".into() } else { name }, reader));
+        self.current = Some((if name == "-" { STDIN.into() } else { name }, reader));
         Ok(true)
     }
 

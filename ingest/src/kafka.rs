@@ -228,7 +228,26 @@ impl KafkaSource {
                 last_active: now,
             });
             e.next_offset = next;
+            // the discarded records' event times must not move the watermark ahead of the re-read
+            e.max_ts_ms = None;
         }
+    }
+
+    /// Fails when the lake's committed offset of an assigned partition lies beyond the partition's end:
+    /// the topic was recreated or the lake belongs to another cluster, and resuming would silently skip.
+    pub fn check_positions(&self, timeout: Duration) -> Result<(), IngestError> {
+        let starts = self.shared.start_offsets.lock().expect("lock").clone();
+        for (t, p) in self.assigned() {
+            let Some(start) = starts.get(&(t.clone(), p)) else { continue };
+            let (_, high) = self
+                .consumer
+                .fetch_watermarks(&t, p, timeout)
+                .map_err(|e| IngestError::Kafka { context: format!("watermarks of {t}/{p}"), source: e })?;
+            if *start > high {
+                return Err(IngestError::Position { topic: t, partition: p, committed: *start, end: high });
+            }
+        }
+        Ok(())
     }
 
     /// Partitions currently assigned to this member.

@@ -25,6 +25,11 @@ pub enum IngestError {
     Catalog { file: String, reason: String },
     #[error("owner map {file}: {reason}")]
     OwnerMap { file: String, reason: String },
+    #[error(
+        "the lake has consumed {topic}/{partition} up to offset {committed}, but the partition ends at {end}: \
+         was the topic recreated, or does this lake belong to another cluster? Use a new lake directory"
+    )]
+    Position { topic: String, partition: i32, committed: i64, end: i64 },
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,

@@ -30,6 +30,9 @@ pub fn parse_usd(what: &str, text: &str) -> Result<i128, SchemaError> {
         Some(i) => (&t[..i], t[i + 1..].parse::<i32>().map_err(|_| err("bad exponent"))?),
         None => (t, 0),
     };
+    if !(-80..=80).contains(&exp) {
+        return Err(err("exponent out of range"));
+    }
     let (neg, digits) = match mantissa.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, mantissa.strip_prefix('+').unwrap_or(mantissa)),
@@ -123,6 +126,8 @@ mod tests {
         assert!(parse_usd("p", "abc").is_err());
         assert!(parse_usd("p", "").is_err());
         assert!(parse_usd("p", "1e40").is_err());
+        assert!(parse_usd("p", "1e2147483647").is_err());
+        assert!(parse_usd("p", "1e-2147483648").is_err());
     }
 
     #[test]
