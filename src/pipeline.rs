@@ -113,6 +113,9 @@ impl Pipeline {
     fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
         self.windows.restore(state.partials)?;
         self.dedup = Deduplicator::from_bytes(&state.dedup)?;
+        if let Some(w) = watermark {
+            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+        }
         let rules: RulesState = if state.rules.is_null() {
             RulesState::default()
         } else {
@@ -216,14 +219,18 @@ impl Pipeline {
             }
             self.emitted.extend(closed);
         }
-        if let Some(w) = self.watermark {
-            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+        let dedup_cutoff = self.watermark.map(|w| w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+        if let (Some(w), Some(cut)) = (self.watermark, dedup_cutoff) {
+            self.dedup.evict_before(cut);
             self.rules.prune(w);
         }
+        let (dedup_segment, dedup_max_ts) = self.dedup.take_segment();
         let partials = self.windows.snapshot().await?;
         let state = StateSnapshot {
             partials: partials.into_iter().map(|(s, b)| (s.label, b)).collect(),
-            dedup: self.dedup.to_bytes(),
+            dedup: dedup_segment,
+            dedup_max_ts,
+            dedup_cutoff_ms: dedup_cutoff,
             rules: serde_json::to_value(self.rules.state())?,
         };
         // Positions of inputs not read this time (another topic, another file) are carried forward, so

@@ -2,7 +2,9 @@
 //!
 //! The set holds a 128-bit hash of each accepted `event_id` with its event time. Entries older than
 //! `watermark - horizon` are evicted at each commit; a duplicate arriving later than that is counted
-//! again (documented in DESIGN.md). The set is part of the commit's state snapshot, so a restart keeps it.
+//! again (documented in DESIGN.md). Each commit persists only the entries added since the previous one
+//! (an append-only segment), so commit cost is O(new events), not O(events in the horizon); a restart
+//! loads the live segments back.
 
 use std::collections::HashMap;
 
@@ -16,6 +18,8 @@ use crate::AggregateError;
 #[derive(Debug, Default, Clone)]
 pub struct Deduplicator {
     seen: HashMap<u128, i64>,
+    /// Entries added since the last [`Deduplicator::take_segment`].
+    fresh: Vec<(u128, i64)>,
 }
 
 impl Deduplicator {
@@ -35,7 +39,9 @@ impl Deduplicator {
             .map(|i| {
                 let k = u128::from_le_bytes(keys.value(i).try_into().expect("16-byte key"));
                 let fresh = self.seen.insert(k, ts.value(i)).is_none();
-                if !fresh {
+                if fresh {
+                    self.fresh.push((k, ts.value(i)));
+                } else {
                     dups += 1;
                 }
                 Some(fresh)
@@ -62,14 +68,17 @@ impl Deduplicator {
         self.seen.is_empty()
     }
 
-    /// 24 bytes per entry: key (16, little endian) + event time (8).
+    /// 24 bytes per entry: key (16, little endian) + event time (8). The whole set.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.seen.len() * 24);
-        for (k, ts) in &self.seen {
-            out.extend_from_slice(&k.to_le_bytes());
-            out.extend_from_slice(&ts.to_le_bytes());
-        }
-        out
+        encode(self.seen.iter().map(|(k, t)| (*k, *t)), self.seen.len())
+    }
+
+    /// The entries added since the last call, as a segment, with their largest event time.
+    pub fn take_segment(&mut self) -> (Vec<u8>, i64) {
+        let max = self.fresh.iter().map(|e| e.1).max().unwrap_or(i64::MIN);
+        let bytes = encode(self.fresh.iter().copied(), self.fresh.len());
+        self.fresh.clear();
+        (bytes, max)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
@@ -85,8 +94,17 @@ impl Deduplicator {
                 )
             })
             .collect();
-        Ok(Deduplicator { seen })
+        Ok(Deduplicator { seen, fresh: Vec::new() })
     }
+}
+
+fn encode(entries: impl Iterator<Item = (u128, i64)>, n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * 24);
+    for (k, ts) in entries {
+        out.extend_from_slice(&k.to_le_bytes());
+        out.extend_from_slice(&ts.to_le_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -117,5 +135,17 @@ mod tests {
         restored.evict_before(2_000);
         assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 0, "beyond the horizon it counts again");
         assert!(Deduplicator::from_bytes(&[0; 7]).is_err());
+    }
+
+    #[test]
+    fn segments_hold_only_what_is_new_and_together_restore_the_set() {
+        let mut d = Deduplicator::default();
+        d.filter(&batch(&[ev(1, 10), ev(2, 20)])).unwrap();
+        let (s1, max1) = d.take_segment();
+        d.filter(&batch(&[ev(2, 20), ev(3, 30)])).unwrap();
+        let (s2, max2) = d.take_segment();
+        assert_eq!((s1.len(), max1, s2.len(), max2), (48, 20, 24, 30));
+        let mut restored = Deduplicator::from_bytes(&[s1, s2].concat()).unwrap();
+        assert_eq!(restored.filter(&batch(&[ev(1, 10), ev(3, 30), ev(4, 40)])).unwrap().1, 2);
     }
 }

@@ -5,7 +5,8 @@
 //! <lake>/alerts/date=…/part-….parquet, <lake>/dead_letters/date=…/part-….parquet
 //! <lake>/_aifinops/manifest/0000000042.json   the commit point: offsets, files, state dir
 //! <lake>/_aifinops/staging/0000000042/…       data files before the commit point (never globbed)
-//! <lake>/_aifinops/state/0000000042/…         open windows, dedup set, rule state, outbox
+//! <lake>/_aifinops/state/0000000042/…         open windows, rule state, outbox
+//! <lake>/_aifinops/dedup/0000000042.bin        event ids first seen in commit 42 (append-only segments)
 //! <lake>/_aifinops/published                   last seq whose outbox reached Kafka
 //! ```
 //! A commit writes data files to staging and the state snapshot, fsyncs them, then atomically renames
@@ -58,6 +59,10 @@ pub struct Manifest {
     pub state_dir: String,
     /// True when the state directory holds an outbox (alerts and dead letters to publish).
     pub outbox: bool,
+    /// Live dedup segments: commit seq -> largest event time in it. A segment leaves the list (and
+    /// the disk) once all its entries are older than the dedup horizon.
+    #[serde(default)]
+    pub dedup_segments: BTreeMap<u64, i64>,
     /// Running totals, for operators (`aifinops query` reads the Parquet; these are for logs).
     #[serde(default)]
     pub totals: BTreeMap<String, u64>,
@@ -68,8 +73,13 @@ pub struct Manifest {
 pub struct StateSnapshot {
     /// Open window rows per window label.
     pub partials: Vec<(String, RecordBatch)>,
-    /// Dedup set bytes.
+    /// Dedup entries. On commit: only those new since the previous commit (a segment); on recovery: all
+    /// live segments concatenated.
     pub dedup: Vec<u8>,
+    /// Largest event time in `dedup` (on commit).
+    pub dedup_max_ts: i64,
+    /// Segments whose largest event time is below this are dropped (on commit).
+    pub dedup_cutoff_ms: Option<i64>,
     /// Alert rule state (JSON).
     pub rules: serde_json::Value,
 }
@@ -181,7 +191,7 @@ fn by_date(batch: &RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatc
 impl Lake {
     /// Opens (creating) a lake, recovering from any interrupted commit.
     pub fn open(root: &Path) -> Result<(Lake, Option<Recovered>), SinkError> {
-        for d in ["manifest", "staging", "state"] {
+        for d in ["manifest", "staging", "state", "dedup"] {
             fs::create_dir_all(root.join(META).join(d))
                 .map_err(io_err(format!("creating {}", root.join(META).join(d).display())))?;
         }
@@ -208,6 +218,15 @@ impl Lake {
                     tracing::info!(dir = %e.path().display(), "removing uncommitted or finished commit directory");
                     fs::remove_dir_all(e.path()).map_err(io_err(format!("removing {}", e.path().display())))?;
                 }
+            }
+        }
+        // Dedup segments the last commit does not list are uncommitted or expired.
+        let live: std::collections::BTreeSet<u64> =
+            lake.last.as_ref().map(|m| m.dedup_segments.keys().copied().collect()).unwrap_or_default();
+        for e in fs::read_dir(root.join(META).join("dedup")).map_err(io_err("listing dedup segments"))?.flatten() {
+            let seq = e.file_name().to_string_lossy().strip_suffix(".bin").and_then(|s| s.parse::<u64>().ok());
+            if seq.is_none_or(|s| !live.contains(&s)) {
+                let _ = fs::remove_file(e.path());
             }
         }
         for e in fs::read_dir(root.join(META).join("manifest")).map_err(io_err("listing manifests"))?.flatten() {
@@ -304,15 +323,21 @@ impl Lake {
                 let b = datafusion::arrow::compute::concat_batches(&schema, &batches)
                     .map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
                 st.partials.push((label.to_string(), b));
-            } else if name == "dedup.bin" {
-                st.dedup = fs::read(&p).map_err(io_err(format!("reading {}", p.display())))?;
             } else if name == "rules.json" {
                 let t = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
                 st.rules = serde_json::from_str(&t)
                     .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })?;
             }
         }
+        for seq in m.dedup_segments.keys() {
+            let p = self.dedup_path(*seq);
+            st.dedup.extend(fs::read(&p).map_err(io_err(format!("reading dedup segment {}", p.display())))?);
+        }
         Ok(st)
+    }
+
+    fn dedup_path(&self, seq: u64) -> PathBuf {
+        self.root.join(META).join("dedup").join(format!("{}.bin", seq_name(seq)))
     }
 
     fn write_state(&self, seq: u64, st: &StateSnapshot, outbox: Option<&Outbox>) -> Result<(), SinkError> {
@@ -330,7 +355,9 @@ impl Lake {
                 .map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
             f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
         }
-        write_atomic(&dir.join("dedup.bin"), &st.dedup)?;
+        if !st.dedup.is_empty() {
+            write_atomic(&self.dedup_path(seq), &st.dedup)?;
+        }
         write_atomic(&dir.join("rules.json"), serde_json::to_string(&st.rules).expect("json").as_bytes())?;
         if let Some(o) = outbox {
             write_atomic(&dir.join("outbox.json"), serde_json::to_string(o).expect("json").as_bytes())?;
@@ -399,6 +426,17 @@ impl Lake {
                 .collect(),
         });
         self.write_state(seq, &c.state, outbox.as_ref())?;
+        let mut dedup_segments = self.last.as_ref().map(|m| m.dedup_segments.clone()).unwrap_or_default();
+        let expired: Vec<u64> = match c.state.dedup_cutoff_ms {
+            Some(cut) => dedup_segments.iter().filter(|(_, max)| **max < cut).map(|(s, _)| *s).collect(),
+            None => vec![],
+        };
+        for s in &expired {
+            dedup_segments.remove(s);
+        }
+        if !c.state.dedup.is_empty() {
+            dedup_segments.insert(seq, c.state.dedup_max_ts);
+        }
         let m = Manifest {
             version: 1,
             seq,
@@ -410,6 +448,7 @@ impl Lake {
             partition_max_ts: c.partition_max_ts,
             state_dir: format!("{META}/state/{}", seq_name(seq)),
             outbox: outbox.is_some(),
+            dedup_segments,
             totals: c.totals,
         };
         fault::point("before_manifest");
@@ -419,6 +458,9 @@ impl Lake {
         fault::point("after_manifest");
         self.roll_forward(&m)?;
         let _ = fs::remove_dir_all(&staging);
+        for s in expired {
+            let _ = fs::remove_file(self.dedup_path(s));
+        }
         self.last = Some(m);
         self.cleanup(seq);
         Ok(info)
@@ -548,6 +590,7 @@ mod tests {
         let mut c = Commit::default();
         c.offsets.entry("t".into()).or_default().insert(0, 42);
         c.state.dedup = vec![1; 24];
+        c.state.dedup_max_ts = 5;
         c.state.rules = serde_json::json!({"x": 1});
         c.state.partials.push(("1m".into(), RecordBatch::new_empty(rollup_schema())));
         c.dead_letters.push(DeadLetter {
@@ -573,6 +616,23 @@ mod tests {
         assert_eq!(pending[0].1.dead_letters[0].raw(), b"x");
         lake2.outbox_log().mark_published(1).unwrap();
         assert!(lake2.outbox_log().pending().unwrap().is_empty());
+
+        // a later commit appends a new dedup segment; once the horizon passes a segment, it is gone
+        let (mut lake3, _) = Lake::open(dir.path()).unwrap();
+        let mut c = Commit::default();
+        c.state.dedup = vec![2; 24];
+        c.state.dedup_max_ts = 50;
+        lake3.commit(c).unwrap();
+        let (_, rec) = Lake::open(dir.path()).unwrap();
+        assert_eq!(rec.unwrap().state.dedup, [vec![1; 24], vec![2; 24]].concat());
+        let mut c = Commit::default();
+        c.state.dedup_cutoff_ms = Some(10);
+        lake3.commit(c).unwrap();
+        let (_, rec) = Lake::open(dir.path()).unwrap();
+        let rec = rec.unwrap();
+        assert_eq!(rec.manifest.dedup_segments.keys().copied().collect::<Vec<_>>(), vec![2]);
+        assert_eq!(rec.state.dedup, vec![2; 24]);
+        assert!(!dir.path().join("_aifinops/dedup/0000000001.bin").exists());
     }
 
     #[test]
