@@ -46,4 +46,18 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
     assert_eq!(dl[0]["n"].as_i64(), Some(6));
     let secrets = query(&lake, "SELECT count(*) AS n FROM rollups WHERE identity LIKE 'sk-%'");
     assert_eq!(secrets[0]["n"].as_i64(), Some(0));
+
+    // replay of the same traffic from a file writes the same totals as the run through the broker
+    let replayed = dir.path().join("replayed");
+    ok(&aifinops(&[
+        "replay",
+        "--lake",
+        replayed.to_str().unwrap(),
+        "--owners",
+        demo.join("owners.toml").to_str().unwrap(),
+        demo.join("traffic.ndjson").to_str().unwrap(),
+    ]));
+    let totals = "SELECT \"window\", owner, sum(requests) AS r, sum(input_tokens) AS i, sum(cache_read_tokens) AS cr, \
+                  sum(output_tokens) AS o, CAST(sum(cost_usd) AS VARCHAR) AS c FROM rollups GROUP BY 1, 2 ORDER BY 1, 2";
+    assert_eq!(query(&lake, totals), query(&replayed, totals), "run and replay agree");
 }
