@@ -470,10 +470,12 @@ impl Lake {
     /// and any state whose outbox is not yet published).
     fn cleanup(&self, seq: u64) {
         let published = self.outbox_log().published_seq();
-        for s in seq.saturating_sub(50)..seq.saturating_sub(1) {
-            let dir = self.state_dir(s);
-            if dir.exists() && (s <= published || !dir.join("outbox.json").exists()) {
-                let _ = fs::remove_dir_all(dir);
+        let states = self.root.join(META).join("state");
+        for e in fs::read_dir(&states).into_iter().flatten().flatten() {
+            let Some(s) = e.file_name().to_string_lossy().parse::<u64>().ok() else { continue };
+            // keep the last two states (recovery) and every state whose outbox is not yet published
+            if s + 1 < seq && (s <= published || !e.path().join("outbox.json").exists()) {
+                let _ = fs::remove_dir_all(e.path());
             }
         }
         for s in seq.saturating_sub(60)..seq.saturating_sub(20) {
