@@ -133,9 +133,7 @@ impl Pipeline {
         self.alerts.clear();
         self.dead.clear();
         self.dirty = false;
-        let (lake, recovered) = Lake::open(self.lake.root())?;
-        self.lake = lake;
-        match recovered {
+        match self.lake.recover()? {
             Some(r) => self.restore(r.manifest.watermark_ms, r.state)?,
             None => self.restore(None, StateSnapshot::default())?,
         }

@@ -55,7 +55,7 @@ impl OutboxPublisher {
                         metrics::gauge!("aifinops_alert_publisher_healthy").set(1.0);
                         // closing: leave only when nothing committed is left unpublished
                         if c.load(Ordering::SeqCst) {
-                            if log.pending().map(|p| p.is_empty()).unwrap_or(true) {
+                            if log.pending().map(|p| p.is_empty()).unwrap_or(false) {
                                 return;
                             }
                             continue;

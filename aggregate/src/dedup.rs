@@ -38,7 +38,14 @@ impl Deduplicator {
         let mask: BooleanArray = (0..keys.len())
             .map(|i| {
                 let k = u128::from_le_bytes(keys.value(i).try_into().expect("16-byte key"));
-                let fresh = self.seen.insert(k, ts.value(i)).is_none();
+                // the first sighting's time is kept, as its segment on disk has it
+                let fresh = match self.seen.entry(k) {
+                    std::collections::hash_map::Entry::Occupied(_) => false,
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(ts.value(i));
+                        true
+                    }
+                };
                 if fresh {
                     self.fresh.push((k, ts.value(i)));
                 } else {

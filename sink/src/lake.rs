@@ -141,10 +141,31 @@ pub struct Recovered {
     pub state: StateSnapshot,
 }
 
-/// A lake directory with its commit log.
+/// A lake directory with its commit log. One writer at a time: the lake is locked while open.
 pub struct Lake {
     root: PathBuf,
     last: Option<Manifest>,
+    /// Exclusive `flock` on `_aifinops/lock`, released when the lake is dropped (or the process dies).
+    _lock: fs::File,
+}
+
+fn lock(root: &Path) -> Result<fs::File, SinkError> {
+    use std::os::fd::AsRawFd;
+    let path = root.join(META).join("lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel call.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(SinkError::Manifest {
+            path: path.display().to_string(),
+            reason: "the lake is in use by another aifinops process (one writer per lake)".into(),
+        });
+    }
+    Ok(f)
 }
 
 fn seq_name(seq: u64) -> String {
@@ -195,7 +216,18 @@ impl Lake {
             fs::create_dir_all(root.join(META).join(d))
                 .map_err(io_err(format!("creating {}", root.join(META).join(d).display())))?;
         }
-        let mut lake = Lake { root: root.to_path_buf(), last: None };
+        let mut lake = Lake { root: root.to_path_buf(), last: None, _lock: lock(root)? };
+        let recovered = lake.recover()?;
+        Ok((lake, recovered))
+    }
+
+    /// Recovers from an interrupted commit and returns the last commit's state: on open, and to roll
+    /// uncommitted work back.
+    pub fn recover(&mut self) -> Result<Option<Recovered>, SinkError> {
+        let root = self.root.clone();
+        let root = root.as_path();
+        let lake = self;
+        lake.last = None;
         let manifests = lake.manifest_seqs()?;
         let last_seq = manifests.last().copied();
         if let Some(seq) = last_seq {
@@ -234,11 +266,10 @@ impl Lake {
                 let _ = fs::remove_file(e.path());
             }
         }
-        let recovered = match &lake.last {
+        Ok(match &lake.last {
             None => None,
             Some(m) => Some(Recovered { manifest: m.clone(), state: lake.read_state(m)? }),
-        };
-        Ok((lake, recovered))
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -456,6 +487,7 @@ impl Lake {
         write_atomic(&path, serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
         // ---- commit point ----
         fault::point("after_manifest");
+        self.last = Some(m.clone());
         self.roll_forward(&m)?;
         let _ = fs::remove_dir_all(&staging);
         for s in expired {
@@ -527,7 +559,12 @@ impl OutboxLog {
         seqs.sort_unstable();
         for s in seqs {
             let p = dir.join(seq_name(s)).join("outbox.json");
-            if let Ok(t) = fs::read_to_string(&p) {
+            let text = match fs::read_to_string(&p) {
+                Ok(t) => Some(t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None, // that commit had nothing to send
+                Err(e) => return Err(SinkError::Io { context: format!("reading outbox {}", p.display()), source: e }),
+            };
+            if let Some(t) = text {
                 let o: Outbox = serde_json::from_str(&t)
                     .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })?;
                 out.push((s, o));
@@ -607,7 +644,9 @@ mod tests {
         assert_eq!(info.seq, 1);
         assert_eq!(info.files, 1);
         assert!(dir.path().join("dead_letters/date=1970-01-01/part-0000000001-000.parquet").exists());
-        let (lake2, rec) = Lake::open(dir.path()).unwrap();
+        assert!(Lake::open(dir.path()).is_err(), "one writer per lake");
+        drop(lake);
+        let (mut lake2, rec) = Lake::open(dir.path()).unwrap();
         let rec = rec.unwrap();
         assert_eq!(rec.manifest.offsets["t"][&0], 42);
         assert_eq!(rec.state.dedup, vec![1; 24]);
@@ -620,18 +659,16 @@ mod tests {
         assert!(lake2.outbox_log().pending().unwrap().is_empty());
 
         // a later commit appends a new dedup segment; once the horizon passes a segment, it is gone
-        let (mut lake3, _) = Lake::open(dir.path()).unwrap();
         let mut c = Commit::default();
         c.state.dedup = vec![2; 24];
         c.state.dedup_max_ts = 50;
-        lake3.commit(c).unwrap();
-        let (_, rec) = Lake::open(dir.path()).unwrap();
+        lake2.commit(c).unwrap();
+        let rec = lake2.recover().unwrap();
         assert_eq!(rec.unwrap().state.dedup, [vec![1; 24], vec![2; 24]].concat());
         let mut c = Commit::default();
         c.state.dedup_cutoff_ms = Some(10);
-        lake3.commit(c).unwrap();
-        let (_, rec) = Lake::open(dir.path()).unwrap();
-        let rec = rec.unwrap();
+        lake2.commit(c).unwrap();
+        let rec = lake2.recover().unwrap().unwrap();
         assert_eq!(rec.manifest.dedup_segments.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(rec.state.dedup, vec![2; 24]);
         assert!(!dir.path().join("_aifinops/dedup/0000000001.bin").exists());
