@@ -168,7 +168,6 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
             }
             let clocks: Vec<PartitionClock> = src
                 .progress()
-                .values()
                 .map(|pp| PartitionClock { max_ts_ms: pp.max_ts_ms, idle: pp.last_active.elapsed() >= idle })
                 .collect();
             let wm = compute(&clocks, delay, Some((now_ms(), skew)));

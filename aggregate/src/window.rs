@@ -220,10 +220,12 @@ impl WindowEngine {
             if let Some(o) = self.series[i].open.take() {
                 batches.push(o);
             }
-            if batches.is_empty() {
-                continue;
-            }
-            let merged = self.merge(batches).await?;
+            let merged = match batches.len() {
+                0 => continue,
+                // one batch is already one row per key (the output of a GROUP BY): no second merge
+                1 => batches.pop().expect("one batch"),
+                _ => self.merge(batches).await?,
+            };
             self.series[i].open = Some(merged.clone());
             out.push((self.series[i].size.clone(), merged));
         }

@@ -153,7 +153,8 @@ pub struct KafkaSource {
     consumer: StreamConsumer<SourceContext>,
     shared: Arc<Shared>,
     seen_generation: u64,
-    progress: HashMap<Tp, PartitionProgress>,
+    /// topic -> partition -> progress; nested so the per-message lookup borrows the topic name.
+    progress: HashMap<String, HashMap<i32, PartitionProgress>>,
     /// A message received right after a rebalance, processed on the next poll (after the rollback).
     pending: Option<rdkafka::message::OwnedMessage>,
     topic_names: Vec<String>,
@@ -219,10 +220,10 @@ impl KafkaSource {
         let starts = self.shared.start_offsets.lock().expect("lock").clone();
         let assigned = self.assigned();
         let now = Instant::now();
-        self.progress.retain(|tp, _| assigned.contains(tp));
+        self.progress = HashMap::new();
         for tp in assigned {
             let next = starts.get(&tp).copied().unwrap_or(-1);
-            let e = self.progress.entry(tp).or_insert(PartitionProgress {
+            let e = self.progress.entry(tp.0).or_default().entry(tp.1).or_insert(PartitionProgress {
                 next_offset: next,
                 max_ts_ms: None,
                 last_active: now,
@@ -256,14 +257,18 @@ impl KafkaSource {
     }
 
     /// Progress of the assigned partitions.
-    pub fn progress(&self) -> &HashMap<Tp, PartitionProgress> {
-        &self.progress
+    pub fn progress(&self) -> impl Iterator<Item = &PartitionProgress> {
+        self.progress.values().flat_map(|parts| parts.values())
     }
 
     /// Next offsets of all partitions consumed in this assignment (for the lake commit). Partitions
     /// that started from "beginning" and delivered nothing are absent.
     pub fn next_offsets(&self) -> HashMap<Tp, i64> {
-        self.progress.iter().filter(|(_, p)| p.next_offset >= 0).map(|(k, p)| (k.clone(), p.next_offset)).collect()
+        self.progress
+            .iter()
+            .flat_map(|(t, parts)| parts.iter().map(move |(p, pp)| ((t.clone(), *p), pp.next_offset)))
+            .filter(|(_, next)| *next >= 0)
+            .collect()
     }
 
     /// Receives up to `max_records` messages or until `max_wait` passes, decoding into `decoder`.
@@ -277,71 +282,34 @@ impl KafkaSource {
         let mut poll = Poll::default();
         let deadline = tokio::time::Instant::now() + max_wait;
         if let Some(m) = self.pending.take() {
-            self.accept(&m, decoder, &mut poll, now_ms());
+            accept(&mut self.progress, &self.shared, &m, decoder, &mut poll, now_ms());
         }
         while (poll.records as usize) < max_records {
             let msg = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "kafka receive error");
-                    if self.generation_changed() {
+                    if generation_changed(&self.shared, &mut self.seen_generation) {
                         poll.rebalanced = true;
                         return Ok(poll);
                     }
                     continue;
                 }
-                Ok(Ok(m)) => m.detach(),
+                Ok(Ok(m)) => m,
             };
-            if self.generation_changed() {
-                self.pending = Some(msg);
+            if generation_changed(&self.shared, &mut self.seen_generation) {
+                // received after a rebalance: kept (copied, rare) until the rollback is done
+                self.pending = Some(msg.detach());
                 poll.rebalanced = true;
                 return Ok(poll);
             }
-            self.accept(&msg, decoder, &mut poll, now_ms());
+            // the borrowed message is decoded in place: no copy of the payload or the topic name
+            accept(&mut self.progress, &self.shared, &msg, decoder, &mut poll, now_ms());
         }
-        if self.generation_changed() {
+        if generation_changed(&self.shared, &mut self.seen_generation) {
             poll.rebalanced = true;
         }
         Ok(poll)
-    }
-
-    fn generation_changed(&mut self) -> bool {
-        let g = self.shared.generation.load(Ordering::SeqCst);
-        if g != self.seen_generation {
-            self.seen_generation = g;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn accept(&mut self, m: &rdkafka::message::OwnedMessage, decoder: &mut Decoder, poll: &mut Poll, now_ms: i64) {
-        let tp = (m.topic().to_string(), m.partition());
-        let offset = m.offset();
-        let starts = &self.shared.start_offsets;
-        let p = self.progress.entry(tp.clone()).or_insert_with(|| PartitionProgress {
-            next_offset: starts.lock().expect("lock").get(&tp).copied().unwrap_or(-1),
-            max_ts_ms: None,
-            last_active: Instant::now(),
-        });
-        if offset < p.next_offset {
-            poll.skipped += 1;
-            return;
-        }
-        if p.next_offset >= 0 && offset > p.next_offset {
-            tracing::warn!(topic = %tp.0, partition = tp.1, expected = p.next_offset, got = offset, "offset gap (compaction or control records)");
-        }
-        p.next_offset = offset + 1;
-        p.last_active = Instant::now();
-        let payload = m.payload().unwrap_or(&[]);
-        poll.records += 1;
-        poll.bytes += payload.len() as u64;
-        let topic = &tp.0;
-        let partition = tp.1;
-        if let Some(ts) = decoder.push(payload, || SourceRef::Kafka { topic: topic.clone(), partition, offset }, now_ms)
-        {
-            p.max_ts_ms = Some(p.max_ts_ms.map_or(ts, |x| x.max(ts)));
-        }
     }
 
     /// True when every partition of the subscribed topics has been consumed up to its high watermark.
@@ -358,12 +326,14 @@ impl KafkaSource {
                 if high <= low {
                     continue;
                 }
-                let tp = (t.name().to_string(), p.id());
                 let next = self
                     .progress
-                    .get(&tp)
+                    .get(t.name())
+                    .and_then(|parts| parts.get(&p.id()))
                     .map(|p| p.next_offset)
-                    .or_else(|| self.shared.start_offsets.lock().expect("lock").get(&tp).copied())
+                    .or_else(|| {
+                        self.shared.start_offsets.lock().expect("lock").get(&(t.name().to_string(), p.id())).copied()
+                    })
                     .unwrap_or(-1);
                 if next < high {
                     tracing::debug!(topic = t.name(), partition = p.id(), next, high, "not caught up");
@@ -372,5 +342,63 @@ impl KafkaSource {
             }
         }
         Ok(true)
+    }
+}
+
+/// True once per assignment change since the last call.
+fn generation_changed(shared: &Shared, seen: &mut u64) -> bool {
+    let g = shared.generation.load(Ordering::SeqCst);
+    let changed = g != *seen;
+    *seen = g;
+    changed
+}
+
+/// Takes one message: skips it below the partition's expected offset, else decodes it into `decoder`
+/// and advances the partition's offset and event-time clock.
+fn accept<M: Message>(
+    progress: &mut HashMap<String, HashMap<i32, PartitionProgress>>,
+    shared: &Shared,
+    m: &M,
+    decoder: &mut Decoder,
+    poll: &mut Poll,
+    now_ms: i64,
+) {
+    let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+    let parts = match progress.get_mut(topic) {
+        Some(parts) => parts,
+        None => progress.entry(topic.to_string()).or_default(),
+    };
+    let p = parts.entry(partition).or_insert_with(|| PartitionProgress {
+        next_offset: shared
+            .start_offsets
+            .lock()
+            .expect("lock")
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(-1),
+        max_ts_ms: None,
+        last_active: Instant::now(),
+    });
+    if offset < p.next_offset {
+        poll.skipped += 1;
+        return;
+    }
+    if p.next_offset >= 0 && offset > p.next_offset {
+        tracing::warn!(
+            topic,
+            partition,
+            expected = p.next_offset,
+            got = offset,
+            "offset gap (compaction or control records)"
+        );
+    }
+    p.next_offset = offset + 1;
+    p.last_active = Instant::now();
+    let payload = m.payload().unwrap_or(&[]);
+    poll.records += 1;
+    poll.bytes += payload.len() as u64;
+    if let Some(ts) = decoder.push(payload, || SourceRef::Kafka { topic: topic.to_string(), partition, offset }, now_ms)
+    {
+        p.max_ts_ms = Some(p.max_ts_ms.map_or(ts, |x| x.max(ts)));
     }
 }
