@@ -57,6 +57,8 @@ team = ["growth"]
 /// The leaked key of the demo: it matches no owner and looks like a real secret.
 pub const DEMO_LEAKED_KEY: &str = "sk-proj-Zx81LeakedQa7Rt5Wv3Yb2Nc4Md6Kf9Hg0";
 
+/// One call; unset fields are zero / none (`attempt` 0 and 1 both mean a first try).
+#[derive(Default)]
 struct Call<'a> {
     ts: i64,
     provider: &'a str,
@@ -129,13 +131,10 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 model: if mini { "gpt-4o-mini" } else { "gpt-4o" },
                 input,
                 cache_read: input / 3,
-                cache_write: 0,
                 output: rng.range(50, 400),
-                reasoning: 0,
                 attrs: &attrs,
-                tier: None,
                 status_error: rng.chance(2),
-                attempt: 1,
+                ..Default::default()
             };
             push(&mut rng, &mut calls, c);
         }
@@ -152,11 +151,8 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 cache_read: cr,
                 cache_write: rng.range(0, 200),
                 output: rng.range(100, 600),
-                reasoning: 0,
                 attrs,
-                tier: None,
-                status_error: false,
-                attempt: 1,
+                ..Default::default()
             };
             push(&mut rng, &mut calls, c);
         }
@@ -176,9 +172,9 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 output,
                 reasoning: output / 2,
                 attrs,
-                tier: None,
                 status_error: h == 14 && i % 7 == 0,
                 attempt: if h == 14 { 1 + (i % 3) as u64 } else { 1 },
+                ..Default::default()
             };
             push(&mut rng, &mut calls, c);
         }
@@ -192,14 +188,10 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 provider: "gemini",
                 model: "gemini-2.5-flash",
                 input: rng.range(1_000, 5_000),
-                cache_read: 0,
-                cache_write: 0,
                 output: rng.range(200, 1_500),
-                reasoning: 0,
                 attrs,
                 tier: batch.then_some("batch"),
-                status_error: false,
-                attempt: 1,
+                ..Default::default()
             };
             push(&mut rng, &mut calls, c);
         }
@@ -212,14 +204,9 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                     provider: "openai",
                     model: "gpt-9-preview",
                     input: rng.range(1_000, 3_000),
-                    cache_read: 0,
-                    cache_write: 0,
                     output: rng.range(100, 900),
-                    reasoning: 0,
                     attrs,
-                    tier: None,
-                    status_error: false,
-                    attempt: 1,
+                    ..Default::default()
                 };
                 push(&mut rng, &mut calls, c);
             }
@@ -235,14 +222,9 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                     provider: "openai",
                     model: "gpt-4o",
                     input: rng.range(5_000, 20_000),
-                    cache_read: 0,
-                    cache_write: 0,
                     output: rng.range(1_000, 4_000),
-                    reasoning: 0,
                     attrs: &attrs,
-                    tier: None,
-                    status_error: false,
-                    attempt: 1,
+                    ..Default::default()
                 };
                 push(&mut rng, &mut calls, c);
             }

@@ -75,12 +75,8 @@ impl Deduplicator {
         self.seen.is_empty()
     }
 
-    /// 24 bytes per entry: key (16, little endian) + event time (8). The whole set.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        encode(self.seen.iter().map(|(k, t)| (*k, *t)), self.seen.len())
-    }
-
-    /// The entries added since the last call, as a segment, with their largest event time.
+    /// The entries added since the last call, as a segment (24 bytes per entry: key, 16 little endian,
+    /// then event time, 8), with their largest event time.
     pub fn take_segment(&mut self) -> (Vec<u8>, i64) {
         let max = self.fresh.iter().map(|e| e.1).max().unwrap_or(i64::MIN);
         let bytes = encode(self.fresh.iter().copied(), self.fresh.len());
@@ -137,7 +133,7 @@ mod tests {
     fn the_set_survives_a_restart_and_forgets_beyond_the_horizon() {
         let mut d = Deduplicator::default();
         d.filter(&batch(&[ev(1, 1_000), ev(2, 5_000)])).unwrap();
-        let mut restored = Deduplicator::from_bytes(&d.to_bytes()).unwrap();
+        let mut restored = Deduplicator::from_bytes(&d.take_segment().0).unwrap();
         assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 1, "redelivery after restart");
         restored.evict_before(2_000);
         assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 0, "beyond the horizon it counts again");
