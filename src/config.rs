@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aifinops_aggregate::BudgetConfig;
-use aifinops_ingest::RawPolicy;
+use aifinops_ingest::{Format, RawPolicy};
 use anyhow::Context;
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format as _, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 /// The example configuration shipped with aifinops (`aifinops config example`); a test parses it.
@@ -30,6 +30,10 @@ pub struct Config {
     pub owners: OwnersConfig,
     #[serde(default, rename = "budget")]
     pub budgets: Vec<BudgetConfig>,
+    #[serde(default)]
+    pub drift: DriftConfig,
+    #[serde(default)]
+    pub avro: AvroConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
@@ -96,8 +100,15 @@ impl Default for PipelineConfig {
 pub struct KafkaConfig {
     pub brokers: String,
     pub topics: Vec<String>,
+    /// The format of each input topic's records (`auto`, `canonical`, `litellm`, `otel`, `openai`,
+    /// `anthropic`, `gemini`, `bedrock`, `kong`, `portkey`, `cloudflare`, `cloudevents`, `avro`);
+    /// topics not listed are `auto` (detected per record, never guessed).
+    pub formats: BTreeMap<String, Format>,
     pub group: String,
     pub alert_topic: String,
+    /// Alerts on the topic as `json` (CloudEvents structured mode) or `avro` (`schemas/alert.avsc`,
+    /// framed per `avro.alert_schema_id`).
+    pub alert_format: AlertFormat,
     /// Topic for records that could not be read; empty = lake only.
     pub dead_letter_topic: String,
     #[serde(with = "humantime_serde")]
@@ -117,7 +128,9 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "localhost:9092".into(),
             topics: vec!["llm-usage".into()],
+            formats: BTreeMap::new(),
             group: "aifinops".into(),
+            alert_format: AlertFormat::Json,
             alert_topic: "aifinops.alerts".into(),
             dead_letter_topic: "aifinops.dead-letters".into(),
             session_timeout: Duration::from_secs(10),
@@ -125,6 +138,62 @@ impl Default for KafkaConfig {
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
         }
+    }
+}
+
+/// How alerts are encoded on the alert topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertFormat {
+    #[default]
+    Json,
+    Avro,
+}
+
+/// Avro input (and Avro alerts).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AvroConfig {
+    /// Confluent Schema Registry base URL (`http://host:8081`); writer schemas are fetched by id.
+    pub schema_registry_url: String,
+    /// Without a registry: writer schemas as `.avsc` files named `<id>.avsc` (or directories of them).
+    pub schema_files: Vec<PathBuf>,
+    /// Registered id of `schemas/alert.avsc` for Confluent framing of Avro alerts; unset = single-object
+    /// encoding (fingerprint framing, no registry needed).
+    pub alert_schema_id: Option<u32>,
+}
+
+impl AvroConfig {
+    pub fn enabled(&self) -> bool {
+        !self.schema_registry_url.is_empty() || !self.schema_files.is_empty()
+    }
+}
+
+/// Reconciliation of the gateway's reported cost with ours (`aifinops.cost.drift`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Alert when ours and the reported cost of an owner/model/day differ by more than this percent.
+    pub percent: String,
+    /// ... and by at least this many USD (small days are noise).
+    pub min_usd: String,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig { percent: "5".into(), min_usd: "1".into() }
+    }
+}
+
+impl DriftConfig {
+    /// (percent, min USD) as exact 10^-18 units.
+    pub fn thresholds(&self) -> anyhow::Result<(i128, i128)> {
+        let pct = aifinops_schemas::money::parse_usd("drift.percent", &self.percent)?;
+        let min = aifinops_schemas::money::parse_usd("drift.min_usd", &self.min_usd)?;
+        if pct <= 0 || min < 0 {
+            anyhow::bail!("drift.percent must be positive and drift.min_usd not negative");
+        }
+        Ok((pct, min))
     }
 }
 
@@ -237,6 +306,20 @@ impl Config {
             anyhow::bail!("pipeline.batch_max_events must be at least 1");
         }
         aifinops_aggregate::AlertRules::new("check", &self.budgets).context("budget")?;
+        for t in self.kafka.formats.keys() {
+            if !self.kafka.topics.contains(t) {
+                anyhow::bail!("kafka.formats names topic {t:?}, which is not in kafka.topics {:?}", self.kafka.topics);
+            }
+        }
+        let avro_topics: Vec<&String> =
+            self.kafka.formats.iter().filter(|(_, f)| **f == Format::Avro).map(|(t, _)| t).collect();
+        if !avro_topics.is_empty() && !self.avro.enabled() {
+            anyhow::bail!(
+                "kafka.formats: {avro_topics:?} are Avro but no writer schemas are configured \
+                 (avro.schema_registry_url or avro.schema_files)"
+            );
+        }
+        self.drift.thresholds().context("drift")?;
         Ok(())
     }
 }
@@ -260,5 +343,20 @@ mod tests {
         assert!(format!("{e:#}").contains("broker"), "{e:#}");
         let e = Config::from_toml_str("[pipeline]\nwindows = [\"7m\"]\n").unwrap_err();
         assert!(format!("{e:#}").contains("divide a day"), "{e:#}");
+    }
+
+    #[test]
+    fn topic_formats_are_checked() {
+        let cfg =
+            Config::from_toml_str("[kafka]\ntopics = [\"a\", \"b\"]\n[kafka.formats]\na = \"litellm\"\n").unwrap();
+        assert_eq!(cfg.kafka.formats.get("a"), Some(&Format::Litellm));
+        let e = Config::from_toml_str("[kafka]\ntopics = [\"a\"]\n[kafka.formats]\na = \"helicone\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("helicone"), "{e:#}");
+        let e = Config::from_toml_str("[kafka]\ntopics = [\"a\"]\n[kafka.formats]\nb = \"otel\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("not in kafka.topics"), "{e:#}");
+        let e = Config::from_toml_str("[kafka]\ntopics = [\"a\"]\n[kafka.formats]\na = \"avro\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("schema_registry_url"), "{e:#}");
+        let e = Config::from_toml_str("[drift]\npercent = \"-1\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("drift"), "{e:#}");
     }
 }

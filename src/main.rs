@@ -4,12 +4,15 @@
 mod config;
 mod demo;
 mod pipeline;
+mod prices;
 mod query;
 mod replay;
 mod run;
 mod traffic;
 
 use std::path::PathBuf;
+
+use aifinops_ingest::Format;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -79,9 +82,13 @@ enum Command {
         /// Replay files even if the lake says they were replayed already.
         #[arg(long)]
         force: bool,
-        /// Input files.
+        /// Format of the files' records (auto detects per record); a file written `FORMAT:PATH`
+        /// (e.g. `litellm:spend.ndjson`) has its own.
+        #[arg(long, default_value = "auto", value_parser = parse_format)]
+        format: Format,
+        /// Input files (NDJSON, `.gz`, or `-` for standard input).
         #[arg(required = true)]
-        files: Vec<PathBuf>,
+        files: Vec<String>,
     },
     /// Run DataFusion SQL over the lake (tables `rollups`, `alerts`, `dead_letters`).
     Query {
@@ -109,6 +116,11 @@ enum Command {
         /// NDJSON files (`-` for stdin).
         files: Vec<PathBuf>,
     },
+    /// Price catalog tools.
+    Prices {
+        #[command(subcommand)]
+        action: PricesAction,
+    },
     /// Write synthetic gateway traffic as NDJSON (the demo's day), for trying replay.
     Gen {
         #[arg(long, default_value = "-")]
@@ -118,6 +130,24 @@ enum Command {
         /// Day to generate (YYYY-MM-DD, UTC); default yesterday.
         #[arg(long)]
         day: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PricesAction {
+    /// List the models seen in traffic files that the catalog cannot price (exit code 1 if any).
+    Check {
+        /// Catalog files in load order (LiteLLM `.json`, aifinops `.toml`); later override earlier.
+        #[arg(long = "catalog")]
+        catalogs: Vec<PathBuf>,
+        /// Leave out the built-in catalog.
+        #[arg(long)]
+        no_builtin: bool,
+        /// Format of the files' records; `FORMAT:PATH` gives one file its own.
+        #[arg(long, default_value = "auto", value_parser = parse_format)]
+        format: Format,
+        #[arg(required = true)]
+        files: Vec<String>,
     },
 }
 
@@ -204,9 +234,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             eprintln!("{summary}");
             Ok(())
         }
-        Command::Replay { o, force, files } => {
+        Command::Replay { o, force, format, files } => {
             let cfg = apply(&o)?;
             init_logging(&cfg);
+            let files: Vec<(PathBuf, Format)> = files.iter().map(|f| split_format(f, format)).collect();
             let summary = replay::run(&cfg, &files, force).await?;
             eprintln!("{summary}");
             Ok(())
@@ -236,6 +267,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Prices { action: PricesAction::Check { catalogs, no_builtin, format, files } } => {
+            let files: Vec<(PathBuf, Format)> = files.iter().map(|f| split_format(f, format)).collect();
+            let report = prices::check(&catalogs, !no_builtin, files)?;
+            print!("{}", report.render(&catalogs, !no_builtin));
+            if !report.unpriced.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Produce { brokers, topic, partitions, files } => {
             let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
             eprintln!("produced {n} records to {topic}");
@@ -256,5 +296,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    Format::parse(s)
+        .ok_or_else(|| format!("unknown format {s:?}; one of {}", Format::ALL.map(|f| f.as_str()).join(", ")))
+}
+
+/// `FORMAT:PATH` names a file's own format; anything else is a path in the default format.
+fn split_format(arg: &str, default: Format) -> (PathBuf, Format) {
+    match arg.split_once(':').and_then(|(f, p)| Format::parse(f).map(|f| (p, f))) {
+        Some((path, f)) if !path.is_empty() => (PathBuf::from(path), f),
+        _ => (PathBuf::from(arg), default),
     }
 }

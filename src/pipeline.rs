@@ -76,23 +76,36 @@ impl Pipeline {
         let sizes = cfg.pipeline.windows.iter().map(|w| WindowSize::parse(w)).collect::<Result<Vec<_>, _>>()?;
         let windows = WindowEngine::new(sizes)?;
         let rules = AlertRules::new(&format!("aifinops/{}", cfg.pipeline.name), &cfg.budgets)?;
+        let drift = cfg.drift.thresholds()?;
         std::fs::create_dir_all(&cfg.lake.dir)
             .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
         let (lake, recovered) =
             Lake::open(&cfg.lake.dir).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
-        let decoder = Decoder::new(
+        let mut decoder = Decoder::new(
             Arc::new(catalog),
             Arc::new(owners),
             cfg.pipeline.max_record_bytes,
             cfg.pipeline.dead_letter_raw,
         );
+        if cfg.avro.enabled() {
+            let source = if cfg.avro.schema_registry_url.is_empty() {
+                aifinops_ingest::avro::SchemaSource::Local { files: cfg.avro.schema_files.clone() }
+            } else {
+                aifinops_ingest::avro::SchemaSource::Registry { url: cfg.avro.schema_registry_url.clone() }
+            };
+            decoder = decoder.with_avro(aifinops_ingest::avro::AvroDecoder::new(source).context("avro")?);
+        }
         let mut p = Pipeline {
             cfg: cfg.clone(),
             decoder,
             dedup: Deduplicator::default(),
             windows,
             rules,
-            detectors: Vec::new(),
+            detectors: vec![Box::new(aifinops_aggregate::DriftDetector::new(
+                &format!("aifinops/{}", cfg.pipeline.name),
+                drift.0,
+                drift.1,
+            ))],
             lake,
             emitted: vec![],
             alerts: vec![],

@@ -8,34 +8,35 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use aifinops_aggregate::watermark::{PartitionClock, compute};
+use aifinops_ingest::Format;
 use aifinops_ingest::file::FileSource;
 use anyhow::bail;
 
 use crate::config::Config;
 use crate::pipeline::{Pipeline, now_ms};
 
-pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result<String> {
+pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     let (mut p, manifest) = Pipeline::open(cfg)?;
     let mut done: BTreeMap<String, u64> = manifest.map(|m| m.files).unwrap_or_default();
     // Files are known by their canonical path, so `./a.ndjson` and `a.ndjson` are one file; each once.
-    let mut inputs: Vec<PathBuf> = Vec::new();
-    for f in files {
+    let mut inputs: Vec<(PathBuf, Format)> = Vec::new();
+    for (f, format) in files {
         let f = if f.as_os_str() == "-" {
             f.clone()
         } else {
             std::fs::canonicalize(f).map_err(|e| anyhow::anyhow!("input file {}: {e}", f.display()))?
         };
-        if !inputs.contains(&f) {
-            inputs.push(f);
+        if !inputs.iter().any(|(i, _)| *i == f) {
+            inputs.push((f, *format));
         }
     }
     let name = |f: &PathBuf| f.display().to_string();
     // An interrupted replay of several files is resumed by running the same command again: files it
     // finished are skipped then. Otherwise a finished file is refused (it would double its spend).
-    let resuming = inputs.iter().any(|f| done.get(&name(f)).is_some_and(|l| *l != u64::MAX));
+    let resuming = inputs.iter().any(|(f, _)| done.get(&name(f)).is_some_and(|l| *l != u64::MAX));
     let mut todo = Vec::new();
-    for f in inputs {
+    for (f, format) in inputs {
         let n = name(&f);
         if done.get(&n) == Some(&u64::MAX) {
             if force {
@@ -50,9 +51,9 @@ pub async fn run(cfg: &Config, files: &[PathBuf], force: bool) -> anyhow::Result
                 );
             }
         }
-        todo.push(f);
+        todo.push((f, format));
     }
-    let mut src = FileSource::new(todo);
+    let mut src = FileSource::with_formats(todo);
     src.resume_from(done.iter().filter(|(_, v)| **v != u64::MAX).map(|(k, v)| (k.clone(), *v)).collect());
     let total_bytes = src.total_bytes();
     let bar = if std::io::stderr().is_terminal() && total_bytes > 0 {

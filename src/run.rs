@@ -127,12 +127,19 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         }
     }
     let dlq = (!cfg.kafka.dead_letter_topic.is_empty()).then_some(cfg.kafka.dead_letter_topic.as_str());
-    let publisher = Publisher::new(&cfg.kafka.brokers, &cfg.kafka.alert_topic, dlq, &cfg.kafka.producer)?;
+    let mut publisher = Publisher::new(&cfg.kafka.brokers, &cfg.kafka.alert_topic, dlq, &cfg.kafka.producer)?;
+    if cfg.kafka.alert_format == crate::config::AlertFormat::Avro {
+        publisher = publisher.with_avro_alerts(match cfg.avro.alert_schema_id {
+            Some(schema_id) => aifinops_schemas::avro::AvroFraming::Confluent { schema_id },
+            None => aifinops_schemas::avro::AvroFraming::SingleObject,
+        });
+    }
     let outbox = OutboxPublisher::spawn(p.lake().outbox_log(), publisher);
     let settings = KafkaSettings {
         brokers: cfg.kafka.brokers.clone(),
         group: cfg.kafka.group.clone(),
         topics: cfg.kafka.topics.clone(),
+        formats: cfg.kafka.formats.iter().map(|(t, f)| (t.clone(), *f)).collect(),
         session_timeout_ms: cfg.kafka.session_timeout.as_millis() as u32,
         max_poll_interval_ms: cfg.kafka.max_poll_interval.as_millis() as u32,
         properties: cfg.kafka.consumer.clone(),

@@ -6,6 +6,7 @@
 //! budget breach is reported within a commit interval, not when a day-long window closes.
 
 pub mod dedup;
+pub mod drift;
 pub mod rules;
 pub mod watermark;
 pub mod window;
@@ -14,6 +15,7 @@ pub mod window;
 mod testutil;
 
 pub use dedup::Deduplicator;
+pub use drift::DriftDetector;
 pub use rules::{AlertRules, BudgetConfig, Period, RulesState};
 pub use window::{Emitted, WindowEngine, WindowSize};
 

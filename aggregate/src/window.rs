@@ -239,6 +239,18 @@ impl WindowEngine {
             s.open = None;
         }
         for (label, batch) in snapshot {
+            let want = rollup_schema();
+            let names = |s: &datafusion::arrow::datatypes::Schema| -> Vec<String> {
+                s.fields().iter().map(|f| f.name().clone()).collect()
+            };
+            if names(&batch.schema()) != names(&want) {
+                return Err(AggregateError::State(format!(
+                    "the lake's window state has columns {:?}, this aifinops writes {:?}: the lake was written by \
+                     another version; replay into a new lake directory",
+                    names(&batch.schema()),
+                    names(&want)
+                )));
+            }
             let s = self
                 .series
                 .iter_mut()

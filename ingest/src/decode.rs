@@ -1,8 +1,9 @@
-//! Decoding canonical usage events (JSON) straight into Arrow column builders, validating, pricing and
-//! attributing them on the way. Bad records become [`DeadLetter`]s with a reason naming the field.
+//! Decoding usage records straight into Arrow column builders, validating, pricing and attributing them on
+//! the way. Bad records become [`DeadLetter`]s with a reason naming the field.
 //!
-//! The hot path deserializes each record into a borrowed struct (strings without escapes are not copied)
-//! and appends to column builders; there is no per-event heap object.
+//! The hot path (canonical JSON) deserializes each record into a borrowed struct (strings without escapes
+//! are not copied) and appends to column builders; there is no per-event heap object. Other formats are
+//! read into a `serde_json::Value` and normalized by [`crate::formats`] first.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::catalog::{PriceCatalog, Tier, Tokens};
+use crate::formats::{Call, Format, Reported, adapt};
 use crate::owners::{Identity, OwnerMap};
 
 /// Largest token count accepted (2^53, the largest integer every JSON reader keeps exact).
@@ -45,10 +47,14 @@ pub enum RawPolicy {
 /// Counts of one decoded batch.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeStats {
+    /// Model calls accepted (a record may carry several, or none).
     pub accepted: u64,
     pub dead_letters: u64,
     pub unpriced: u64,
     pub unattributed: u64,
+    pub usage_missing: u64,
+    /// Records read that carry no model call (e.g. a gateway log of a plain HTTP request).
+    pub without_calls: u64,
 }
 
 /// The result of decoding a run of records.
@@ -59,13 +65,30 @@ pub struct Decoded {
     pub stats: DecodeStats,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Count {
+/// A token count as read, before validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
     Ok(i64),
     Negative,
     NotInteger,
     TooLarge,
     WrongType(&'static str),
+}
+
+/// A count from a JSON number: `exact` when it was an unsigned integer literal.
+pub(crate) fn count_from_f64(v: f64, exact: Option<u64>) -> Count {
+    if let Some(u) = exact {
+        return if u > MAX_COUNT { Count::TooLarge } else { Count::Ok(u as i64) };
+    }
+    if !v.is_finite() || v.fract() != 0.0 {
+        Count::NotInteger
+    } else if v < 0.0 {
+        Count::Negative
+    } else if v > MAX_COUNT as f64 {
+        Count::TooLarge
+    } else {
+        Count::Ok(v as i64)
+    }
 }
 
 struct CountVisitor;
@@ -75,27 +98,13 @@ impl<'de> Visitor<'de> for CountVisitor {
         f.write_str("a non-negative integer")
     }
     fn visit_u64<E>(self, v: u64) -> Result<Count, E> {
-        Ok(if v > MAX_COUNT { Count::TooLarge } else { Count::Ok(v as i64) })
+        Ok(count_from_f64(v as f64, Some(v)))
     }
     fn visit_i64<E>(self, v: i64) -> Result<Count, E> {
-        Ok(if v < 0 {
-            Count::Negative
-        } else if v as u64 > MAX_COUNT {
-            Count::TooLarge
-        } else {
-            Count::Ok(v)
-        })
+        Ok(if v < 0 { Count::Negative } else { count_from_f64(v as f64, Some(v as u64)) })
     }
     fn visit_f64<E>(self, v: f64) -> Result<Count, E> {
-        Ok(if !v.is_finite() || v.fract() != 0.0 {
-            Count::NotInteger
-        } else if v < 0.0 {
-            Count::Negative
-        } else if v > MAX_COUNT as f64 {
-            Count::TooLarge
-        } else {
-            Count::Ok(v as i64)
-        })
+        Ok(count_from_f64(v, None))
     }
     fn visit_str<E>(self, _: &str) -> Result<Count, E> {
         Ok(Count::WrongType("string"))
@@ -118,8 +127,9 @@ impl<'de> Deserialize<'de> for Count {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Ts {
+/// An event time as read, before validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ts {
     Ms(i64),
     Bad(&'static str),
 }
@@ -166,7 +176,8 @@ impl<'de> Deserialize<'de> for Ts {
     }
 }
 
-/// The canonical event as it appears on the wire. Unknown fields are ignored.
+/// The canonical event as it appears on the wire. Unknown fields are ignored; the `_marker` fields only
+/// note keys that other formats carry, so that `auto` sends such records to detection.
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(borrow)]
@@ -180,6 +191,9 @@ struct Wire<'a> {
     output_tokens: Option<Count>,
     cache_read_tokens: Option<Count>,
     cache_write_tokens: Option<Count>,
+    cache_write_1h_tokens: Option<Count>,
+    audio_input_tokens: Option<Count>,
+    audio_output_tokens: Option<Count>,
     reasoning_tokens: Option<Count>,
     retrieval_calls: Option<Count>,
     #[serde(borrow)]
@@ -187,14 +201,14 @@ struct Wire<'a> {
     #[serde(borrow)]
     status: Option<Cow<'a, str>>,
     attempt: Option<Count>,
-    #[serde(borrow, rename = "trace_id")]
-    _trace_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    trace_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     api_key_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     service_account: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "end_user")]
-    _end_user: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    end_user: Option<Cow<'a, str>>,
     #[serde(borrow)]
     team: Option<Cow<'a, str>>,
     #[serde(borrow)]
@@ -205,8 +219,60 @@ struct Wire<'a> {
     environment: Option<Cow<'a, str>>,
     #[serde(rename = "tags")]
     _tags: Option<IgnoredAny>,
+    cache_hit: Option<bool>,
     #[serde(borrow)]
     cost_usd: Option<&'a RawValue>,
+    #[serde(alias = "specversion", alias = "resourceSpans", alias = "call_type", alias = "prompt_tokens")]
+    #[serde(alias = "response_cost", alias = "spend", alias = "ai", alias = "ai_org", alias = "tokens_in")]
+    #[serde(alias = "schemaType", alias = "usage", alias = "usageMetadata", alias = "custom_llm_provider")]
+    #[serde(alias = "request_id", alias = "startTime")]
+    response: Option<IgnoredAny>,
+}
+
+impl<'a> Wire<'a> {
+    /// Whether the record has a key another format owns.
+    fn foreign(&self) -> bool {
+        self.response.is_some()
+    }
+
+    fn into_call(self) -> Call<'a> {
+        let reported = self.cost_usd.and_then(|raw| {
+            let t = raw.get();
+            if t == "null" {
+                return None;
+            }
+            let t = t.strip_prefix('"').and_then(|x| x.strip_suffix('"')).unwrap_or(t);
+            Some(Reported::Usd(Cow::Borrowed(t)))
+        });
+        Call {
+            event_id: self.event_id,
+            ts: self.timestamp,
+            provider: self.provider,
+            model: self.model,
+            input: self.input_tokens,
+            output: self.output_tokens,
+            cache_read: self.cache_read_tokens,
+            cache_write: self.cache_write_tokens,
+            cache_write_1h: self.cache_write_1h_tokens,
+            audio_input: self.audio_input_tokens,
+            audio_output: self.audio_output_tokens,
+            reasoning: self.reasoning_tokens,
+            retrieval: self.retrieval_calls,
+            service_tier: self.service_tier,
+            status: self.status,
+            attempt: self.attempt,
+            trace_id: self.trace_id,
+            api_key_id: self.api_key_id,
+            service_account: self.service_account,
+            end_user: self.end_user,
+            team: self.team,
+            project: self.project,
+            workflow: self.workflow,
+            environment: self.environment,
+            cache_hit: self.cache_hit.unwrap_or(false),
+            reported,
+        }
+    }
 }
 
 const STRING_FIELDS: [&str; 13] = [
@@ -232,13 +298,12 @@ pub struct Rejection {
     pub reason: String,
 }
 
-fn reject(kind: &'static str, reason: impl Into<String>) -> Rejection {
+pub(crate) fn reject(kind: &'static str, reason: impl Into<String>) -> Rejection {
     Rejection { kind, reason: reason.into() }
 }
 
-fn count(field: &str, c: Option<Count>, required: bool) -> Result<i64, Rejection> {
+fn count(field: &str, c: Option<Count>) -> Result<i64, Rejection> {
     match c {
-        None if required => Err(reject("missing_field", format!("missing required field `{field}`"))),
         None => Ok(0),
         Some(Count::Ok(v)) => Ok(v),
         Some(Count::Negative) => Err(reject("invalid_count", format!("`{field}` is negative"))),
@@ -250,7 +315,7 @@ fn count(field: &str, c: Option<Count>, required: bool) -> Result<i64, Rejection
     }
 }
 
-fn required_str<'a>(field: &str, v: &'a Option<Cow<'a, str>>) -> Result<&'a str, Rejection> {
+fn required_str<'a>(field: &str, v: &'a Option<Cow<'_, str>>) -> Result<&'a str, Rejection> {
     match v.as_deref() {
         None => Err(reject("missing_field", format!("missing required field `{field}`"))),
         Some(s) if s.trim().is_empty() => Err(reject("missing_field", format!("required field `{field}` is empty"))),
@@ -258,21 +323,29 @@ fn required_str<'a>(field: &str, v: &'a Option<Cow<'a, str>>) -> Result<&'a str,
     }
 }
 
-/// Explains why serde could not read a record (cold path): names the field with the wrong type.
-fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
+/// Explains why a record could not be read as JSON (cold path).
+fn not_json(payload: &[u8]) -> Option<Rejection> {
     let text = match std::str::from_utf8(payload) {
         Ok(t) => t,
         Err(e) => {
-            return reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", e.valid_up_to()));
+            return Some(reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", e.valid_up_to())));
         }
     };
     if text.trim().is_empty() {
-        return reject("empty", "empty record");
+        return Some(reject("empty", "empty record"));
     }
-    let value: serde_json::Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return reject("not_json", format!("not valid JSON: {e}")),
-    };
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(_) => None,
+        Err(e) => Some(reject("not_json", format!("not valid JSON: {e}"))),
+    }
+}
+
+/// Explains why serde could not read a canonical record (cold path): names the field with the wrong type.
+fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
+    if let Some(r) = not_json(payload) {
+        return r;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
     let Some(obj) = value.as_object() else {
         let t = match value {
             serde_json::Value::Array(_) => "array",
@@ -296,7 +369,32 @@ fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
     {
         return reject("invalid_type", "`cost_usd` must be a number or a decimal string");
     }
+    if let Some(v) = obj.get("cache_hit")
+        && !(v.is_boolean() || v.is_null())
+    {
+        return reject("invalid_type", "`cache_hit` must be a boolean");
+    }
     reject("invalid_json", format!("cannot read usage event: {err}"))
+}
+
+/// Lineage of rows that no catalog entry priced.
+const PRICE_ID_GATEWAY_CACHE: &str = "gateway-cache-hit";
+
+/// A validated, priced and attributed call, ready to append.
+struct Row<'c> {
+    ts: i64,
+    key: [u8; 16],
+    /// Index of the owner rule that matched.
+    owner: Option<usize>,
+    dims: [Option<&'c str>; 4],
+    identity: &'c str,
+    provider: &'c str,
+    model: &'c str,
+    tier: Tier,
+    price_id: Option<Arc<str>>,
+    counts: [i64; 15],
+    cost: Option<i128>,
+    reported: Option<i128>,
 }
 
 /// Decodes, validates, prices and attributes records into one Arrow batch.
@@ -306,10 +404,11 @@ pub struct Decoder {
     max_record_bytes: usize,
     raw_policy: RawPolicy,
     scratch: Vec<usize>,
+    avro: Option<crate::avro::AvroDecoder>,
     ts: TimestampMillisecondBuilder,
     key: FixedSizeBinaryBuilder,
-    dims: [StringBuilder; 10],
-    counts: [Int64Builder; 9],
+    dims: [StringBuilder; 11],
+    counts: [Int64Builder; 15],
     cost: Decimal128Builder,
     reported: Decimal128Builder,
     dead: Vec<DeadLetter>,
@@ -329,6 +428,7 @@ impl Decoder {
             max_record_bytes,
             raw_policy,
             scratch: Vec::new(),
+            avro: None,
             ts: TimestampMillisecondBuilder::new(),
             key: FixedSizeBinaryBuilder::new(aifinops_schemas::event::EVENT_KEY_LEN),
             dims: std::array::from_fn(|_| StringBuilder::new()),
@@ -340,6 +440,12 @@ impl Decoder {
         }
     }
 
+    /// Enables Avro input (`format = "avro"`, or Avro framing seen by `auto`).
+    pub fn with_avro(mut self, avro: crate::avro::AvroDecoder) -> Self {
+        self.avro = Some(avro);
+        self
+    }
+
     /// Number of accepted events waiting in the builders.
     pub fn len(&self) -> usize {
         self.ts.len()
@@ -349,14 +455,18 @@ impl Decoder {
         self.len() == 0
     }
 
-    /// Decodes one record. `source` is only rendered when the record is rejected.
-    /// Returns the event time of an accepted record, `None` for a dead letter.
-    pub fn push(&mut self, payload: &[u8], source: impl FnOnce() -> SourceRef, received_ms: i64) -> Option<i64> {
-        match self.try_push(payload) {
-            Ok(ts) => {
-                self.stats.accepted += 1;
-                Some(ts)
-            }
+    /// Decodes one record of `format`. `source` is only rendered when the record is rejected.
+    /// Returns the latest event time of the calls it carried; `None` for a dead letter or a record
+    /// without calls.
+    pub fn push(
+        &mut self,
+        payload: &[u8],
+        format: Format,
+        source: impl FnOnce() -> SourceRef,
+        received_ms: i64,
+    ) -> Option<i64> {
+        match self.try_push(payload, format) {
+            Ok(ts) => ts,
             Err(r) => {
                 self.stats.dead_letters += 1;
                 let keep = payload.len().min(64 * 1024);
@@ -377,18 +487,94 @@ impl Decoder {
         }
     }
 
-    fn try_push(&mut self, payload: &[u8]) -> Result<i64, Rejection> {
+    fn try_push(&mut self, payload: &[u8], format: Format) -> Result<Option<i64>, Rejection> {
         if payload.len() > self.max_record_bytes {
             return Err(reject(
                 "too_large",
                 format!("record is {} bytes, over the {} byte limit", payload.len(), self.max_record_bytes),
             ));
         }
-        let w: Wire<'_> = serde_json::from_slice(payload).map_err(|e| diagnose(payload, &e))?;
-        let event_id = required_str("event_id", &w.event_id)?;
-        let provider = required_str("provider", &w.provider)?;
-        let model = required_str("model", &w.model)?;
-        let ts = match w.timestamp {
+        let avro_framed = payload.first() == Some(&0) || payload.starts_with(&[0xC3, 0x01]);
+        match format {
+            Format::Canonical | Format::Auto if !avro_framed => {
+                // the hot path: canonical JSON read in place
+                match serde_json::from_slice::<Wire<'_>>(payload) {
+                    Ok(w) if format == Format::Canonical || (!w.foreign() && w.event_id.is_some()) => {
+                        let call = w.into_call();
+                        let row = self.row(&call)?;
+                        let ts = row.ts;
+                        self.append(row);
+                        return Ok(Some(ts));
+                    }
+                    Ok(_) => {}
+                    Err(e) if format == Format::Canonical => return Err(diagnose(payload, &e)),
+                    Err(_) => {}
+                }
+                if let Some(r) = not_json(payload) {
+                    return Err(r);
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(payload).map_err(|e| reject("not_json", format!("not valid JSON: {e}")))?;
+                let calls = adapt(Format::Auto, &v)?;
+                self.accept(&calls)
+            }
+            Format::Avro | Format::Auto => {
+                let Some(avro) = self.avro.as_mut() else {
+                    return Err(reject(
+                        "avro_not_configured",
+                        format!(
+                            "Avro-framed record (first byte 0x{:02x}) but no Avro schema source is configured \
+                             ([avro] schema_registry_url or schema_files)",
+                            payload.first().copied().unwrap_or(0)
+                        ),
+                    ));
+                };
+                let v = avro.decode(payload)?;
+                let call = crate::formats::canonical(&v)?;
+                self.accept(std::slice::from_ref(&call))
+            }
+            f => {
+                if let Some(r) = not_json(payload) {
+                    return Err(r);
+                }
+                let v: serde_json::Value =
+                    serde_json::from_slice(payload).map_err(|e| reject("not_json", format!("not valid JSON: {e}")))?;
+                let calls = adapt(f, &v)?;
+                self.accept(&calls)
+            }
+        }
+    }
+
+    /// Validates every call of a record, then appends them all (a record is accepted or rejected whole).
+    fn accept(&mut self, calls: &[Call<'_>]) -> Result<Option<i64>, Rejection> {
+        if calls.is_empty() {
+            self.stats.without_calls += 1;
+            return Ok(None);
+        }
+        let mut rows = Vec::with_capacity(calls.len());
+        for (i, c) in calls.iter().enumerate() {
+            rows.push(self.row(c).map_err(|r| {
+                if calls.len() > 1 {
+                    Rejection { kind: r.kind, reason: format!("call {} of {}: {}", i + 1, calls.len(), r.reason) }
+                } else {
+                    r
+                }
+            })?);
+        }
+        let mut max_ts = i64::MIN;
+        for r in rows {
+            max_ts = max_ts.max(r.ts);
+            self.append(r);
+        }
+        Ok(Some(max_ts))
+    }
+
+    /// Validates, prices and attributes one call.
+    fn row<'c>(&mut self, c: &'c Call<'_>) -> Result<Row<'c>, Rejection> {
+        let event_id = required_str("event_id", &c.event_id)?;
+        let provider = required_str("provider", &c.provider)?;
+        let model = required_str("model", &c.model)?;
+        let ts = match c.ts {
             None => {
                 return Err(reject("missing_field", "missing required field `timestamp`"));
             }
@@ -403,91 +589,184 @@ impl Decoder {
             }
             Some(Ts::Ms(ms)) => ms,
         };
+        // Usage missing (both totals absent) is not zero usage: the call is counted, its cost unknown.
+        let usage_missing = c.input.is_none() && c.output.is_none();
+        if !usage_missing {
+            if c.input.is_none() {
+                return Err(reject(
+                    "missing_field",
+                    "missing required field `input_tokens` (output_tokens is present)",
+                ));
+            }
+            if c.output.is_none() {
+                return Err(reject(
+                    "missing_field",
+                    "missing required field `output_tokens` (input_tokens is present)",
+                ));
+            }
+        } else if let Some((f, _)) = [
+            ("cache_read_tokens", c.cache_read),
+            ("cache_write_tokens", c.cache_write),
+            ("reasoning_tokens", c.reasoning),
+            ("audio_input_tokens", c.audio_input),
+            ("audio_output_tokens", c.audio_output),
+        ]
+        .into_iter()
+        .find(|(_, v)| !matches!(v, None | Some(Count::Ok(0))))
+        {
+            return Err(reject("missing_field", format!("`{f}` without input_tokens and output_tokens")));
+        }
         let t = Tokens {
-            input: count("input_tokens", w.input_tokens, true)?,
-            output: count("output_tokens", w.output_tokens, true)?,
-            cache_read: count("cache_read_tokens", w.cache_read_tokens, false)?,
-            cache_write: count("cache_write_tokens", w.cache_write_tokens, false)?,
-            reasoning: count("reasoning_tokens", w.reasoning_tokens, false)?,
+            input: count("input_tokens", c.input)?,
+            output: count("output_tokens", c.output)?,
+            cache_read: count("cache_read_tokens", c.cache_read)?,
+            cache_write: count("cache_write_tokens", c.cache_write)?,
+            cache_write_1h: count("cache_write_1h_tokens", c.cache_write_1h)?,
+            audio_input: count("audio_input_tokens", c.audio_input)?,
+            audio_output: count("audio_output_tokens", c.audio_output)?,
+            reasoning: count("reasoning_tokens", c.reasoning)?,
+            web_search: count("retrieval_calls", c.retrieval)?,
         };
-        let retrieval = count("retrieval_calls", w.retrieval_calls, false)?;
-        if t.cache_read + t.cache_write > t.input {
+        if t.cache_read + t.cache_write + t.audio_input > t.input {
             return Err(reject(
                 "inconsistent_tokens",
                 format!(
-                    "cache_read_tokens ({}) + cache_write_tokens ({}) exceed input_tokens ({}); they are counted inside it",
-                    t.cache_read, t.cache_write, t.input
+                    "cache_read_tokens ({}) + cache_write_tokens ({}) + audio_input_tokens ({}) exceed input_tokens \
+                     ({}); they are counted inside it",
+                    t.cache_read, t.cache_write, t.audio_input, t.input
                 ),
             ));
         }
-        if t.reasoning > t.output {
+        if t.cache_write_1h > t.cache_write {
             return Err(reject(
                 "inconsistent_tokens",
                 format!(
-                    "reasoning_tokens ({}) exceed output_tokens ({}); they are counted inside it",
-                    t.reasoning, t.output
+                    "cache_write_1h_tokens ({}) exceed cache_write_tokens ({}); they are counted inside it",
+                    t.cache_write_1h, t.cache_write
                 ),
             ));
         }
-        let tier = match w.service_tier.as_deref() {
+        if t.reasoning + t.audio_output > t.output {
+            return Err(reject(
+                "inconsistent_tokens",
+                format!(
+                    "reasoning_tokens ({}) + audio_output_tokens ({}) exceed output_tokens ({}); they are counted \
+                     inside it",
+                    t.reasoning, t.audio_output, t.output
+                ),
+            ));
+        }
+        let tier = match c.service_tier.as_deref() {
             None | Some("") => Tier::Default,
             Some(s) => Tier::parse(s).ok_or_else(|| {
                 reject("invalid_value", format!("`service_tier` {s:?} is not one of default, batch, flex, priority"))
             })?,
         };
-        let error = match w.status.as_deref() {
+        let error = match c.status.as_deref() {
             None | Some("") | Some("ok") | Some("success") => 0,
             Some("error") | Some("failure") => 1,
             Some(s) => {
                 return Err(reject("invalid_value", format!("`status` {s:?} is not ok or error")));
             }
         };
-        let attempt = match w.attempt {
+        let attempt = match c.attempt {
             None => 1,
-            Some(c) => count("attempt", Some(c), false)?,
+            Some(a) => count("attempt", Some(a))?,
         };
-        let reported = match w.cost_usd {
+        let reported = match &c.reported {
             None => None,
-            Some(raw) => {
-                let text = raw.get();
-                let text = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
-                if text == "null" {
-                    None
-                } else {
-                    let v =
-                        parse_usd("cost_usd", text).map_err(|e| reject("invalid_value", format!("`cost_usd`: {e}")))?;
-                    // a call costing more than $1M, or less than nothing, is a broken gateway figure
-                    if !(0..=MAX_REPORTED_COST).contains(&v) {
-                        return Err(reject("invalid_value", format!("`cost_usd` {text} is outside 0..=1000000")));
+            Some(r) => {
+                let (text, cents) = match r {
+                    Reported::Usd(t) => (t.as_ref(), false),
+                    Reported::Cents(t) => (t.as_ref(), true),
+                };
+                let field = if cents { "cost (cents)" } else { "cost_usd" };
+                let mut v = parse_usd(field, text).map_err(|e| reject("invalid_value", format!("`{field}`: {e}")))?;
+                if cents {
+                    if v % 100 != 0 {
+                        return Err(reject("invalid_value", format!("`{field}` {text} has more than 16 decimals")));
                     }
-                    Some(v)
+                    v /= 100;
                 }
+                // a call costing more than $1M, or less than nothing, is a broken gateway figure
+                if !(0..=MAX_REPORTED_COST).contains(&v) {
+                    return Err(reject("invalid_value", format!("`{field}` {text} is outside 0..=1000000 USD")));
+                }
+                Some(v)
             }
         };
 
         // Attribution on the raw values (rules may name key ids), then secrets become fingerprints.
         let idn = Identity {
-            api_key_id: w.api_key_id.as_deref(),
-            service_account: w.service_account.as_deref(),
-            team: w.team.as_deref(),
-            project: w.project.as_deref(),
-            workflow: w.workflow.as_deref(),
+            api_key_id: c.api_key_id.as_deref(),
+            service_account: c.service_account.as_deref(),
+            team: c.team.as_deref(),
+            project: c.project.as_deref(),
+            workflow: c.workflow.as_deref(),
         };
-        let owner = self.owners.resolve(&idn, &mut self.scratch);
-        let identity = w
+        let owner = self.owners.resolve_index(&idn, &mut self.scratch);
+        let identity = c
             .api_key_id
             .as_deref()
             .filter(|s| !s.is_empty())
-            .or(w.service_account.as_deref().filter(|s| !s.is_empty()))
+            .or(c.service_account.as_deref().filter(|s| !s.is_empty()))
             .unwrap_or(UNKNOWN_IDENTITY);
-        let cost = self.catalog.lookup(provider, model, ts).and_then(|p| p.cost(&t, tier));
+        let owner_id = owner.map_or(UNATTRIBUTED, |i| self.owners.owner(i).id.as_str());
+        let (cost, price_id, unpriced) = if c.cache_hit {
+            (Some(0), Some(Arc::from(PRICE_ID_GATEWAY_CACHE)), 0)
+        } else if usage_missing {
+            (None, None, 0)
+        } else {
+            match self.catalog.lookup_for(owner_id, provider, model, ts) {
+                Some(p) => match p.cost(&t, tier) {
+                    Some(cost) => (Some(cost), Some(p.id.clone()), 0),
+                    None => (None, Some(p.id.clone()), 1), // e.g. a billed web search without a price
+                },
+                None => (None, None, 1),
+            }
+        };
+        let counts = [
+            error,
+            (attempt > 1) as i64,
+            unpriced,
+            usage_missing as i64,
+            c.cache_hit as i64,
+            reported.is_some() as i64,
+            t.input,
+            t.cache_read,
+            t.cache_write,
+            t.cache_write_1h,
+            t.audio_input,
+            t.output,
+            t.reasoning,
+            t.audio_output,
+            t.web_search,
+        ];
+        Ok(Row {
+            ts,
+            key: xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()).to_le_bytes(),
+            owner,
+            dims: [c.team.as_deref(), c.project.as_deref(), c.workflow.as_deref(), c.environment.as_deref()],
+            identity,
+            provider,
+            model,
+            tier,
+            price_id,
+            counts,
+            cost,
+            reported,
+        })
+    }
 
+    fn append(&mut self, r: Row<'_>) {
         // All checks passed: append (nothing below can fail, so columns stay aligned).
-        self.ts.append_value(ts);
-        let h = xxhash_rust::xxh3::xxh3_128(event_id.as_bytes()).to_le_bytes();
-        self.key.append_value(h).expect("16 bytes");
-        let (owner_id, risk) = match owner {
-            Some(o) => (o.id.as_str(), o.risk_owner.as_str()),
+        self.ts.append_value(r.ts);
+        self.key.append_value(r.key).expect("16 bytes");
+        let (owner_id, risk) = match r.owner {
+            Some(i) => {
+                let o = self.owners.owner(i);
+                (o.id.as_str(), o.risk_owner.as_str())
+            }
             None => {
                 self.stats.unattributed += 1;
                 (UNATTRIBUTED, "")
@@ -496,40 +775,30 @@ impl Decoder {
         let dims = &mut self.dims;
         dims[0].append_value(owner_id);
         dims[1].append_value(risk);
-        for (b, v) in dims[2..6].iter_mut().zip([&w.team, &w.project, &w.workflow, &w.environment]) {
-            match v.as_deref() {
+        for (b, v) in dims[2..6].iter_mut().zip(r.dims) {
+            match v {
                 None => b.append_value(""),
                 Some(s) => b.append_value(redact(s)),
             }
         }
-        dims[6].append_value(redact(identity));
-        dims[7].append_value(redact(provider));
-        dims[8].append_value(redact(model));
-        dims[9].append_value(tier.as_str());
-        let unpriced = cost.is_none() as i64;
-        self.stats.unpriced += unpriced as u64;
-        let values = [
-            error,
-            (attempt > 1) as i64,
-            unpriced,
-            t.input,
-            t.cache_read,
-            t.cache_write,
-            t.output,
-            t.reasoning,
-            retrieval,
-        ];
-        for (b, v) in self.counts.iter_mut().zip(values) {
+        dims[6].append_value(redact(r.identity));
+        dims[7].append_value(redact(r.provider));
+        dims[8].append_value(redact(r.model));
+        dims[9].append_value(r.tier.as_str());
+        dims[10].append_value(r.price_id.as_deref().unwrap_or(""));
+        self.stats.unpriced += r.counts[2] as u64;
+        self.stats.usage_missing += r.counts[3] as u64;
+        self.stats.accepted += 1;
+        for (b, v) in self.counts.iter_mut().zip(r.counts) {
             b.append_value(v);
         }
-        self.cost.append_option(cost);
-        self.reported.append_option(reported);
-        Ok(ts)
+        self.cost.append_option(r.cost);
+        self.reported.append_option(r.reported);
     }
 
     /// Takes the accepted events as one batch and the rejected records, resetting the decoder.
     pub fn finish(&mut self) -> Decoded {
-        let mut cols: Vec<ArrayRef> = Vec::with_capacity(24);
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(30);
         cols.push(Arc::new(self.ts.finish().with_timezone("UTC")));
         cols.push(Arc::new(self.key.finish()));
         for d in &mut self.dims {
@@ -569,7 +838,7 @@ mod tests {
 
     fn reason_of(line: &str) -> (String, String) {
         let mut d = decoder();
-        assert!(d.push(line.as_bytes(), src, 0).is_none(), "accepted: {line}");
+        assert!(d.push(line.as_bytes(), Format::Canonical, src, 0).is_none(), "accepted: {line}");
         let out = d.finish();
         assert_eq!(out.batch.num_rows(), 0);
         let dl = &out.dead_letters[0];
@@ -582,7 +851,7 @@ mod tests {
     #[test]
     fn accepts_and_prices_a_canonical_event() {
         let mut d = decoder();
-        assert!(d.push(GOOD.as_bytes(), src, 0).is_some());
+        assert!(d.push(GOOD.as_bytes(), Format::Canonical, src, 0).is_some());
         let out = d.finish();
         let b = &out.batch;
         assert_eq!(b.num_rows(), 1);
@@ -601,7 +870,7 @@ mod tests {
     fn epoch_millis_unknown_fields_and_secrets() {
         let mut d = decoder();
         let line = r#"{"event_id":"r2","timestamp":1764496800000,"provider":"openai","model":"gpt-9","input_tokens":5,"output_tokens":1,"api_key_id":"sk-proj-abcdEFGH1234ijklMNOP5678qrst","extra":{"x":[1,2]}}"#;
-        assert!(d.push(line.as_bytes(), src, 0).is_some());
+        assert!(d.push(line.as_bytes(), Format::Canonical, src, 0).is_some());
         let b = d.finish();
         let id = b.batch.column_by_name("identity").unwrap().as_string::<i32>().value(0).to_string();
         assert!(id.starts_with("fp:"), "{id}");
@@ -689,7 +958,7 @@ mod tests {
             assert!(r.contains(needle), "{line}: reason {r:?} should mention {needle:?}");
         }
         let mut d = decoder();
-        assert!(d.push(&[0xff, 0xfe, b'{'], src, 0).is_none());
+        assert!(d.push(&[0xff, 0xfe, b'{'], Format::Canonical, src, 0).is_none());
         assert_eq!(d.finish().dead_letters[0].kind, "invalid_utf8");
     }
 
@@ -701,7 +970,7 @@ mod tests {
             r#"{{"event_id":"a","api_key_id":"sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789","pad":"{}"}}"#,
             "x".repeat(200)
         );
-        assert!(d.push(big.as_bytes(), src, 0).is_none());
+        assert!(d.push(big.as_bytes(), Format::Canonical, src, 0).is_none());
         let out = d.finish();
         assert_eq!(out.dead_letters[0].kind, "too_large");
         let raw = String::from_utf8(out.dead_letters[0].raw.clone()).unwrap();

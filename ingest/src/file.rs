@@ -9,13 +9,15 @@ use aifinops_schemas::SourceRef;
 
 use crate::IngestError;
 use crate::decode::Decoder;
+use crate::formats::Format;
 
 /// How standard input is named in dead-letter sources.
 pub const STDIN: &str = "<stdin>";
 
 /// Reads a list of NDJSON files in order, feeding lines to a [`Decoder`].
 pub struct FileSource {
-    files: Vec<PathBuf>,
+    files: Vec<(PathBuf, Format)>,
+    format: Format,
     next_file: usize,
     current: Option<(String, Box<dyn BufRead + Send>)>,
     line: u64,
@@ -38,9 +40,16 @@ pub struct Chunk {
 }
 
 impl FileSource {
+    /// Files whose format is detected per record (`auto`).
     pub fn new(files: Vec<PathBuf>) -> Self {
+        Self::with_formats(files.into_iter().map(|f| (f, Format::Auto)).collect())
+    }
+
+    /// Files, each with the format of its records.
+    pub fn with_formats(files: Vec<(PathBuf, Format)>) -> Self {
         FileSource {
             files,
+            format: Format::Auto,
             next_file: 0,
             current: None,
             line: 0,
@@ -76,13 +85,14 @@ impl FileSource {
 
     /// Total size of the input files on disk (0 for stdin), for progress reporting.
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
+        self.files.iter().filter_map(|(f, _)| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
     }
 
     fn open_next(&mut self) -> Result<bool, IngestError> {
-        let Some(path) = self.files.get(self.next_file).cloned() else {
+        let Some((path, format)) = self.files.get(self.next_file).cloned() else {
             return Ok(false);
         };
+        self.format = format;
         self.next_file += 1;
         self.line = 0;
         let name = path.display().to_string();
@@ -134,7 +144,7 @@ impl FileSource {
             }
             chunk.records += 1;
             let line = self.line;
-            if let Some(ts) = decoder.push(rec, || SourceRef::File { path: name.clone(), line }, now_ms) {
+            if let Some(ts) = decoder.push(rec, self.format, || SourceRef::File { path: name.clone(), line }, now_ms) {
                 chunk.accepted += 1;
                 chunk.max_ts_ms = Some(chunk.max_ts_ms.map_or(ts, |m: i64| m.max(ts)));
             }

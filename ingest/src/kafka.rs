@@ -22,6 +22,7 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::IngestError;
 use crate::decode::Decoder;
+use crate::formats::Format;
 
 /// A topic partition.
 pub type Tp = (String, i32);
@@ -32,6 +33,8 @@ pub struct KafkaSettings {
     pub brokers: String,
     pub group: String,
     pub topics: Vec<String>,
+    /// The format of each topic's records (topics not listed: `auto`).
+    pub formats: HashMap<String, Format>,
     pub session_timeout_ms: u32,
     pub max_poll_interval_ms: u32,
     /// Extra librdkafka properties (e.g. security settings, `queued.max.messages.kbytes`).
@@ -158,6 +161,7 @@ pub struct KafkaSource {
     /// A message received right after a rebalance, processed on the next poll (after the rollback).
     pending: Option<rdkafka::message::OwnedMessage>,
     topic_names: Vec<String>,
+    formats: HashMap<String, Format>,
 }
 
 impl KafkaSource {
@@ -194,6 +198,7 @@ impl KafkaSource {
             progress: HashMap::new(),
             pending: None,
             topic_names: settings.topics.clone(),
+            formats: settings.formats.clone(),
         })
     }
 
@@ -282,7 +287,7 @@ impl KafkaSource {
         let mut poll = Poll::default();
         let deadline = tokio::time::Instant::now() + max_wait;
         if let Some(m) = self.pending.take() {
-            accept(&mut self.progress, &self.shared, &m, decoder, &mut poll, now_ms());
+            accept(&mut self.progress, &self.shared, &self.formats, &m, decoder, &mut poll, now_ms());
         }
         while (poll.records as usize) < max_records {
             let msg = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
@@ -304,7 +309,7 @@ impl KafkaSource {
                 return Ok(poll);
             }
             // the borrowed message is decoded in place: no copy of the payload or the topic name
-            accept(&mut self.progress, &self.shared, &msg, decoder, &mut poll, now_ms());
+            accept(&mut self.progress, &self.shared, &self.formats, &msg, decoder, &mut poll, now_ms());
         }
         if generation_changed(&self.shared, &mut self.seen_generation) {
             poll.rebalanced = true;
@@ -358,6 +363,7 @@ fn generation_changed(shared: &Shared, seen: &mut u64) -> bool {
 fn accept<M: Message>(
     progress: &mut HashMap<String, HashMap<i32, PartitionProgress>>,
     shared: &Shared,
+    formats: &HashMap<String, Format>,
     m: &M,
     decoder: &mut Decoder,
     poll: &mut Poll,
@@ -397,7 +403,9 @@ fn accept<M: Message>(
     let payload = m.payload().unwrap_or(&[]);
     poll.records += 1;
     poll.bytes += payload.len() as u64;
-    if let Some(ts) = decoder.push(payload, || SourceRef::Kafka { topic: topic.to_string(), partition, offset }, now_ms)
+    let format = if formats.is_empty() { Format::Auto } else { formats.get(topic).copied().unwrap_or_default() };
+    if let Some(ts) =
+        decoder.push(payload, format, || SourceRef::Kafka { topic: topic.to_string(), partition, offset }, now_ms)
     {
         p.max_ts_ms = Some(p.max_ts_ms.map_or(ts, |x| x.max(ts)));
     }

@@ -2,14 +2,17 @@
 //! every token class exactly and attributes each call to an owner, producing priced Arrow batches
 //! (`aifinops_schemas::event::priced_event_schema`) and dead letters.
 
+pub mod avro;
 pub mod catalog;
 pub mod decode;
 pub mod file;
+pub mod formats;
 pub mod kafka;
 pub mod owners;
 
 pub use catalog::PriceCatalog;
 pub use decode::{Decoded, Decoder, RawPolicy};
+pub use formats::Format;
 pub use owners::OwnerMap;
 
 /// Everything that can go wrong while ingesting, with the input it concerns.

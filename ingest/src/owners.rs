@@ -134,6 +134,11 @@ impl OwnerMap {
 
     /// The first rule (in file order) that any field matches, or `None` (unattributed).
     pub fn resolve(&self, id: &Identity<'_>, scratch: &mut Vec<usize>) -> Option<&Owner> {
+        self.resolve_index(id, scratch).map(|i| &self.owners[i])
+    }
+
+    /// The index of the first matching rule (see [`OwnerMap::owner`]).
+    pub fn resolve_index(&self, id: &Identity<'_>, scratch: &mut Vec<usize>) -> Option<usize> {
         let values = [id.api_key_id, id.service_account, id.team, id.project, id.workflow];
         let mut best: Option<usize> = None;
         for (m, v) in self.fields.iter().zip(values) {
@@ -144,7 +149,12 @@ impl OwnerMap {
                 }
             }
         }
-        best.map(|i| &self.owners[i])
+        best
+    }
+
+    /// The owner of rule `i`.
+    pub fn owner(&self, i: usize) -> &Owner {
+        &self.owners[i]
     }
 }
 

@@ -15,6 +15,7 @@ pub enum AlertType {
     BudgetThreshold,
     SpendUnattributed,
     ModelUnpriced,
+    CostDrift,
 }
 
 impl AlertType {
@@ -23,6 +24,7 @@ impl AlertType {
             AlertType::BudgetThreshold => "aifinops.budget.threshold",
             AlertType::SpendUnattributed => "aifinops.spend.unattributed",
             AlertType::ModelUnpriced => "aifinops.model.unpriced",
+            AlertType::CostDrift => "aifinops.cost.drift",
         }
     }
 }

@@ -17,7 +17,7 @@ pub const EVENT_KEY: &str = "event_key";
 pub const EVENT_KEY_LEN: i32 = 16;
 
 /// Dimension columns (strings) shared by events and rollups, in rollup order.
-pub const DIMENSIONS: [&str; 10] = [
+pub const DIMENSIONS: [&str; 11] = [
     "owner",
     "risk_owner",
     "team",
@@ -28,19 +28,32 @@ pub const DIMENSIONS: [&str; 10] = [
     "provider",
     "model",
     "service_tier",
+    // cost lineage: the catalog entry and version that priced the call ("" = unpriced)
+    "price_id",
 ];
 
 /// Count measures of an event (0/1 flags and token counts), summed in rollups under the same name.
 /// `requests` is not an event column: it is `count(*)`.
-pub const EVENT_COUNTS: [&str; 9] = [
+/// Inclusion: cache reads/writes and uncached audio input are inside `input_tokens`, 1-hour cache writes
+/// inside `cache_write_tokens`, reasoning and audio output inside `output_tokens`.
+pub const EVENT_COUNTS: [&str; 15] = [
     "error_requests",
     "retry_requests",
     "unpriced_requests",
+    // calls whose source reported no usage (e.g. a stream without usage): counted, cost unknown
+    "usage_missing_requests",
+    // calls answered from the gateway's own response cache: no provider cost
+    "cache_hit_requests",
+    // calls for which the gateway reported its own cost figure (`reported_cost_usd`)
+    "reported_requests",
     "input_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
+    "audio_input_tokens",
     "output_tokens",
     "reasoning_tokens",
+    "audio_output_tokens",
     "retrieval_calls",
 ];
 

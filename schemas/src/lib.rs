@@ -5,6 +5,7 @@
 //! Arrow `Decimal128(38, 18)` everywhere: an `i128` count of 10^-18 USD, never a float.
 
 pub mod alert;
+pub mod avro;
 pub mod dead_letter;
 pub mod event;
 pub mod money;

@@ -18,6 +18,8 @@ pub struct Publisher {
     producer: FutureProducer,
     alert_topic: String,
     dead_letter_topic: Option<String>,
+    /// Alerts as Avro (`schemas/alert.avsc`) instead of CloudEvents JSON.
+    avro_alerts: Option<aifinops_schemas::avro::AvroFraming>,
 }
 
 impl Publisher {
@@ -43,7 +45,14 @@ impl Publisher {
             producer,
             alert_topic: alert_topic.to_string(),
             dead_letter_topic: dead_letter_topic.map(str::to_string),
+            avro_alerts: None,
         })
+    }
+
+    /// Publishes alerts Avro-encoded (`schemas/alert.avsc`) with the given framing.
+    pub fn with_avro_alerts(mut self, framing: aifinops_schemas::avro::AvroFraming) -> Self {
+        self.avro_alerts = Some(framing);
+        self
     }
 
     pub fn alert_topic(&self) -> &str {
@@ -54,11 +63,18 @@ impl Publisher {
     pub async fn publish(&self, outbox: &Outbox) -> Result<(), SinkError> {
         let mut pending = Vec::new();
         for a in &outbox.alerts {
-            let payload = serde_json::to_vec(a).expect("alert json");
+            let (payload, content_type) = match self.avro_alerts {
+                None => (serde_json::to_vec(a).expect("alert json"), "application/cloudevents+json"),
+                Some(f) => (
+                    aifinops_schemas::avro::encode_alert(a, f)
+                        .map_err(|e| SinkError::Manifest { path: format!("alert {}", a.id), reason: e.to_string() })?,
+                    "avro/binary",
+                ),
+            };
             let headers = OwnedHeaders::new()
                 .insert(Header { key: "ce_id", value: Some(a.id.as_str()) })
                 .insert(Header { key: "ce_type", value: Some(a.kind.as_str()) })
-                .insert(Header { key: "content-type", value: Some("application/cloudevents+json") });
+                .insert(Header { key: "content-type", value: Some(content_type) });
             let key = a.owner().to_string();
             let topic = self.alert_topic.clone();
             let producer = self.producer.clone();

@@ -1,0 +1,164 @@
+//! Golden tests of every input format: each real-shaped sample record under `tests/fixtures/formats/<format>/`
+//! is decoded with its format and with `auto`, and the normalized, priced rows (or the dead letter) must
+//! equal `<case>.expected.json`. `AIFINOPS_BLESS=1` rewrites the expected files (review the diff!).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aifinops_ingest::{Decoder, Format, OwnerMap, PriceCatalog, RawPolicy};
+use aifinops_schemas::SourceRef;
+use aifinops_schemas::money::format_usd;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMillisecondType};
+use serde_json::{Map, Value, json};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats")
+}
+
+fn decoder() -> Decoder {
+    let owners = OwnerMap::from_toml_str(
+        "owners.toml",
+        r#"
+        [[owner]]
+        id = "support"
+        risk_owner = "support-lead@acme.test"
+        team = ["customer-support", "customer-success"]
+        [[owner]]
+        id = "legal"
+        risk_owner = "legal-ops@acme.test"
+        team = ["legal-ops"]
+        "#,
+    )
+    .unwrap();
+    Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(owners), 1 << 20, RawPolicy::Redacted)
+}
+
+/// Rows of a priced batch as JSON objects (money as exact decimal strings; zero counts left out).
+fn rows(b: &RecordBatch) -> Vec<Value> {
+    (0..b.num_rows())
+        .map(|i| {
+            let mut o = Map::new();
+            for (f, c) in b.schema().fields().iter().zip(b.columns()) {
+                let v = match f.data_type() {
+                    DataType::Utf8 => {
+                        let s = c.as_string::<i32>().value(i);
+                        if s.is_empty() { continue } else { json!(s) }
+                    }
+                    DataType::Int64 => {
+                        let n = c.as_primitive::<Int64Type>().value(i);
+                        if n == 0 { continue } else { json!(n) }
+                    }
+                    DataType::Decimal128(_, _) => {
+                        let a = c.as_primitive::<Decimal128Type>();
+                        if a.is_null(i) { json!(null) } else { json!(format_usd(a.value(i))) }
+                    }
+                    DataType::Timestamp(_, _) => {
+                        let ms = c.as_primitive::<TimestampMillisecondType>().value(i);
+                        json!(chrono::DateTime::from_timestamp_millis(ms).unwrap().to_rfc3339())
+                    }
+                    _ => continue, // the event key is a hash of the event id
+                };
+                o.insert(f.name().clone(), v);
+            }
+            Value::Object(o)
+        })
+        .collect()
+}
+
+fn decode(format: Format, record: &[u8]) -> Value {
+    let mut d = decoder();
+    d.push(record, format, || SourceRef::File { path: "fixture".into(), line: 1 }, 0);
+    let out = d.finish();
+    if let Some(dl) = out.dead_letters.first() {
+        return json!({"dead_letter": {"kind": dl.kind, "reason": dl.reason}});
+    }
+    json!({"rows": rows(&out.batch), "without_calls": out.stats.without_calls})
+}
+
+#[test]
+fn every_format_matches_its_golden_file_and_auto_detects_it() {
+    let bless = std::env::var("AIFINOPS_BLESS").is_ok();
+    let mut checked = 0;
+    let mut dirs: Vec<_> = std::fs::read_dir(fixtures()).unwrap().map(|e| e.unwrap().path()).collect();
+    dirs.sort();
+    for dir in dirs.iter().filter(|d| d.is_dir()) {
+        let name = dir.file_name().unwrap().to_str().unwrap();
+        let format = if name == "ambiguous" { Format::Auto } else { Format::parse(name).expect("dir is a format") };
+        let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "json") && !f.to_str().unwrap().ends_with(".expected.json"))
+        {
+            let pretty: Value = serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap();
+            let line = serde_json::to_vec(&pretty).unwrap(); // one NDJSON line / Kafka message
+            let got = decode(format, &line);
+            let golden = f.with_extension("expected.json");
+            if bless {
+                std::fs::write(&golden, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+            }
+            let want: Value = serde_json::from_slice(
+                &std::fs::read(&golden)
+                    .unwrap_or_else(|_| panic!("{} missing: run with AIFINOPS_BLESS=1", golden.display())),
+            )
+            .unwrap();
+            assert_eq!(got, want, "{}", f.display());
+            // auto must reach the same result as the explicit format, without guessing
+            if format != Format::Auto {
+                assert_eq!(decode(Format::Auto, &line), got, "auto on {}", f.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} fixtures");
+}
+
+#[test]
+fn the_traps_are_counted_right() {
+    let read = |p: &str| {
+        serde_json::to_vec(&serde_json::from_slice::<Value>(&std::fs::read(fixtures().join(p)).unwrap()).unwrap())
+            .unwrap()
+    };
+    let row = |p: &str, f: Format| decode(f, &read(p))["rows"][0].clone();
+    // An OpenAI-shaped body from a proxy in front of Anthropic: prompt_tokens already holds the caches.
+    let r = row("openai/trap_anthropic_via_openai_proxy.json", Format::Openai);
+    assert_eq!((r["input_tokens"].as_i64(), r["cache_read_tokens"].as_i64()), (Some(41_227), Some(36_864)));
+    assert_eq!(r["provider"], "anthropic");
+    assert_eq!(r["retry_requests"], 1);
+    // ... and read as Anthropic it is refused, not double counted
+    let d = decode(Format::Anthropic, &read("openai/trap_anthropic_via_openai_proxy.json"));
+    assert_eq!(d["dead_letter"]["kind"], "format_mismatch", "{d}");
+    // Anthropic's own body: caches are added on top of input_tokens; 1h writes kept apart
+    let r = row("anthropic/message_cache_read_5m_1h_writes.json", Format::Anthropic);
+    assert_eq!(r["input_tokens"], 58_086);
+    assert_eq!((r["cache_write_tokens"].as_i64(), r["cache_write_1h_tokens"].as_i64()), (Some(6_912), Some(4_352)));
+    // 3,046 x 3 + 48,128 x 0.30 + 2,560 x 3.75 + 4,352 x 6 + 1,532 x 15 per 1M
+    assert_eq!(r["cost_usd"], "0.0822684");
+    // Gemini: thoughts are outside candidates and billed as output
+    let r = row("gemini/thoughts_and_cached_content.json", Format::Gemini);
+    assert_eq!((r["output_tokens"].as_i64(), r["reasoning_tokens"].as_i64()), (Some(2_519), Some(1_877)));
+    assert_eq!(r["cache_read_tokens"], 32_768);
+    // streamed calls without usage: counted as usage missing, cost unknown (null), never 0
+    for (p, f) in [
+        ("openai/stream_final_chunk_no_usage.json", Format::Openai),
+        ("litellm/slp_stream_usage_missing.json", Format::Litellm),
+        ("canonical/usage_missing.json", Format::Canonical),
+    ] {
+        let r = row(p, f);
+        assert_eq!(r["usage_missing_requests"], 1, "{p}: {r}");
+        assert_eq!(r["cost_usd"], Value::Null, "{p}");
+        assert!(r.get("input_tokens").is_none(), "{p}");
+    }
+    // gateway cache hits cost exactly 0; Portkey's cost is in cents
+    let r = row("portkey/export_row_cache_hit.json", Format::Portkey);
+    assert_eq!((r["cost_usd"].as_str(), r["cache_hit_requests"].as_i64()), (Some("0"), Some(1)));
+    let r = row("portkey/export_row_success.json", Format::Portkey);
+    assert_eq!(r["reported_cost_usd"], "0.005945");
+    // a Kong log of a plain HTTP request carries no model call: read, nothing priced
+    let d = decode(Format::Kong, &read("kong/plain_http_no_ai_plugin.json"));
+    assert_eq!((d["rows"].as_array().unwrap().len(), d["without_calls"].as_i64()), (0, Some(1)));
+    // OTLP export: two GenAI spans priced, the HTTP span skipped
+    let d = decode(Format::Otel, &read("otel/otlp_json_new_semconv.json"));
+    assert_eq!(d["rows"].as_array().unwrap().len(), 2, "{d}");
+}

@@ -1,0 +1,90 @@
+//! `aifinops prices check`: which models seen in traffic the catalog cannot price.
+//!
+//! Reads the files the way `replay` does (any input format), prices every call against the given
+//! catalogs, and lists the (provider, model) pairs left unpriced with their call and token counts: the
+//! list to fix before a replay, not after the month closed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aifinops_ingest::file::FileSource;
+use aifinops_ingest::{Decoder, Format, OwnerMap, PriceCatalog, RawPolicy};
+use anyhow::Context;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::Int64Type;
+
+/// What one check found.
+pub struct Report {
+    pub calls: u64,
+    pub priced: u64,
+    pub dead_letters: u64,
+    /// (provider, model) -> (calls, input tokens, output tokens)
+    pub unpriced: BTreeMap<(String, String), (i64, i64, i64)>,
+}
+
+impl Report {
+    pub fn render(&self, catalogs: &[PathBuf], builtin: bool) -> String {
+        let mut out = format!(
+            "{} calls read, {} priced, {} unpriced, {} records unreadable (catalog: {}{})\n",
+            self.calls,
+            self.priced,
+            self.calls - self.priced,
+            self.dead_letters,
+            if builtin { "built-in" } else { "" },
+            catalogs.iter().map(|c| format!(" + {}", c.display())).collect::<String>(),
+        );
+        if self.unpriced.is_empty() {
+            out.push_str("every model seen is priced\n");
+            return out;
+        }
+        out.push_str(&format!("{:<14} {:<60} {:>10} {:>14} {:>14}\n", "provider", "model", "calls", "input", "output"));
+        for ((p, m), (n, i, o)) in &self.unpriced {
+            out.push_str(&format!("{p:<14} {m:<60} {n:>10} {i:>14} {o:>14}\n"));
+        }
+        out.push_str(
+            "add them to a TOML catalog ([[model]] with *_per_mtok prices) or map them to a priced model \
+             ([[alias]] name = \"...\" model = \"...\")\n",
+        );
+        out
+    }
+}
+
+pub fn check(catalogs: &[PathBuf], builtin: bool, files: Vec<(PathBuf, Format)>) -> anyhow::Result<Report> {
+    let mut catalog = if builtin { PriceCatalog::builtin() } else { PriceCatalog::default() };
+    for c in catalogs {
+        catalog.add_file(c).with_context(|| format!("loading prices from {}", c.display()))?;
+    }
+    let mut decoder = Decoder::new(Arc::new(catalog), Arc::new(OwnerMap::default()), 16 << 20, RawPolicy::Redacted);
+    let mut src = FileSource::with_formats(files);
+    let mut report = Report { calls: 0, priced: 0, dead_letters: 0, unpriced: BTreeMap::new() };
+    loop {
+        let chunk = src.read_into(&mut decoder, 50_000, 0)?;
+        let out = decoder.finish();
+        report.dead_letters += out.dead_letters.len() as u64;
+        for dl in out.dead_letters.iter().take(5) {
+            eprintln!("unreadable: {}: {}", dl.source, dl.reason);
+        }
+        let b = &out.batch;
+        let col = |n: &str| b.column_by_name(n).expect("event column");
+        let (prov, model) = (col("provider").as_string::<i32>(), col("model").as_string::<i32>());
+        let unpriced = col("unpriced_requests").as_primitive::<Int64Type>();
+        let (input, output) =
+            (col("input_tokens").as_primitive::<Int64Type>(), col("output_tokens").as_primitive::<Int64Type>());
+        for r in 0..b.num_rows() {
+            report.calls += 1;
+            if unpriced.value(r) == 0 {
+                report.priced += 1;
+                continue;
+            }
+            let e = report.unpriced.entry((prov.value(r).to_string(), model.value(r).to_string())).or_default();
+            e.0 += 1;
+            e.1 += input.value(r);
+            e.2 += output.value(r);
+        }
+        if chunk.done {
+            break;
+        }
+    }
+    Ok(report)
+}
