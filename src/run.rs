@@ -144,6 +144,9 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         max_poll_interval_ms: cfg.kafka.max_poll_interval.as_millis() as u32,
         properties: cfg.kafka.consumer.clone(),
     };
+    for t in cfg.kafka.formats.keys().filter(|t| !cfg.kafka.topics.contains(t)) {
+        tracing::warn!(topic = %t, topics = ?cfg.kafka.topics, "kafka.formats names a topic that is not consumed");
+    }
     let mut src = KafkaSource::connect(&settings, committed).context("connecting to Kafka")?;
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, group = %cfg.kafka.group, lake = %cfg.lake.dir.display(), "consuming");
     let delay = cfg.pipeline.watermark_delay.as_millis() as i64;

@@ -59,9 +59,11 @@ fn rfc(ms: i64) -> String {
 
 /// One record per call, cycling through the formats; the expected canonical counts and cost of each are
 /// worked out from the format's documented inclusion rules, independently of the adapters.
-fn mixed_day(n: usize) -> (Vec<String>, Totals) {
+fn mixed_day(n: usize) -> (Vec<String>, Totals, (i128, i128)) {
     let mut lines = Vec::new();
     let mut t = Totals::default();
+    // LiteLLM reports its own cost ($0.01 per call here): (ours, theirs) for the drift alert
+    let mut litellm = (0i128, 0i128);
     for i in 0..n {
         let ts = DAY + i as i64 * 40_000;
         let a = 1_000 + (i as i64 * 37) % 5_000; // uncached input as the provider counts it
@@ -258,6 +260,11 @@ fn mixed_day(n: usize) -> (Vec<String>, Totals) {
             ),
         };
         lines.push(serde_json::to_string(&rec).unwrap());
+        if i % 11 == 1 && ts < DAY + 86_400_000 {
+            // (the last hour of calls falls on the next day, whose small drift stays under the $1 floor)
+            litellm.0 += cost;
+            litellm.1 += 10_000_000_000_000_000;
+        }
         t.requests += 1;
         t.input += inp;
         t.cache_read += cr;
@@ -269,13 +276,13 @@ fn mixed_day(n: usize) -> (Vec<String>, Totals) {
         t.cache_hits += hit as i64;
         t.cost += cost;
     }
-    (lines, t)
+    (lines, t, litellm)
 }
 
 #[test]
 fn a_mixed_format_day_is_priced_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let (lines, want) = mixed_day(2_200);
+    let (lines, want, litellm) = mixed_day(2_200);
     let input = dir.path().join("mixed.ndjson");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();
     std::fs::write(dir.path().join("prices.toml"), CATALOG).unwrap();
@@ -319,6 +326,14 @@ fn a_mixed_format_day_is_priced_exactly() {
     let dl = query(&dir.path().join("lake"), "SELECT count(*) AS n FROM dead_letters");
     assert_eq!(dl.first().and_then(|r| r["n"].as_i64()).unwrap_or(0), 0, "{dl:?}");
 
+    // reconciliation: LiteLLM's reported cost for its calls differs from the catalog price of the same calls
+    let drift = query(&dir.path().join("lake"), "SELECT data FROM alerts WHERE type = 'aifinops.cost.drift'");
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    let d: serde_json::Value = serde_json::from_str(drift[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(d["model"], "claude-sonnet-4-5-20250929");
+    let diff = aifinops_schemas::money::parse_usd("d", d["diff_usd"].as_str().unwrap()).unwrap();
+    assert_eq!(diff, litellm.0 - litellm.1, "{d}");
+
     // each row says which catalog entry priced it
     let ids = query(
         &dir.path().join("lake"),
@@ -332,7 +347,7 @@ fn a_mixed_format_day_is_priced_exactly() {
 #[test]
 fn prices_check_lists_models_the_catalog_cannot_price() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut lines, _) = mixed_day(22);
+    let (mut lines, _, _) = mixed_day(22);
     lines.push(
         json!({"event_id": "x1", "timestamp": DAY, "provider": "acme", "model": "acme-llm-9", "input_tokens": 10, "output_tokens": 5})
             .to_string(),

@@ -359,3 +359,107 @@ fn run_is_exactly_once_under_kill_9() {
     }
     assert_eq!(by_id.len(), n_alerts, "every alert of the lake reached the topic");
 }
+
+/// A canonical JSON event (from the workload) as an Avro record of `schemas/usage_event.avsc`.
+fn avro_event(line: &str) -> Option<Vec<u8>> {
+    use apache_avro::Schema;
+    use apache_avro::types::Value as A;
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let schema = aifinops_schemas::avro::usage_event_avro_schema();
+    let Schema::Record(rec) = schema else { panic!("usage_event.avsc is a record") };
+    let fields = rec
+        .fields
+        .iter()
+        .map(|f| {
+            let j = v.get(&f.name).filter(|x| !x.is_null());
+            let value = match (f.name.as_str(), j) {
+                ("timestamp", Some(t)) => A::TimestampMillis(t.as_i64()?),
+                (_, Some(serde_json::Value::String(s))) => A::String(s.clone()),
+                (_, Some(serde_json::Value::Number(n))) => A::Long(n.as_i64().unwrap()),
+                (_, _) => A::Null,
+            };
+            let value = match &f.schema {
+                Schema::Union(_) if value == A::Null => A::Union(0, Box::new(A::Null)),
+                Schema::Union(u) => {
+                    let i = u.variants().iter().position(|b| !matches!(b, Schema::Null)).unwrap();
+                    A::Union(i as u32, Box::new(value))
+                }
+                _ => value,
+            };
+            Some((f.name.clone(), value))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+        .build()
+        .unwrap()
+        .write_value_to_vec(A::Record(fields))
+        .ok()?;
+    Some(aifinops_schemas::avro::frame(aifinops_schemas::avro::AvroFraming::Confluent { schema_id: 1 }, schema, &body))
+}
+
+#[test]
+fn avro_topic_with_local_schemas_and_avro_alerts() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let s = setup(dir.path(), brokers, "avro");
+    std::fs::create_dir_all(dir.path().join("avsc")).unwrap();
+    std::fs::write(dir.path().join("avsc/1.avsc"), aifinops_schemas::avro::USAGE_EVENT_AVSC).unwrap();
+    let mut cfg = std::fs::read_to_string(&s.config).unwrap();
+    cfg.push_str(&format!(
+        "[kafka.formats]\n\"{}\" = \"avro\"\n[avro]\nschema_files = [\"{}\"]\n",
+        s.input,
+        dir.path().join("avsc").display()
+    ));
+    std::fs::write(&s.config, cfg).unwrap();
+    // the workload's valid events as Confluent-framed Avro; its bad records stay raw bytes (JSON on an
+    // Avro topic) and must be dead letters
+    let (lines, e) = workload(3_000, DAY, 6, 20, 33);
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", &s.brokers).create().unwrap();
+    let mut raw = 0;
+    for l in &lines {
+        // the workload's bad records (not JSON, negative or inconsistent counts, bad timestamps) stay raw
+        let payload = match avro_event(l) {
+            Some(b) if !l.contains("\"event_id\":\"b") => b,
+            _ => {
+                raw += 1;
+                l.as_bytes().to_vec()
+            }
+        };
+        while let Err((e, _)) = p.send(BaseRecord::<(), _>::to(&s.input).payload(&payload)) {
+            assert!(e.to_string().contains("Queue full"), "{e}");
+            p.poll(Duration::from_millis(50));
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+    let child = start(&s, &["--until-caught-up"], &[("AIFINOPS__KAFKA__ALERT_FORMAT", "avro")]);
+    let (status, stderr) = wait_output(child, Duration::from_secs(180));
+    assert!(status.success(), "{stderr}");
+    assert_lake_totals(&s.lake, &e, &["1h", "1d"]);
+    let dl = query(&s.lake, "SELECT kind, count(*) AS n FROM dead_letters GROUP BY kind ORDER BY kind");
+    let total: i64 = dl.iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    assert_eq!(total, raw, "{dl:?}");
+    assert!(dl.iter().any(|r| r["kind"] == "avro_framing"), "{dl:?}");
+    // alerts on the topic are Avro single-object encoded `schemas/alert.avsc` records
+    let lake_alerts = query(&s.lake, "SELECT id FROM alerts");
+    assert!(!lake_alerts.is_empty());
+    let msgs = read_all(&s.brokers, &s.alerts, lake_alerts.len(), Duration::from_secs(60));
+    assert_eq!(msgs.len(), lake_alerts.len());
+    for (_, payload, headers) in &msgs {
+        assert_eq!(headers.get("content-type").map(String::as_str), Some("avro/binary"));
+        let aifinops_schemas::avro::Frame::SingleObject { fingerprint, body } =
+            aifinops_schemas::avro::unframe(payload).unwrap()
+        else {
+            panic!("not single-object encoded")
+        };
+        assert_eq!(fingerprint, aifinops_schemas::avro::fingerprint(aifinops_schemas::avro::alert_avro_schema()));
+        let mut rest = body;
+        let v = apache_avro::reader::datum::GenericDatumReader::builder(aifinops_schemas::avro::alert_avro_schema())
+            .build()
+            .unwrap()
+            .read_value(&mut rest)
+            .unwrap();
+        let apache_avro::types::Value::Record(fields) = v else { panic!("{v:?}") };
+        let id = fields.iter().find(|(n, _)| n == "id").map(|(_, v)| format!("{v:?}")).unwrap();
+        assert!(lake_alerts.iter().any(|a| id.contains(a["id"].as_str().unwrap())), "{id}");
+    }
+}

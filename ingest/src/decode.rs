@@ -275,22 +275,6 @@ impl<'a> Wire<'a> {
     }
 }
 
-const STRING_FIELDS: [&str; 13] = [
-    "event_id",
-    "provider",
-    "model",
-    "service_tier",
-    "status",
-    "trace_id",
-    "api_key_id",
-    "service_account",
-    "end_user",
-    "team",
-    "project",
-    "workflow",
-    "environment",
-];
-
 /// A rejected record: a short kind for metrics and a reason for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -338,43 +322,6 @@ fn not_json(payload: &[u8]) -> Option<Rejection> {
         Ok(_) => None,
         Err(e) => Some(reject("not_json", format!("not valid JSON: {e}"))),
     }
-}
-
-/// Explains why serde could not read a canonical record (cold path): names the field with the wrong type.
-fn diagnose(payload: &[u8], err: &serde_json::Error) -> Rejection {
-    if let Some(r) = not_json(payload) {
-        return r;
-    }
-    let value: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
-    let Some(obj) = value.as_object() else {
-        let t = match value {
-            serde_json::Value::Array(_) => "array",
-            serde_json::Value::String(_) => "string",
-            serde_json::Value::Number(_) => "number",
-            serde_json::Value::Bool(_) => "boolean",
-            _ => "null",
-        };
-        return reject("not_object", format!("a usage event must be a JSON object, got {t}"));
-    };
-    for f in STRING_FIELDS {
-        if let Some(v) = obj.get(f)
-            && !v.is_string()
-            && !v.is_null()
-        {
-            return reject("invalid_type", format!("`{f}` must be a string"));
-        }
-    }
-    if let Some(v) = obj.get("cost_usd")
-        && !(v.is_number() || v.is_string() || v.is_null())
-    {
-        return reject("invalid_type", "`cost_usd` must be a number or a decimal string");
-    }
-    if let Some(v) = obj.get("cache_hit")
-        && !(v.is_boolean() || v.is_null())
-    {
-        return reject("invalid_type", "`cache_hit` must be a boolean");
-    }
-    reject("invalid_json", format!("cannot read usage event: {err}"))
 }
 
 /// Lineage of rows that no catalog entry priced.
@@ -506,16 +453,15 @@ impl Decoder {
                         self.append(row);
                         return Ok(Some(ts));
                     }
-                    Ok(_) => {}
-                    Err(e) if format == Format::Canonical => return Err(diagnose(payload, &e)),
-                    Err(_) => {}
+                    // not canonical-shaped, or a field of the wrong type: the slow path names the reason
+                    Ok(_) | Err(_) => {}
                 }
                 if let Some(r) = not_json(payload) {
                     return Err(r);
                 }
                 let v: serde_json::Value =
                     serde_json::from_slice(payload).map_err(|e| reject("not_json", format!("not valid JSON: {e}")))?;
-                let calls = adapt(Format::Auto, &v)?;
+                let calls = adapt(format, &v)?;
                 self.accept(&calls)
             }
             Format::Avro | Format::Auto => {

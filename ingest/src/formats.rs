@@ -345,8 +345,7 @@ fn detect(v: &Value) -> Result<Format, Rejection> {
             if !v.is_object() {
                 return Err(reject("not_object", format!("a usage record must be a JSON object, got {}", kind(v))));
             }
-            if let Some(r) = v.get("response").or(Some(v)).filter(|r| r.get("usage").is_some()) {
-                let _ = r;
+            if v.get("usage").is_some() || v.get("response").is_some_and(|r| r.get("usage").is_some()) {
                 return Err(reject(
                     "ambiguous_format",
                     "a `usage` object without a marker of its provider (`object` of OpenAI, `type: message` of \
@@ -897,8 +896,7 @@ fn gemini_response<'v>(c: &mut Call<'v>, r: &'v Value) {
     }
     c.cache_read = count(u, &["cachedContentTokenCount"]);
     c.reasoning = thoughts;
-    if let Some(t) = text(u, &["trafficType"]).filter(|t| t == "ON_DEMAND_PRIORITY") {
-        let _ = t;
+    if text(u, &["trafficType"]).is_some_and(|t| t == "ON_DEMAND_PRIORITY") {
         c.service_tier = Some(Cow::Borrowed("priority"));
     }
 }

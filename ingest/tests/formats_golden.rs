@@ -162,3 +162,81 @@ fn the_traps_are_counted_right() {
     let d = decode(Format::Otel, &read("otel/otlp_json_new_semconv.json"));
     assert_eq!(d["rows"].as_array().unwrap().len(), 2, "{d}");
 }
+
+/// Avro: the canonical fixtures encoded with `schemas/usage_event.avsc` (Confluent framing, schema id 1 in
+/// a local `.avsc` file, and single-object encoding) decode to the same rows as their JSON.
+#[test]
+fn avro_records_normalize_like_their_canonical_json() {
+    use aifinops_ingest::avro::{AvroDecoder, SchemaSource};
+    use aifinops_schemas::avro::{AvroFraming, USAGE_EVENT_AVSC, frame, usage_event_avro_schema};
+    use apache_avro::Schema;
+    use apache_avro::types::Value as A;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("1.avsc"), USAGE_EVENT_AVSC).unwrap();
+    let schema = usage_event_avro_schema();
+    let Schema::Record(rec) = schema else { panic!("record schema") };
+    for case in ["batch_tier", "cache_write_1h", "usage_missing"] {
+        let json: Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join(format!("canonical/{case}.json"))).unwrap()).unwrap();
+        let fields = rec
+            .fields
+            .iter()
+            .map(|f| {
+                let v = match (f.name.as_str(), json.get(&f.name).filter(|v| !v.is_null())) {
+                    ("timestamp", Some(Value::String(t))) => {
+                        A::TimestampMillis(chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis())
+                    }
+                    ("timestamp", Some(t)) => A::TimestampMillis(t.as_i64().unwrap()),
+                    ("service_tier" | "status", Some(Value::String(s))) => {
+                        let Schema::Union(u) = &f.schema else { panic!() };
+                        let Some(Schema::Enum(e)) = u.variants().iter().find(|b| matches!(b, Schema::Enum(_))) else {
+                            panic!()
+                        };
+                        A::Enum(e.symbols.iter().position(|x| x == s).unwrap() as u32, s.clone())
+                    }
+                    ("cost_usd", Some(v)) => A::String(v.as_str().map_or_else(|| v.to_string(), str::to_string)),
+                    ("tags", Some(Value::Object(m))) => {
+                        A::Map(m.iter().map(|(k, v)| (k.clone(), A::String(v.as_str().unwrap().into()))).collect())
+                    }
+                    ("attempt", Some(n)) => A::Int(n.as_i64().unwrap() as i32),
+                    ("cache_hit", Some(b)) => A::Boolean(b.as_bool().unwrap()),
+                    (_, Some(Value::String(s))) => A::String(s.clone()),
+                    (_, Some(n)) => A::Long(n.as_i64().unwrap()),
+                    (_, None) => A::Null,
+                };
+                let v = match &f.schema {
+                    Schema::Union(_) if v == A::Null => A::Union(0, Box::new(A::Null)),
+                    Schema::Union(u) => {
+                        let i = u.variants().iter().position(|b| !matches!(b, Schema::Null)).unwrap();
+                        A::Union(i as u32, Box::new(v))
+                    }
+                    _ => v,
+                };
+                (f.name.clone(), v)
+            })
+            .collect();
+        let body = apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(A::Record(fields))
+            .unwrap();
+        let want: Value =
+            serde_json::from_slice(&std::fs::read(fixtures().join(format!("canonical/{case}.expected.json"))).unwrap())
+                .unwrap();
+        for framing in [AvroFraming::Confluent { schema_id: 1 }, AvroFraming::SingleObject] {
+            let mut d = decoder()
+                .with_avro(AvroDecoder::new(SchemaSource::Local { files: vec![dir.path().join("1.avsc")] }).unwrap());
+            for f in [Format::Avro, Format::Auto] {
+                d.push(&frame(framing, schema, &body), f, || SourceRef::File { path: "avro".into(), line: 1 }, 0);
+            }
+            let out = d.finish();
+            assert!(out.dead_letters.is_empty(), "{case}: {:?}", out.dead_letters);
+            let rows = rows(&out.batch);
+            assert_eq!(rows.len(), 2);
+            for r in rows {
+                assert_eq!(r, want["rows"][0], "{case} {framing:?}");
+            }
+        }
+    }
+}
