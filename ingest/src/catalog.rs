@@ -161,9 +161,15 @@ impl Rates {
         let side = if class.is_output() { Class::Output } else { Class::Input };
         if tier != Tier::Default {
             let base = self.resolve(class, Tier::Default, above)?;
-            return Some(match (self.get_tier(above, tier, side), self.get(above, Tier::Default, side)) {
-                (Some(t), Some(b)) if b != 0 && class != side => base * t / b,
-                _ => match tier {
+            // the tier's ratio at this threshold, else its ratio for requests of any size
+            let ratio = |above: i64| match (self.get_tier(above, tier, side), self.get(above, Tier::Default, side)) {
+                (Some(t), Some(b)) if b != 0 => Some((t, b)),
+                _ => None,
+            };
+            return Some(match ratio(above).or_else(|| ratio(0)) {
+                Some((t, b)) if class != side || self.get_tier(above, tier, side).is_none() => base.checked_mul(t)? / b,
+                Some(_) => base, // unreachable: the side's own tier rate was found above
+                None => match tier {
                     Tier::Batch | Tier::Flex => base / 2,
                     _ => base,
                 },
@@ -172,7 +178,7 @@ impl Rates {
         if above > 0 {
             let base = self.resolve(class, Tier::Default, 0)?;
             return Some(match (self.get(above, Tier::Default, side), self.get(0, Tier::Default, side)) {
-                (Some(t), Some(b)) if b != 0 => base * t / b,
+                (Some(t), Some(b)) if b != 0 => base.checked_mul(t)? / b,
                 _ => base,
             });
         }
@@ -237,10 +243,11 @@ impl ModelPrice {
         let row = self.table.iter().rev().find(|(above, _)| *above == 0 || t.input > *above)?;
         let r = &row.1[tier as usize];
         let rate = |c: Class| r[c as usize];
+        // checked: an absurd rate times 2^53 tokens is unpriced, never a wrapped figure
         let mut total: i128 = 0;
         let mut add = |n: i64, c: Class| -> Option<()> {
             if n != 0 {
-                total += n as i128 * rate(c)?;
+                total = total.checked_add((n as i128).checked_mul(rate(c)?)?)?;
             }
             Some(())
         };
@@ -255,10 +262,10 @@ impl ModelPrice {
         add(t.reasoning, Class::Reasoning)?;
         add(t.audio_output, Class::AudioOutput)?;
         if t.web_search > 0 {
-            total += t.web_search as i128 * self.rates.web_search?;
+            total = total.checked_add((t.web_search as i128).checked_mul(self.rates.web_search?)?)?;
         }
         if let Some(ppm) = self.rates.discount_ppm {
-            total = total * (1_000_000 - ppm) / 1_000_000;
+            total = total.checked_mul(1_000_000 - ppm)? / 1_000_000;
         }
         Some(total)
     }
@@ -350,6 +357,8 @@ impl Entry {
 struct Book {
     /// Prefix of the entries' lineage keys (`owner=<id>:` for negotiated prices).
     prefix: String,
+    /// Provider-less TOML layers by model name: they apply to every provider's entry of the name.
+    overrides: HashMap<String, Vec<Layer>>,
     /// model name -> entry; names as written in the catalog.
     plain: HashMap<String, Entry>,
     /// provider -> model -> entry, from `provider/model` keys, `litellm_provider` and TOML `provider`.
@@ -359,14 +368,22 @@ struct Book {
 impl Book {
     fn insert(&mut self, provider: Option<&str>, model: &str, layer: Layer) {
         match provider {
-            Some(p) => self
-                .by_provider
-                .entry(p.to_string())
-                .or_default()
-                .entry(model.to_string())
-                .or_default()
-                .add(&format!("{}{p}/{model}", self.prefix), layer),
+            Some(p) => {
+                let key = format!("{}{p}/{model}", self.prefix);
+                let models = self.by_provider.entry(p.to_string()).or_default();
+                let e = models.entry(model.to_string()).or_insert_with(|| {
+                    // a new provider entry starts with the provider-less overrides of its model, whatever
+                    // the load order (their seq keeps the file order)
+                    let mut e = Entry::default();
+                    for l in self.overrides.get(model).into_iter().flatten() {
+                        e.add(&key, l.clone());
+                    }
+                    e
+                });
+                e.add(&key, layer);
+            }
             None => {
+                self.overrides.entry(model.to_string()).or_default().push(layer.clone());
                 // A provider-less layer also applies to provider-specific entries of the same model name.
                 for models in self.by_provider.values_mut() {
                     if let Some(e) = models.get_mut(model) {
@@ -381,6 +398,11 @@ impl Book {
 
     fn find(&self, provider: &str, model: &str) -> Option<&Entry> {
         self.by_provider.get(provider).and_then(|p| p.get(model)).or_else(|| self.plain.get(model))
+    }
+
+    /// Any provider's entry of `model` (the alphabetically first provider, for determinism).
+    fn find_any(&self, model: &str) -> Option<&Entry> {
+        self.by_provider.iter().filter_map(|(p, m)| Some((p, m.get(model)?))).min_by_key(|(p, _)| *p).map(|(_, e)| e)
     }
 }
 
@@ -858,53 +880,68 @@ impl PriceCatalog {
     /// [`model_candidates`] (and aliases) in turn; the first name with a priceable entry wins.
     pub fn lookup_for(&self, owner: &str, provider: &str, model: &str, ts_ms: i64) -> Option<PriceRef<'_>> {
         let owner_book = if owner.is_empty() { None } else { self.owners.get(owner) };
-        if let Some(p) = self.lookup_name(owner_book, provider, model, ts_ms) {
-            return Some(p);
+        // fast path: the exact name has a list price and no alias or owner layer applies
+        if owner_book.is_none()
+            && !self.aliases.contains_key(model)
+            && let Some(v) = self.list.find(provider, model).and_then(|e| e.at(ts_ms))
+            && v.price.is_complete()
+        {
+            return Some(PriceRef::List(&v.price));
         }
-        for name in self.names(provider, model).iter().skip(1) {
-            if let Some(p) = self.lookup_name(owner_book, provider, name, ts_ms) {
-                return Some(p);
-            }
+        let names = self.names(provider, model);
+        // the list price: the first name (alias first, then the name, then its normalizations) priced
+        fn priced(e: Option<&Entry>, ts_ms: i64) -> Option<&Version> {
+            e.and_then(|e| e.at(ts_ms)).filter(|v| v.price.is_complete())
         }
-        None
+        let list = names.iter().find_map(|(n, any_provider)| {
+            priced(self.list.by_provider.get(provider).and_then(|p| p.get(n.as_ref())), ts_ms)
+                .or_else(|| priced(self.list.plain.get(n.as_ref()), ts_ms))
+                .or_else(|| if *any_provider { priced(self.list.find_any(n), ts_ms) } else { None })
+        });
+        // the owner's negotiated layer: searched on its own, over the same names
+        let ov = owner_book.and_then(|b| {
+            names
+                .iter()
+                .find_map(|(n, any)| b.find(provider, n).or_else(|| if *any { b.find_any(n) } else { None })?.at(ts_ms))
+        });
+        let Some(ov) = ov else {
+            return list.map(|v| PriceRef::List(&v.price));
+        };
+        let list_id: Arc<str> = list.map_or_else(|| Arc::from(""), |l| l.price.id.clone());
+        let key = (ov.price.id.clone(), list_id.clone());
+        let mut cache = self.merged.lock().unwrap_or_else(|e| e.into_inner());
+        let p = cache.entry(key).or_insert_with(|| {
+            let mut r = list.map(|l| l.rates.clone()).unwrap_or_default();
+            r.overlay(&ov.rates);
+            let id = if list_id.is_empty() { ov.price.id.to_string() } else { format!("{list_id}+{}", ov.price.id) };
+            Arc::new(ModelPrice::build(id, r))
+        });
+        p.is_complete().then(|| PriceRef::Owner(p.clone()))
     }
 
-    fn names<'m>(&self, provider: &str, model: &'m str) -> Vec<Cow<'m, str>> {
-        let mut out: Vec<Cow<'m, str>> = vec![Cow::Borrowed(model)];
-        let add_alias = |name: &str, out: &mut Vec<Cow<'m, str>>| {
-            if let Some(list) = self.aliases.get(name) {
-                for a in list {
-                    if a.provider.as_deref().is_none_or(|p| p == provider) {
-                        out.push(Cow::Owned(a.model.clone()));
-                        break;
-                    }
-                }
-            }
+    /// Names to price `model` under, in order, each with whether any provider's entry may price it (an
+    /// explicit alias names a catalog model, whoever lists it): the alias of the name, the name, then for
+    /// each normalized name its alias and itself.
+    fn names<'m>(&self, provider: &str, model: &'m str) -> Vec<(Cow<'m, str>, bool)> {
+        let alias = |name: &str| -> Option<String> {
+            self.aliases
+                .get(name)?
+                .iter()
+                .find(|a| a.provider.as_deref().is_none_or(|p| p == provider))
+                .map(|a| a.model.clone())
         };
-        add_alias(model, &mut out);
+        let mut out: Vec<(Cow<'m, str>, bool)> = Vec::new();
+        if let Some(a) = alias(model) {
+            out.push((Cow::Owned(a), true));
+        }
+        out.push((Cow::Borrowed(model), false));
         for c in model_candidates(model).into_iter().skip(1) {
-            add_alias(&c, &mut out);
-            out.push(Cow::Owned(c));
+            if let Some(a) = alias(&c) {
+                out.push((Cow::Owned(a), true));
+            }
+            out.push((Cow::Owned(c), false));
         }
         out
-    }
-
-    fn lookup_name(&self, owner: Option<&Book>, provider: &str, model: &str, ts_ms: i64) -> Option<PriceRef<'_>> {
-        let list = self.list.find(provider, model).and_then(|e| e.at(ts_ms));
-        if let Some(ov) = owner.and_then(|b| b.find(provider, model)).and_then(|e| e.at(ts_ms)) {
-            let list_id: Arc<str> = list.map_or_else(|| Arc::from(""), |l| l.price.id.clone());
-            let key = (ov.price.id.clone(), list_id.clone());
-            let mut cache = self.merged.lock().unwrap_or_else(|e| e.into_inner());
-            let p = cache.entry(key).or_insert_with(|| {
-                let mut r = list.map(|l| l.rates.clone()).unwrap_or_default();
-                r.overlay(&ov.rates);
-                let id =
-                    if list_id.is_empty() { ov.price.id.to_string() } else { format!("{list_id}+{}", ov.price.id) };
-                Arc::new(ModelPrice::build(id, r))
-            });
-            return p.is_complete().then(|| PriceRef::Owner(p.clone()));
-        }
-        list.map(|v| &v.price).filter(|p| p.is_complete()).map(PriceRef::List)
     }
 }
 
@@ -1277,5 +1314,67 @@ mod tests {
             Some(usd("2.5") / 1_000_000)
         );
         assert!(c.lookup("openai", "gpt-9-2031-01-01", 0).is_none());
+    }
+
+    #[test]
+    fn review_regressions_tiers_owners_overrides_aliases_and_overflow() {
+        // priority above a long-context threshold keeps the priority premium when the catalog has no
+        // `_above_*_priority` rate: the long-context rate scaled by the tier's ratio at any size
+        let mut c = PriceCatalog::default();
+        c.add_litellm_json(
+            "t.json",
+            r#"{"m": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06, "input_cost_per_token_priority": 2e-06,
+                      "input_cost_per_token_above_272k_tokens": 1.5e-06}}"#,
+        )
+        .unwrap();
+        let p = c.lookup("x", "m", 0).unwrap();
+        let t = Tokens { input: 300_000, ..Default::default() };
+        assert_eq!(p.cost(&t, Tier::Default), Some(usd("0.45")));
+        assert_eq!(p.cost(&t, Tier::Priority), Some(usd("0.9")), "2x like the standard-size priority rate");
+
+        // an owner's discount on `gpt-4o` applies to calls naming a dated snapshot the list prices too
+        let mut c = PriceCatalog::builtin();
+        c.add_toml_str(
+            "l.toml",
+            "[[model]]\nname = \"gpt-4o-2024-08-06\"\ninput_per_mtok = \"2.5\"\noutput_per_mtok = \"10\"\n",
+        )
+        .unwrap();
+        c.add_toml_str("o.toml", "[[model]]\nname = \"gpt-4o\"\nowner = \"search\"\ndiscount_percent = \"20\"\n")
+            .unwrap();
+        let t = Tokens { input: 1_000_000, ..Default::default() };
+        assert_eq!(
+            c.lookup_for("search", "openai", "gpt-4o-2024-08-06", 0).unwrap().cost(&t, Tier::Default),
+            Some(usd("2"))
+        );
+
+        // a provider-less override reaches provider entries loaded after it
+        let mut c = PriceCatalog::default();
+        c.add_toml_str("a.toml", "[[model]]\nname = \"m\"\neffective_from = \"2026-01-01\"\ninput_per_mtok = \"5\"\n")
+            .unwrap();
+        c.add_toml_str(
+            "b.toml",
+            "[[model]]\nname = \"m\"\nprovider = \"p\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"1\"\n",
+        )
+        .unwrap();
+        let jan = parse_date_ms("2026-01-02").unwrap();
+        assert_eq!(c.lookup("p", "m", jan).unwrap().rate(Class::Input, Tier::Default), Some(usd("5") / 1_000_000));
+
+        // an explicit alias beats the exact name, and its target may be listed under another provider
+        let mut c = PriceCatalog::builtin();
+        c.add_toml_str(
+            "al.toml",
+            "[[alias]]\nname = \"gpt-4o\"\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\n\
+             [[alias]]\nname = \"prod-chat\"\nmodel = \"gpt-4o\"\n",
+        )
+        .unwrap();
+        assert!(c.lookup("openai", "gpt-4o", 0).unwrap().id.starts_with("openai/gpt-4o-mini@"));
+        assert!(c.lookup("azure", "prod-chat", 0).unwrap().id.starts_with("openai/gpt-4o@"), "azure deployment");
+
+        // an absurd rate times 2^53 tokens is unpriced, not a wrapped number (and no panic)
+        let mut c = PriceCatalog::default();
+        c.add_toml_str("x.toml", "[[model]]\nname = \"x\"\ninput_per_mtok = \"25000000000000\"\noutput_per_mtok = \"1\"\ndiscount_percent = \"10\"\n")
+            .unwrap();
+        let t = Tokens { input: 1 << 53, ..Default::default() };
+        assert_eq!(c.lookup("p", "x", 0).unwrap().cost(&t, Tier::Default), None);
     }
 }

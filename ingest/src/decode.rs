@@ -307,21 +307,35 @@ fn required_str<'a>(field: &str, v: &'a Option<Cow<'_, str>>) -> Result<&'a str,
     }
 }
 
-/// Explains why a record could not be read as JSON (cold path).
-fn not_json(payload: &[u8]) -> Option<Rejection> {
-    let text = match std::str::from_utf8(payload) {
-        Ok(t) => t,
-        Err(e) => {
-            return Some(reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", e.valid_up_to())));
+/// The record as a JSON value, or the reason it is not one.
+fn parse_json(payload: &[u8]) -> Result<serde_json::Value, Rejection> {
+    serde_json::from_slice(payload).map_err(|e| {
+        let text = match std::str::from_utf8(payload) {
+            Ok(t) => t,
+            Err(u) => return reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", u.valid_up_to())),
+        };
+        if text.trim().is_empty() {
+            return reject("empty", "empty record");
         }
-    };
-    if text.trim().is_empty() {
-        return Some(reject("empty", "empty record"));
+        reject("not_json", format!("not valid JSON: {e}"))
+    })
+}
+
+/// A gateway's cost figure in 10^-18 USD: exact when it has at most 18 decimals, else rounded half to even
+/// (gateways sum floats: `0.0056725000000000005`); `cents` divides by 100 the same way.
+fn parse_reported(field: &str, text: &str, cents: bool) -> Result<i128, String> {
+    use rust_decimal::prelude::*;
+    if let Ok(v) = parse_usd(field, text)
+        && (!cents || v % 100 == 0)
+    {
+        return Ok(if cents { v / 100 } else { v });
     }
-    match serde_json::from_str::<serde_json::Value>(text) {
-        Ok(_) => None,
-        Err(e) => Some(reject("not_json", format!("not valid JSON: {e}"))),
-    }
+    let d = Decimal::from_str_exact(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .map_err(|e| format!("`{field}` {text:?} is not a decimal number: {e}"))?;
+    let d = if cents { d / Decimal::ONE_HUNDRED } else { d };
+    let d = d.round_dp_with_strategy(18, RoundingStrategy::MidpointNearestEven);
+    parse_usd(field, &d.to_string()).map_err(|e| e.to_string())
 }
 
 /// Lineage of rows that no catalog entry priced.
@@ -446,7 +460,11 @@ impl Decoder {
             Format::Canonical | Format::Auto if !avro_framed => {
                 // the hot path: canonical JSON read in place
                 match serde_json::from_slice::<Wire<'_>>(payload) {
-                    Ok(w) if format == Format::Canonical || (!w.foreign() && w.event_id.is_some()) => {
+                    // (usage missing takes the slow path, which checks for counts under other names)
+                    Ok(w)
+                        if (format == Format::Canonical || (!w.foreign() && w.event_id.is_some()))
+                            && (w.input_tokens.is_some() || w.output_tokens.is_some()) =>
+                    {
                         let call = w.into_call();
                         let row = self.row(&call)?;
                         let ts = row.ts;
@@ -456,11 +474,7 @@ impl Decoder {
                     // not canonical-shaped, or a field of the wrong type: the slow path names the reason
                     Ok(_) | Err(_) => {}
                 }
-                if let Some(r) = not_json(payload) {
-                    return Err(r);
-                }
-                let v: serde_json::Value =
-                    serde_json::from_slice(payload).map_err(|e| reject("not_json", format!("not valid JSON: {e}")))?;
+                let v = parse_json(payload)?;
                 let calls = adapt(format, &v)?;
                 self.accept(&calls)
             }
@@ -480,11 +494,7 @@ impl Decoder {
                 self.accept(std::slice::from_ref(&call))
             }
             f => {
-                if let Some(r) = not_json(payload) {
-                    return Err(r);
-                }
-                let v: serde_json::Value =
-                    serde_json::from_slice(payload).map_err(|e| reject("not_json", format!("not valid JSON: {e}")))?;
+                let v = parse_json(payload)?;
                 let calls = adapt(f, &v)?;
                 self.accept(&calls)
             }
@@ -627,13 +637,7 @@ impl Decoder {
                     Reported::Cents(t) => (t.as_ref(), true),
                 };
                 let field = if cents { "cost (cents)" } else { "cost_usd" };
-                let mut v = parse_usd(field, text).map_err(|e| reject("invalid_value", format!("`{field}`: {e}")))?;
-                if cents {
-                    if v % 100 != 0 {
-                        return Err(reject("invalid_value", format!("`{field}` {text} has more than 16 decimals")));
-                    }
-                    v /= 100;
-                }
+                let v = parse_reported(field, text, cents).map_err(|e| reject("invalid_value", e))?;
                 // a call costing more than $1M, or less than nothing, is a broken gateway figure
                 if !(0..=MAX_REPORTED_COST).contains(&v) {
                     return Err(reject("invalid_value", format!("`{field}` {text} is outside 0..=1000000 USD")));
@@ -659,7 +663,10 @@ impl Decoder {
             .unwrap_or(UNKNOWN_IDENTITY);
         let owner_id = owner.map_or(UNATTRIBUTED, |i| self.owners.owner(i).id.as_str());
         let (cost, price_id, unpriced) = if c.cache_hit {
-            (Some(0), Some(Arc::from(PRICE_ID_GATEWAY_CACHE)), 0)
+            {
+                static CACHE_HIT: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+                (Some(0), Some(CACHE_HIT.get_or_init(|| Arc::from(PRICE_ID_GATEWAY_CACHE)).clone()), 0)
+            }
         } else if usage_missing {
             (None, None, 0)
         } else {

@@ -184,7 +184,9 @@ fn count_of(v: &Value) -> Count {
 fn sum(a: Option<Count>, b: Option<Count>) -> Option<Count> {
     match (a, b) {
         (None, x) | (x, None) => x,
-        (Some(Count::Ok(x)), Some(Count::Ok(y))) => Some(Count::Ok(x + y)),
+        (Some(Count::Ok(x)), Some(Count::Ok(y))) => {
+            Some(if (x + y) as u64 > crate::decode::MAX_COUNT { Count::TooLarge } else { Count::Ok(x + y) })
+        }
         (Some(Count::Ok(_)), Some(bad)) | (Some(bad), _) => Some(bad),
     }
 }
@@ -228,7 +230,10 @@ fn ts_nanos(v: Option<&Value>) -> Option<Ts> {
         _ => None,
     };
     Some(match n {
-        Some(ns) => Ts::Ms((ns / 1_000_000) as i64),
+        Some(ns) => match i64::try_from(ns / 1_000_000) {
+            Ok(ms) => Ts::Ms(ms),
+            Err(_) => Ts::Bad("epoch nanoseconds out of range"),
+        },
         None => Ts::Bad("must be epoch nanoseconds"),
     })
 }
@@ -308,7 +313,26 @@ fn candidates(v: &Value) -> Vec<Format> {
     } else if has(v, "event_id") && has(v, "model") {
         out.push(Format::Canonical);
     }
+    if out == [Format::Canonical] && foreign_usage_key(v).is_some() {
+        out.push(Format::Auto); // reported as ambiguous below
+    }
     out
+}
+
+/// A key that carries token counts under a name the canonical event does not use.
+fn foreign_usage_key(v: &Value) -> Option<&str> {
+    const KEYS: [&str; 9] = [
+        "usage",
+        "usageMetadata",
+        "prompt_tokens",
+        "completion_tokens",
+        "tokens_in",
+        "tokens_out",
+        "req_units",
+        "res_units",
+        "response",
+    ];
+    obj_keys(v).find(|k| KEYS.contains(k) || k.starts_with("gen_ai.usage."))
 }
 
 fn otel_span_attrs(v: &Value) -> bool {
@@ -361,6 +385,14 @@ fn detect(v: &Value) -> Result<Format, Rejection> {
                  the producer",
             ))
         }
+        [Format::Canonical, Format::Auto] => Err(reject(
+            "ambiguous_format",
+            format!(
+                "canonical fields beside `{}`, which carries token counts under another format's names: not \
+                 guessed; set the topic's `format`",
+                foreign_usage_key(v).unwrap_or("?")
+            ),
+        )),
         many => Err(reject(
             "ambiguous_format",
             format!(
@@ -421,6 +453,12 @@ fn adapt_depth<'v>(format: Format, v: &'v Value, depth: u8) -> Result<Vec<Call<'
 
 /// The canonical event read from a JSON value (the fast path for raw JSON bytes is in `decode`).
 pub(crate) fn canonical(v: &Value) -> Result<Call<'_>, Rejection> {
+    canonical_fields(v, true)
+}
+
+/// The canonical fields of `v`; `own_usage` = the counts must be canonical ones (false in an envelope,
+/// whose counts come from its `response`).
+fn canonical_fields(v: &Value, own_usage: bool) -> Result<Call<'_>, Rejection> {
     const STRINGS: [&str; 13] = [
         "event_id",
         "provider",
@@ -452,6 +490,16 @@ pub(crate) fn canonical(v: &Value) -> Result<Call<'_>, Rejection> {
         }
     };
     let s = |f: &str| v.get(f).and_then(Value::as_str).map(Cow::Borrowed);
+    if own_usage
+        && strict("input_tokens").is_none()
+        && strict("output_tokens").is_none()
+        && let Some(k) = foreign_usage_key(v)
+    {
+        return Err(reject(
+            "missing_field",
+            format!("no `input_tokens`/`output_tokens`, but `{k}` carries token counts: not a canonical event"),
+        ));
+    }
     let cache_hit = match v.get("cache_hit") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -572,10 +620,10 @@ fn litellm(v: &Value) -> Result<Call<'_>, Rejection> {
         cache_read: if missing { None } else { cache_read },
         cache_write: if missing { None } else { cache_write },
         cache_write_1h: if missing { None } else { cw1h },
-        audio_input: None,
-        audio_output: None,
+        audio_input: if missing { None } else { count(usage, &["prompt_tokens_details", "audio_tokens"]) },
+        audio_output: if missing { None } else { count(usage, &["completion_tokens_details", "audio_tokens"]) },
         reasoning: if missing { None } else { count(usage, &["completion_tokens_details", "reasoning_tokens"]) },
-        retrieval: None,
+        retrieval: if missing { None } else { count(usage, &["server_tool_use", "web_search_requests"]) },
         service_tier: None,
         status: Some(Cow::Borrowed(if failed { "error" } else { "ok" })),
         attempt: None,
@@ -601,14 +649,14 @@ fn litellm(v: &Value) -> Result<Call<'_>, Rejection> {
 // OpenTelemetry GenAI
 
 /// One span's attributes (and its resource's) as plain JSON values.
-struct Attrs<'v> {
+struct Attrs<'r, 'v> {
     span: Vec<(&'v str, &'v Value)>,
-    resource: Vec<(&'v str, &'v Value)>,
+    resource: &'r [(&'v str, &'v Value)],
 }
 
-impl<'v> Attrs<'v> {
+impl<'v> Attrs<'_, 'v> {
     fn get(&self, key: &str) -> Option<&'v Value> {
-        self.span.iter().chain(&self.resource).find(|(k, _)| *k == key).map(|(_, v)| *v).filter(|v| !v.is_null())
+        self.span.iter().chain(self.resource).find(|(k, _)| *k == key).map(|(_, v)| *v).filter(|v| !v.is_null())
     }
     fn text(&self, key: &str) -> Option<Cow<'v, str>> {
         match self.get(key)? {
@@ -651,11 +699,17 @@ fn otel_provider(p: Cow<'_, str>) -> Cow<'_, str> {
     }
 }
 
-fn is_genai(a: &Attrs<'_>) -> bool {
+/// A model call span: GenAI usage or model attributes, and not an agent / workflow / tool span (those
+/// carry their children's usage rolled up; pricing them too would double the cost).
+fn is_genai(a: &Attrs<'_, '_>) -> bool {
+    let op = a.get("gen_ai.operation.name").and_then(Value::as_str);
+    if op.is_some_and(|o| matches!(o, "invoke_agent" | "create_agent" | "invoke_workflow" | "execute_tool")) {
+        return false;
+    }
     a.span.iter().any(|(k, _)| k.starts_with("gen_ai.usage.") || *k == "gen_ai.request.model")
 }
 
-fn otel_call<'v>(a: &Attrs<'v>, id: Option<Cow<'v, str>>, ts: Option<Ts>, error: bool) -> Call<'v> {
+fn otel_call<'v>(a: &Attrs<'_, 'v>, id: Option<Cow<'v, str>>, ts: Option<Ts>, error: bool) -> Call<'v> {
     let input = a.count("gen_ai.usage.input_tokens").or_else(|| a.count("gen_ai.usage.prompt_tokens"));
     let output = a.count("gen_ai.usage.output_tokens").or_else(|| a.count("gen_ai.usage.completion_tokens"));
     let error = error || a.get("error.type").is_some();
@@ -696,7 +750,7 @@ fn otel(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
             let resource = otlp_attrs(at(r, &["resource", "attributes"]));
             for ss in r.get("scopeSpans").and_then(Value::as_array).into_iter().flatten() {
                 for span in ss.get("spans").and_then(Value::as_array).into_iter().flatten() {
-                    let a = Attrs { span: otlp_attrs(span.get("attributes")), resource: resource.clone() };
+                    let a = Attrs { span: otlp_attrs(span.get("attributes")), resource: &resource };
                     if !is_genai(&a) {
                         continue; // an HTTP or DB span of the same trace: not a model call
                     }
@@ -720,7 +774,7 @@ fn otel(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
         _ => Vec::new(),
     };
     let top: Vec<(&str, &Value)> = v.as_object().into_iter().flatten().map(|(k, v)| (k.as_str(), v)).collect();
-    let a = Attrs { span: attrs.into_iter().chain(top).collect(), resource: Vec::new() };
+    let a = Attrs { span: attrs.into_iter().chain(top).collect(), resource: &[] };
     if !is_genai(&a) {
         return Err(reject(
             "missing_field",
@@ -753,13 +807,18 @@ fn otel(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
 
 /// The envelope's attribution fields, shared by every provider response.
 fn envelope_fields<'v>(v: &'v Value) -> Result<Call<'v>, Rejection> {
-    let mut c = canonical(v)?;
+    let c = canonical_fields(v, false)?;
     // the envelope is canonical minus the token counts: those come from the response only
     for (f, x) in [
         ("input_tokens", &c.input),
         ("output_tokens", &c.output),
         ("cache_read_tokens", &c.cache_read),
         ("cache_write_tokens", &c.cache_write),
+        ("cache_write_1h_tokens", &c.cache_write_1h),
+        ("audio_input_tokens", &c.audio_input),
+        ("audio_output_tokens", &c.audio_output),
+        ("reasoning_tokens", &c.reasoning),
+        ("retrieval_calls", &c.retrieval),
     ] {
         if x.is_some() {
             return Err(reject(
@@ -768,7 +827,6 @@ fn envelope_fields<'v>(v: &'v Value) -> Result<Call<'v>, Rejection> {
             ));
         }
     }
-    c.reasoning = None;
     Ok(c)
 }
 
@@ -979,7 +1037,9 @@ fn kong(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
             input: count(u, &["prompt_tokens"]).or_else(|| count(u, &["prompt_token"])),
             output: count(u, &["completion_tokens"]).or_else(|| count(u, &["completion_token"])),
             cache_read: count(u, &["prompt_tokens_details", "cached_tokens"]),
+            audio_input: count(u, &["prompt_tokens_details", "audio_tokens"]),
             reasoning: count(u, &["completion_tokens_details", "reasoning_tokens"]),
+            audio_output: count(u, &["completion_tokens_details", "audio_tokens"]),
             status: Some(Cow::Borrowed(if status.is_some_and(|s| s >= 400) { "error" } else { "ok" })),
             api_key_id: text(v, &["consumer", "username"])
                 .or_else(|| text(v, &["consumer", "id"]))

@@ -240,3 +240,55 @@ fn avro_records_normalize_like_their_canonical_json() {
         }
     }
 }
+
+#[test]
+fn review_regressions_in_the_adapters() {
+    let one = |f: Format, v: Value| decode(f, &serde_json::to_vec(&v).unwrap());
+    // a LiteLLM cost with float noise is rounded to 18 decimals, not a dead letter that loses the call
+    let slp = json!({"id": "c1", "call_type": "acompletion", "startTime": 1793715727.5, "model": "gpt-4o",
+                     "custom_llm_provider": "openai", "prompt_tokens": 10, "completion_tokens": 5,
+                     "status": "success", "response_cost": 0.0056725000000000005});
+    let r = one(Format::Auto, slp);
+    assert_eq!(r["rows"][0]["reported_cost_usd"], "0.0056725", "{r}");
+    // Portkey cents with more decimals than fit once divided by 100: rounded half to even
+    let pk = json!({"id": "p1", "created_at": "2026-11-04T16:09:51Z", "ai_org": "openai", "ai_model": "gpt-4o",
+                    "req_units": 1, "res_units": 1, "cost": 0.000000000000000125, "is_success": 1});
+    assert_eq!(one(Format::Portkey, pk)["rows"][0]["reported_cost_usd"], "0.000000000000000001");
+    // canonical fields beside counts under other names are not taken as "usage missing"
+    for extra in [
+        json!({"usage": {"input_tokens": 9, "output_tokens": 1}}),
+        json!({"prompt_tokens": 9}),
+        json!({"tokens_out": 3}),
+        json!({"gen_ai.usage.input_tokens": 9}),
+    ] {
+        let mut v =
+            json!({"event_id": "e", "timestamp": "2026-11-04T16:09:51Z", "provider": "openai", "model": "gpt-4o"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        for f in [Format::Auto, Format::Canonical] {
+            let d = one(f, v.clone());
+            assert!(d.get("dead_letter").is_some(), "{f:?} {v}: {d}");
+        }
+    }
+    // an OTel agent span carries its children's usage rolled up: only the chat span is priced
+    let span = |id: &str, op: &str, n: i64| {
+        json!({"spanId": id, "traceId": "t1", "startTimeUnixNano": "1793605450250000000", "attributes": [
+            {"key": "gen_ai.operation.name", "value": {"stringValue": op}},
+            {"key": "gen_ai.provider.name", "value": {"stringValue": "openai"}},
+            {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
+            {"key": "gen_ai.usage.input_tokens", "value": {"intValue": n.to_string()}},
+            {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "1"}}]})
+    };
+    let otlp = json!({"resourceSpans": [{"resource": {"attributes": []}, "scopeSpans": [{"spans": [
+        span("a1", "invoke_agent", 100), span("c1", "chat", 100)]}]}]});
+    let d = one(Format::Otel, otlp);
+    assert_eq!(d["rows"].as_array().unwrap().len(), 1, "{d}");
+    // Anthropic counts whose sum passes 2^53 are refused, not accepted as 2^54 tokens
+    let big = json!({"timestamp": "2026-11-04T16:09:51Z", "response": {"id": "msg_1", "type": "message", "model": "m",
+                     "usage": {"input_tokens": 1_i64 << 53, "cache_read_input_tokens": 1_i64 << 53, "output_tokens": 1}}});
+    assert_eq!(one(Format::Anthropic, big)["dead_letter"]["kind"], "invalid_count");
+    // OTLP nanoseconds beyond i64 milliseconds are a bad timestamp, not a wrapped date
+    let mut s = span("c2", "chat", 1);
+    s["startTimeUnixNano"] = json!("18446744073709551617000000000");
+    let d = one(Format::Otel, json!({"resourceSpans": [{"scopeSpans": [{"spans": [s]}]}]}));
+    assert_eq!(d["dead_letter"]["kind"], "invalid_timestamp", "{d}");
+}
