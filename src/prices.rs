@@ -18,6 +18,8 @@ use datafusion::arrow::datatypes::Int64Type;
 pub struct Report {
     pub calls: u64,
     pub priced: u64,
+    /// Calls whose source reported no usage (not a catalog gap).
+    pub usage_missing: u64,
     pub dead_letters: u64,
     /// (provider, model) -> (calls, input tokens, output tokens)
     pub unpriced: BTreeMap<(String, String), (i64, i64, i64)>,
@@ -26,10 +28,11 @@ pub struct Report {
 impl Report {
     pub fn render(&self, catalogs: &[PathBuf], builtin: bool) -> String {
         let mut out = format!(
-            "{} calls read, {} priced, {} unpriced, {} records unreadable (catalog: {}{})\n",
+            "{} calls read, {} priced, {} unpriced, {} without usage, {} records unreadable (catalog: {}{})\n",
             self.calls,
             self.priced,
-            self.calls - self.priced,
+            self.calls - self.priced - self.usage_missing,
+            self.usage_missing,
             self.dead_letters,
             if builtin { "built-in" } else { "" },
             catalogs.iter().map(|c| format!(" + {}", c.display())).collect::<String>(),
@@ -57,7 +60,7 @@ pub fn check(catalogs: &[PathBuf], builtin: bool, files: Vec<(PathBuf, Format)>)
     }
     let mut decoder = Decoder::new(Arc::new(catalog), Arc::new(OwnerMap::default()), 16 << 20, RawPolicy::Redacted);
     let mut src = FileSource::with_formats(files);
-    let mut report = Report { calls: 0, priced: 0, dead_letters: 0, unpriced: BTreeMap::new() };
+    let mut report = Report { calls: 0, priced: 0, usage_missing: 0, dead_letters: 0, unpriced: BTreeMap::new() };
     loop {
         let chunk = src.read_into(&mut decoder, 50_000, 0)?;
         let out = decoder.finish();
@@ -69,10 +72,15 @@ pub fn check(catalogs: &[PathBuf], builtin: bool, files: Vec<(PathBuf, Format)>)
         let col = |n: &str| b.column_by_name(n).expect("event column");
         let (prov, model) = (col("provider").as_string::<i32>(), col("model").as_string::<i32>());
         let unpriced = col("unpriced_requests").as_primitive::<Int64Type>();
+        let missing = col("usage_missing_requests").as_primitive::<Int64Type>();
         let (input, output) =
             (col("input_tokens").as_primitive::<Int64Type>(), col("output_tokens").as_primitive::<Int64Type>());
         for r in 0..b.num_rows() {
             report.calls += 1;
+            if missing.value(r) == 1 {
+                report.usage_missing += 1;
+                continue;
+            }
             if unpriced.value(r) == 0 {
                 report.priced += 1;
                 continue;

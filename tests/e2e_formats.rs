@@ -361,7 +361,7 @@ fn prices_check_lists_models_the_catalog_cannot_price() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("acme-llm-9"), "{stdout}");
-    assert!(stdout.contains("23 calls read, 22 priced, 1 unpriced"), "{stdout}");
+    assert!(stdout.contains("23 calls read, 22 priced, 1 unpriced, 0 without usage"), "{stdout}");
     assert!(!stdout.contains("gpt-4o "), "{stdout}");
     // with the model added, the check passes
     let extra = dir.path().join("acme.toml");
