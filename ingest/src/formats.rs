@@ -429,8 +429,8 @@ fn adapt_depth<'v>(format: Format, v: &'v Value, depth: u8) -> Result<Vec<Call<'
         f => f,
     };
     match format {
-        Format::Auto | Format::Avro => unreachable!("resolved above / decoded before"),
-        Format::Canonical => Ok(vec![canonical(v)?]),
+        // (`Auto` was resolved above; an Avro datum arrives here already as a canonical value)
+        Format::Auto | Format::Avro | Format::Canonical => Ok(vec![canonical(v)?]),
         Format::Litellm => Ok(vec![litellm(v)?]),
         Format::Otel => otel(v),
         Format::Openai | Format::Anthropic | Format::Gemini => Ok(vec![envelope(format, v)?]),
