@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub drift: DriftConfig,
     #[serde(default)]
+    pub retry_storm: RetryStormConfig,
+    #[serde(default)]
     pub avro: AvroConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -185,6 +187,40 @@ impl Default for DriftConfig {
     }
 }
 
+/// `aifinops.retry.storm`: failed + retried calls' cost as a share of a workflow's spend in a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryStormConfig {
+    /// The closed window checked (one of `pipeline.windows`).
+    pub window: String,
+    /// Alert when failed and retried calls cost at least this percent of the workflow's spend ...
+    pub share_percent: String,
+    /// ... and at least this many USD.
+    pub min_usd: String,
+}
+
+impl Default for RetryStormConfig {
+    fn default() -> Self {
+        RetryStormConfig { window: "1h".into(), share_percent: "30".into(), min_usd: "5".into() }
+    }
+}
+
+impl RetryStormConfig {
+    /// (window ms, percent, min USD) as exact 10^-18 units.
+    pub fn thresholds(&self, windows: &[String]) -> anyhow::Result<(i64, i128, i128)> {
+        if !windows.contains(&self.window) {
+            anyhow::bail!("retry_storm.window {:?} is not one of pipeline.windows {windows:?}", self.window);
+        }
+        let w = aifinops_aggregate::WindowSize::parse(&self.window)?;
+        let pct = aifinops_schemas::money::parse_usd("retry_storm.share_percent", &self.share_percent)?;
+        let min = aifinops_schemas::money::parse_usd("retry_storm.min_usd", &self.min_usd)?;
+        if pct <= 0 || min < 0 {
+            anyhow::bail!("retry_storm.share_percent must be positive and retry_storm.min_usd not negative");
+        }
+        Ok((w.ms, pct, min))
+    }
+}
+
 impl DriftConfig {
     /// (percent, min USD) as exact 10^-18 units.
     pub fn thresholds(&self) -> anyhow::Result<(i128, i128)> {
@@ -315,6 +351,7 @@ impl Config {
             );
         }
         self.drift.thresholds().context("drift")?;
+        self.retry_storm.thresholds(&self.pipeline.windows).context("retry_storm")?;
         Ok(())
     }
 }

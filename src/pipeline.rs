@@ -77,6 +77,7 @@ impl Pipeline {
         let windows = WindowEngine::new(sizes)?;
         let rules = AlertRules::new(&format!("aifinops/{}", cfg.pipeline.name), &cfg.budgets)?;
         let drift = cfg.drift.thresholds()?;
+        let storm = cfg.retry_storm.thresholds(&cfg.pipeline.windows)?;
         std::fs::create_dir_all(&cfg.lake.dir)
             .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
         let (lake, recovered) =
@@ -101,11 +102,19 @@ impl Pipeline {
             dedup: Deduplicator::default(),
             windows,
             rules,
-            detectors: vec![Box::new(aifinops_aggregate::DriftDetector::new(
-                &format!("aifinops/{}", cfg.pipeline.name),
-                drift.0,
-                drift.1,
-            ))],
+            detectors: vec![
+                Box::new(aifinops_aggregate::DriftDetector::new(
+                    &format!("aifinops/{}", cfg.pipeline.name),
+                    drift.0,
+                    drift.1,
+                )),
+                Box::new(aifinops_aggregate::RetryStormDetector::new(
+                    &format!("aifinops/{}", cfg.pipeline.name),
+                    storm.0,
+                    storm.1,
+                    storm.2,
+                )),
+            ],
             lake,
             emitted: vec![],
             alerts: vec![],

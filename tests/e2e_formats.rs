@@ -379,3 +379,59 @@ fn prices_check_lists_models_the_catalog_cannot_price() {
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn a_retrying_agent_loop_raises_one_retry_storm_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("prices.toml"), CATALOG).unwrap();
+    // one hour: a healthy workflow, and an agent loop where most calls fail and are retried
+    let mut lines = Vec::new();
+    let (mut cost, mut failed, mut retry) = (0i128, 0i128, 0i128);
+    for i in 0..400i64 {
+        let ts = DAY + 10 * 3_600_000 + i * 8_000;
+        let (workflow, status, attempt) = match i % 4 {
+            0 => ("rag", "ok", 1),
+            1 => ("loop", "ok", 1),
+            2 => ("loop", "error", 1),
+            _ => ("loop", "error", 2 + i % 3),
+        };
+        let c = 2_000 * GPT4O[0] + 500 * GPT4O[2];
+        if workflow == "loop" {
+            cost += c;
+            failed += if status == "error" { c } else { 0 };
+            retry += if attempt > 1 { c } else { 0 };
+        }
+        lines.push(
+            json!({"event_id": format!("r{i}"), "timestamp": ts, "provider": "openai", "model": "gpt-4o", "input_tokens": 2000,
+                   "output_tokens": 500, "status": status, "attempt": attempt, "workflow": workflow, "api_key_id": "k"})
+            .to_string(),
+        );
+    }
+    let input = dir.path().join("loop.ndjson");
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let cfg = dir.path().join("aifinops.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[lake]\ndir = {:?}\n[prices]\nbuiltin = false\nfiles = [{:?}]\n[retry_storm]\nmin_usd = \"0.5\"\n",
+            dir.path().join("lake"),
+            dir.path().join("prices.toml")
+        ),
+    )
+    .unwrap();
+    ok(&aifinops(&["replay", "--config", cfg.to_str().unwrap(), input.to_str().unwrap()]));
+    let alerts = query(&dir.path().join("lake"), "SELECT data FROM alerts WHERE type = 'aifinops.retry.storm'");
+    assert_eq!(alerts.len(), 1, "only the looping workflow: {alerts:?}");
+    let d: serde_json::Value = serde_json::from_str(alerts[0]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(d["workflow"], "loop");
+    let usd = |k: &str| aifinops_schemas::money::parse_usd(k, d[k].as_str().unwrap()).unwrap();
+    assert_eq!((usd("cost_usd"), usd("failed_cost_usd"), usd("retry_cost_usd")), (cost, failed, retry));
+    // the rollups carry the same parts of the cost, summable per owner and workflow
+    let r = query(
+        &dir.path().join("lake"),
+        "SELECT CAST(sum(failed_cost_usd) AS VARCHAR) AS f, CAST(sum(retry_cost_usd) AS VARCHAR) AS r FROM rollups \
+         WHERE \"window\" = '1d' AND workflow = 'loop'",
+    );
+    let p = |k: &str| aifinops_schemas::money::parse_usd(k, r[0][k].as_str().unwrap()).unwrap();
+    assert_eq!((p("f"), p("r")), (failed, retry));
+}

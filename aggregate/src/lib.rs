@@ -7,6 +7,7 @@
 
 pub mod dedup;
 pub mod drift;
+pub mod retry;
 pub mod rules;
 pub mod watermark;
 pub mod window;
@@ -16,6 +17,7 @@ mod testutil;
 
 pub use dedup::Deduplicator;
 pub use drift::DriftDetector;
+pub use retry::RetryStormDetector;
 pub use rules::{AlertRules, BudgetConfig, Period, RulesState};
 pub use window::{Emitted, WindowEngine, WindowSize};
 

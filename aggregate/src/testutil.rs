@@ -44,6 +44,11 @@ pub fn batch(evs: &[Ev<'_>]) -> RecordBatch {
                     .with_precision_and_scale(COST_PRECISION, COST_SCALE)
                     .unwrap(),
             ),
+            _ if matches!(f.data_type(), datafusion::arrow::datatypes::DataType::Decimal128(_, _)) => Arc::new(
+                Decimal128Array::from_iter_values(evs.iter().map(|_| 0))
+                    .with_precision_and_scale(COST_PRECISION, COST_SCALE)
+                    .unwrap(),
+            ),
             _ if matches!(f.data_type(), datafusion::arrow::datatypes::DataType::Utf8) => {
                 Arc::new(StringArray::from_iter_values(evs.iter().map(|_| "")))
             }

@@ -372,6 +372,8 @@ pub struct Decoder {
     counts: [Int64Builder; 15],
     cost: Decimal128Builder,
     reported: Decimal128Builder,
+    failed_cost: Decimal128Builder,
+    retry_cost: Decimal128Builder,
     dead: Vec<DeadLetter>,
     stats: DecodeStats,
 }
@@ -396,6 +398,8 @@ impl Decoder {
             counts: std::array::from_fn(|_| Int64Builder::new()),
             cost: Decimal128Builder::new(),
             reported: Decimal128Builder::new(),
+            failed_cost: Decimal128Builder::new(),
+            retry_cost: Decimal128Builder::new(),
             dead: Vec::new(),
             stats: DecodeStats::default(),
         }
@@ -747,6 +751,9 @@ impl Decoder {
         }
         self.cost.append_option(r.cost);
         self.reported.append_option(r.reported);
+        // parts of the cost: unknown when the cost is, 0 for calls that did not fail / are not retries
+        self.failed_cost.append_option(if r.counts[0] == 1 { r.cost } else { Some(0) });
+        self.retry_cost.append_option(if r.counts[1] == 1 { r.cost } else { Some(0) });
     }
 
     /// Takes the accepted events as one batch and the rejected records, resetting the decoder.
@@ -760,7 +767,7 @@ impl Decoder {
         for c in &mut self.counts {
             cols.push(Arc::new(c.finish()));
         }
-        for m in [&mut self.cost, &mut self.reported] {
+        for m in [&mut self.cost, &mut self.reported, &mut self.failed_cost, &mut self.retry_cost] {
             cols.push(Arc::new(
                 m.finish().with_precision_and_scale(COST_PRECISION, COST_SCALE).expect("valid decimal type"),
             ));

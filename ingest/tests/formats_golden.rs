@@ -126,6 +126,8 @@ fn the_traps_are_counted_right() {
     assert_eq!((r["input_tokens"].as_i64(), r["cache_read_tokens"].as_i64()), (Some(41_227), Some(36_864)));
     assert_eq!(r["provider"], "anthropic");
     assert_eq!(r["retry_requests"], 1);
+    assert_eq!(r["retry_cost_usd"], r["cost_usd"], "a retry's whole cost is retry cost");
+    assert_eq!(r["failed_cost_usd"], "0");
     // ... and read as Anthropic it is refused, not double counted
     let d = decode(Format::Anthropic, &read("openai/trap_anthropic_via_openai_proxy.json"));
     assert_eq!(d["dead_letter"]["kind"], "format_mismatch", "{d}");

@@ -16,6 +16,7 @@ pub enum AlertType {
     SpendUnattributed,
     ModelUnpriced,
     CostDrift,
+    RetryStorm,
 }
 
 impl AlertType {
@@ -25,6 +26,7 @@ impl AlertType {
             AlertType::SpendUnattributed => "aifinops.spend.unattributed",
             AlertType::ModelUnpriced => "aifinops.model.unpriced",
             AlertType::CostDrift => "aifinops.cost.drift",
+            AlertType::RetryStorm => "aifinops.retry.storm",
         }
     }
 }

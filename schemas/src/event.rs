@@ -58,7 +58,9 @@ pub const EVENT_COUNTS: [&str; 15] = [
 ];
 
 /// Money measures (Decimal128(38, 18), null = unknown).
-pub const EVENT_MONEY: [&str; 2] = ["cost_usd", "reported_cost_usd"];
+/// `failed_cost_usd`: the cost of calls with status error (0 for others); `retry_cost_usd`: the cost of calls
+/// that are retries (`attempt > 1`). Both are parts of `cost_usd`.
+pub const EVENT_MONEY: [&str; 4] = ["cost_usd", "reported_cost_usd", "failed_cost_usd", "retry_cost_usd"];
 
 /// The Arrow schema of a priced event batch.
 pub fn priced_event_schema() -> SchemaRef {

@@ -1,0 +1,195 @@
+//! Agentic retries and failures: `aifinops.retry.storm` when the cost of failed calls plus the cost of
+//! retries exceeds a share of a workflow's spend in a closed window (an agent looping on errors burns money
+//! before anyone reads a log).
+
+use std::collections::BTreeMap;
+
+use aifinops_schemas::alert::{Alert, AlertType};
+use aifinops_schemas::money::{ONE_USD, format_usd, format_usd_rounded};
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
+
+use crate::{Detector, Emitted};
+
+/// The retry-storm detector over closed windows of one size.
+pub struct RetryStormDetector {
+    source: String,
+    window_ms: i64,
+    /// Share of the workflow's spend, in 10^-18 percent units (as parsed by `parse_usd`).
+    share_percent: i128,
+    min_usd: i128,
+}
+
+impl RetryStormDetector {
+    pub fn new(source: &str, window_ms: i64, share_percent: i128, min_usd: i128) -> Self {
+        RetryStormDetector { source: source.to_string(), window_ms, share_percent, min_usd }
+    }
+}
+
+#[derive(Default)]
+struct Acc {
+    cost: i128,
+    failed: i128,
+    retry: i128,
+    requests: i64,
+    errors: i64,
+    retries: i64,
+    end_ms: i64,
+}
+
+impl Detector for RetryStormDetector {
+    fn on_closed(&mut self, e: &Emitted, now_ms: i64) -> Vec<Alert> {
+        if e.size.ms != self.window_ms || e.rows.num_rows() == 0 {
+            return Vec::new();
+        }
+        let b = &e.rows;
+        let s = |n: &str| b.column_by_name(n).expect("rollup column").as_string::<i32>();
+        let i = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Int64Type>();
+        let m = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Decimal128Type>();
+        let (owner, risk, workflow) = (s("owner"), s("risk_owner"), s("workflow"));
+        let (requests, errors, retries) = (i("requests"), i("error_requests"), i("retry_requests"));
+        let (cost, failed, retry) = (m("cost_usd"), m("failed_cost_usd"), m("retry_cost_usd"));
+        let late = b.column_by_name("late").expect("late").as_boolean();
+        let ts = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<TimestampMillisecondType>();
+        let (start, end) = (ts("window_start"), ts("window_end"));
+        let mut groups: BTreeMap<(String, String, String, i64), Acc> = BTreeMap::new();
+        for r in (0..b.num_rows()).filter(|r| !late.value(*r)) {
+            let a = groups
+                .entry((owner.value(r).into(), risk.value(r).into(), workflow.value(r).into(), start.value(r)))
+                .or_default();
+            let v = |c: &datafusion::arrow::array::Decimal128Array| if c.is_null(r) { 0 } else { c.value(r) };
+            a.cost += v(cost);
+            a.failed += v(failed);
+            a.retry += v(retry);
+            a.requests += requests.value(r);
+            a.errors += errors.value(r);
+            a.retries += retries.value(r);
+            a.end_ms = end.value(r);
+        }
+        let mut alerts = Vec::new();
+        for ((owner, risk, workflow, start_ms), a) in groups {
+            let wasted = a.failed + a.retry;
+            // wasted / cost * 100 >= share, exact: wasted * 100 * 10^6 >= share/10^12 * cost
+            if wasted < self.min_usd
+                || a.cost == 0
+                || wasted * 100_000_000 < self.share_percent / 1_000_000_000_000 * a.cost
+            {
+                continue;
+            }
+            let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
+            let share = format_usd_rounded(wasted * 100_000_000 / a.cost * (ONE_USD / 1_000_000), 2);
+            alerts.push(Alert::new(
+                &self.source,
+                AlertType::RetryStorm,
+                format!("owner/{owner}/workflow/{workflow}"),
+                now_ms,
+                &[&owner, &workflow, &start_ms.to_string(), &self.window_ms.to_string()],
+                serde_json::json!({
+                    "owner": owner,
+                    "risk_owner": risk,
+                    "workflow": workflow,
+                    "window_start": iso(start_ms),
+                    "window_end": iso(a.end_ms),
+                    "cost_usd": format_usd(a.cost),
+                    "failed_cost_usd": format_usd(a.failed),
+                    "retry_cost_usd": format_usd(a.retry),
+                    "wasted_percent": share,
+                    "requests": a.requests,
+                    "error_requests": a.errors,
+                    "retry_requests": a.retries,
+                    "reason": "failed calls and retries are a large share of this workflow's spend: an agent loop \
+                               or a failing dependency",
+                }),
+            ));
+        }
+        alerts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use aifinops_schemas::money::parse_usd;
+    use aifinops_schemas::rollup::rollup_schema;
+    use datafusion::arrow::array::{
+        ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    };
+    use datafusion::arrow::datatypes::DataType;
+
+    use super::*;
+    use crate::WindowSize;
+
+    const H: i64 = 3_600_000;
+
+    /// (owner, workflow, cost, failed cost, retry cost) of a rollup row.
+    type Row<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
+
+    /// Rollup rows of one closed hour.
+    fn hour(rows: &[Row<'_>]) -> Emitted {
+        let schema = rollup_schema();
+        let n = rows.len();
+        let dec = |i: usize| -> ArrayRef {
+            let pick = |r: &Row<'_>| [r.2, r.3, r.4][i].to_string();
+            Arc::new(
+                Decimal128Array::from_iter_values(rows.iter().map(|r| parse_usd("c", &pick(r)).unwrap()))
+                    .with_precision_and_scale(38, 18)
+                    .unwrap(),
+            )
+        };
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match (f.name().as_str(), f.data_type()) {
+                    ("window_start", _) => {
+                        Arc::new(TimestampMillisecondArray::from(vec![10 * H; n]).with_timezone("UTC"))
+                    }
+                    ("window_end", _) => {
+                        Arc::new(TimestampMillisecondArray::from(vec![11 * H; n]).with_timezone("UTC"))
+                    }
+                    ("owner", _) => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                    ("workflow", _) => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                    ("cost_usd", _) => dec(0),
+                    ("failed_cost_usd", _) => dec(1),
+                    ("retry_cost_usd", _) => dec(2),
+                    ("reported_cost_usd", _) => {
+                        Arc::new(Decimal128Array::from(vec![None::<i128>; n]).with_precision_and_scale(38, 18).unwrap())
+                    }
+                    ("requests", _) => Arc::new(Int64Array::from(vec![10; n])),
+                    ("late", _) => Arc::new(BooleanArray::from(vec![false; n])),
+                    (_, DataType::Utf8) => Arc::new(StringArray::from_iter_values(rows.iter().map(|_| ""))),
+                    _ => Arc::new(Int64Array::from(vec![0; n])),
+                }
+            })
+            .collect();
+        Emitted { size: WindowSize::parse("1h").unwrap(), rows: RecordBatch::try_new(schema, cols).unwrap() }
+    }
+
+    #[test]
+    fn a_workflow_burning_its_spend_on_failures_and_retries_alerts_once() {
+        let mut d =
+            RetryStormDetector::new("aifinops/t", H, parse_usd("p", "30").unwrap(), parse_usd("m", "5").unwrap());
+        let e = hour(&[
+            // agent loop: $40 of $60 on failed calls and retries, split over two rollup rows (two models)
+            ("agents", "nightly", "50", "20", "15"),
+            ("agents", "nightly", "10", "0", "5"),
+            // healthy workflow: 2 % retries
+            ("search", "rag", "100", "1", "1"),
+            // a high share, but under the $5 floor
+            ("ops", "triage", "4", "3", "0"),
+        ]);
+        let alerts = d.on_closed(&e, 0);
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let a = &alerts[0];
+        assert_eq!(a.kind, "aifinops.retry.storm");
+        assert_eq!((a.data["owner"].as_str(), a.data["workflow"].as_str()), (Some("agents"), Some("nightly")));
+        assert_eq!((a.data["failed_cost_usd"].as_str(), a.data["retry_cost_usd"].as_str()), (Some("20"), Some("20")));
+        assert_eq!(a.data["wasted_percent"], "66.67");
+        assert_eq!(d.on_closed(&e, 9)[0].id, a.id, "same window, same alert id");
+        // other window sizes are not checked
+        let mut day = e;
+        day.size = WindowSize::parse("1d").unwrap();
+        assert!(d.on_closed(&day, 0).is_empty());
+    }
+}
