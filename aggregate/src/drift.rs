@@ -168,6 +168,9 @@ mod tests {
                     ),
                     ("late", _) => Arc::new(BooleanArray::from(vec![false; n])),
                     (_, DataType::Utf8) => Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "p"))),
+                    (_, DataType::Decimal128(_, _)) => {
+                        Arc::new(Decimal128Array::from(vec![0i128; n]).with_precision_and_scale(38, 18).unwrap())
+                    }
                     _ => Arc::new(Int64Array::from(vec![0; n])),
                 }
             })
