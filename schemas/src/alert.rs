@@ -20,6 +20,16 @@ pub enum AlertType {
 }
 
 impl AlertType {
+    /// The control references an alert of this type supports (carried as `data.controls`).
+    pub fn controls(self) -> &'static [&'static str] {
+        match self {
+            AlertType::BudgetThreshold => &["NIST CSF 2.0 GV.PO-01"],
+            AlertType::SpendUnattributed => &["OWASP Non-Human Identities Top 10", "NIST CSF 2.0 GV.PO-01"],
+            AlertType::ModelUnpriced | AlertType::CostDrift => &["NIST AI RMF MEASURE"],
+            AlertType::RetryStorm => &["NIST AI RMF MANAGE"],
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AlertType::BudgetThreshold => "aifinops.budget.threshold",
@@ -58,6 +68,10 @@ impl Alert {
     ) -> Self {
         let mut parts = vec![kind.as_str()];
         parts.extend_from_slice(id_parts);
+        let mut data = data;
+        if let Some(obj) = data.as_object_mut() {
+            obj.entry("controls").or_insert_with(|| serde_json::json!(kind.controls()));
+        }
         Alert {
             specversion: "1.0".into(),
             id: deterministic_id(&parts),
@@ -139,5 +153,6 @@ mod tests {
         assert_eq!(v["type"], "aifinops.model.unpriced");
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
         assert_eq!(a.owner(), "search");
+        assert_eq!(v["data"]["controls"], serde_json::json!(["NIST AI RMF MEASURE"]), "governance context");
     }
 }
