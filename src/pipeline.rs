@@ -31,6 +31,8 @@ pub struct Totals {
 pub struct Pipeline {
     cfg: Config,
     pub decoder: Decoder,
+    /// The owner map (shared with the decoder), for the governance context of alerts.
+    owners: Arc<OwnerMap>,
     dedup: Deduplicator,
     windows: WindowEngine,
     rules: AlertRules,
@@ -44,6 +46,17 @@ pub struct Pipeline {
     dirty: bool,
     last_commit: Instant,
     pub totals: Totals,
+}
+
+/// Governance context from the owner map: the owner's risk owner and approver on every alert about it.
+fn enrich(owners: &OwnerMap, a: &mut Alert) {
+    let Some(o) = owners.by_id(a.owner()).cloned() else { return };
+    if let Some(d) = a.data.as_object_mut() {
+        if d.get("risk_owner").and_then(|v| v.as_str()).is_none_or(str::is_empty) {
+            d.insert("risk_owner".into(), o.risk_owner.into());
+        }
+        d.insert("approver".into(), o.approver.into());
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -82,9 +95,10 @@ impl Pipeline {
             .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
         let (lake, recovered) =
             Lake::open(&cfg.lake.dir).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
+        let owners = Arc::new(owners);
         let mut decoder = Decoder::new(
             Arc::new(catalog),
-            Arc::new(owners),
+            owners.clone(),
             cfg.pipeline.max_record_bytes,
             cfg.pipeline.dead_letter_raw,
         );
@@ -99,6 +113,7 @@ impl Pipeline {
         let mut p = Pipeline {
             cfg: cfg.clone(),
             decoder,
+            owners,
             dedup: Deduplicator::default(),
             windows,
             rules,
@@ -208,7 +223,8 @@ impl Pipeline {
             let late: u64 = late_requests(&finest);
             self.totals.late_rows += late;
             metrics::counter!("aifinops_late_events_total").increment(late);
-            let alerts = self.rules.observe(&finest, self.watermark, now_ms());
+            let mut alerts = self.rules.observe(&finest, self.watermark, now_ms());
+            alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
             self.alerts.extend(alerts);
         }
         if let Some(w) = watermark
@@ -234,7 +250,9 @@ impl Pipeline {
             let closed = self.windows.close(close_at).await?;
             for e in &closed {
                 for d in &mut self.detectors {
-                    self.alerts.extend(d.on_closed(e, now_ms()));
+                    let mut alerts = d.on_closed(e, now_ms());
+                    alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
+                    self.alerts.extend(alerts);
                 }
             }
             self.emitted.extend(closed);

@@ -273,6 +273,11 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
             assert!(v.get(k).is_some(), "CloudEvent field {k} missing: {v}");
         }
         assert_eq!(key.as_deref(), v["data"]["owner"].as_str(), "key = owner");
+        assert!(v["data"]["controls"].as_array().is_some_and(|c| !c.is_empty()), "governance context: {v}");
+        if v["data"]["owner"] == "search" {
+            assert_eq!(v["data"]["approver"], "vp-search@example.com", "{v}");
+            assert_eq!(v["data"]["risk_owner"], "search-lead@example.com", "{v}");
+        }
         assert_eq!(headers.get("ce_id").map(|s| s.as_str()), v["id"].as_str());
         assert!(ids.insert(v["id"].as_str().unwrap().to_string()), "alert id published twice");
     }

@@ -32,6 +32,8 @@ pub struct Identity<'a> {
 pub struct Owner {
     pub id: String,
     pub risk_owner: String,
+    /// Who approves this owner's budgets and policy exceptions (carried on its alerts).
+    pub approver: String,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +49,8 @@ struct OwnerRule {
     id: String,
     #[serde(default)]
     risk_owner: String,
+    #[serde(default)]
+    approver: String,
     #[serde(default)]
     api_key_id: Vec<String>,
     #[serde(default)]
@@ -117,7 +121,11 @@ impl OwnerMap {
                     builders[f].1.push(idx);
                 }
             }
-            owners.push(Owner { id: rule.id.clone(), risk_owner: rule.risk_owner.clone() });
+            owners.push(Owner {
+                id: rule.id.clone(),
+                risk_owner: rule.risk_owner.clone(),
+                approver: rule.approver.clone(),
+            });
         }
         let mut fields = Vec::with_capacity(5);
         for (b, rule_of_pattern) in builders {
@@ -150,6 +158,11 @@ impl OwnerMap {
             }
         }
         best
+    }
+
+    /// The first rule of owner `id` (several rules may name one owner).
+    pub fn by_id(&self, id: &str) -> Option<&Owner> {
+        self.owners.iter().find(|o| o.id == id)
     }
 
     /// The owner of rule `i`.

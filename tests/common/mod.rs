@@ -75,6 +75,7 @@ pub const OWNERS: &str = r#"
 [[owner]]
 id = "search"
 risk_owner = "search-lead@example.com"
+approver = "vp-search@example.com"
 api_key_id = ["key-search-*"]
 
 [[owner]]
