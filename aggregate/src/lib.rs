@@ -18,7 +18,7 @@ mod testutil;
 pub use dedup::Deduplicator;
 pub use drift::DriftDetector;
 pub use retry::RetryStormDetector;
-pub use rules::{AlertRules, BudgetConfig, Period, RulesState};
+pub use rules::{Action, AlertRules, BudgetConfig, Period, RulesState};
 pub use window::{Emitted, WindowEngine, WindowSize};
 
 /// A detector over closed windows. Implementations keep their own state in the commit snapshot.

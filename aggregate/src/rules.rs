@@ -22,8 +22,22 @@ use crate::AggregateError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Period {
+    /// An hour (UTC): short leashes for experimental agent workflows.
+    Hour,
     Day,
     Month,
+}
+
+/// What a budget does at its limit besides the threshold alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Threshold alerts only.
+    #[default]
+    Alert,
+    /// Also publish `aifinops.policy.block` once per period when spend reaches the limit: a machine-readable
+    /// event a gateway can act on. aifinops itself never calls a gateway.
+    Block,
 }
 
 fn star() -> String {
@@ -54,6 +68,9 @@ pub struct BudgetConfig {
     /// Percent thresholds, each fired once per period.
     #[serde(default = "default_thresholds")]
     pub thresholds: Vec<u32>,
+    /// `alert` (default) or `block`.
+    #[serde(default)]
+    pub action: Action,
 }
 
 struct Budget {
@@ -143,6 +160,11 @@ fn day_key(ms: i64) -> String {
 fn period_bounds(p: Period, ms: i64) -> (String, i64, i64) {
     let d = Utc.timestamp_millis_opt(ms).single().unwrap_or_default().date_naive();
     match p {
+        Period::Hour => {
+            let start = ms.div_euclid(3_600_000) * 3_600_000;
+            let key = Utc.timestamp_millis_opt(start).single().unwrap_or_default().format("%Y-%m-%dT%H").to_string();
+            (key, start, start + 3_600_000)
+        }
         Period::Day => {
             let start = d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis();
             (d.format("%Y-%m-%d").to_string(), start, start + 86_400_000)
@@ -372,6 +394,36 @@ impl AlertRules {
                         }),
                     ));
                 }
+                // `action = block`: one machine-readable block event per period once the limit is reached
+                if b.cfg.action == Action::Block && !acc.fired.contains(&BLOCK_FIRED) && acc.spend.cost >= b.limit {
+                    acc.fired.insert(BLOCK_FIRED);
+                    let (_, pstart, pend) = period_bounds(b.cfg.period, parse_period_start(pkey));
+                    let owner_id = if b.cfg.owner.contains(['*', '?', '[']) {
+                        acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
+                    } else {
+                        b.cfg.owner.clone()
+                    };
+                    alerts.push(Alert::new(
+                        &self.source,
+                        AlertType::PolicyBlock,
+                        format!("budget/{}", b.cfg.name),
+                        now_ms,
+                        &[&b.cfg.name, pkey],
+                        serde_json::json!({
+                            "owner": owner_id,
+                            "risk_owner": acc.risk_owners.get(&owner_id).cloned().unwrap_or_default(),
+                            "budget": b.cfg.name,
+                            "action": "block",
+                            "scope": {"owner": b.cfg.owner, "workflow": b.cfg.workflow, "environment": b.cfg.environment},
+                            "until": aifinops_schemas::alert::rfc3339_ms(pend),
+                            "period": {"kind": b.cfg.period, "key": pkey, "start": aifinops_schemas::alert::rfc3339_ms(pstart), "end": aifinops_schemas::alert::rfc3339_ms(pend)},
+                            "observed_usd": format_usd(acc.spend.cost),
+                            "limit_usd": format_usd(b.limit),
+                            "top_identities": top(&acc.by_identity, "identity", 5),
+                            "reason": "the budget's limit is reached: calls in `scope` should be refused until `until`",
+                        }),
+                    ));
+                }
             }
         }
         alerts
@@ -399,7 +451,16 @@ fn add(a: &mut Spend, b: &Spend) {
     a.requests += b.requests;
 }
 
+/// Marks, among a period's fired thresholds, that its block event was sent.
+const BLOCK_FIRED: u32 = u32::MAX;
+
 fn parse_period_start(key: &str) -> i64 {
+    if key.len() == 13 {
+        // an hour: YYYY-MM-DDTHH
+        return chrono::NaiveDateTime::parse_from_str(&format!("{key}:00:00"), "%Y-%m-%dT%H:%M:%S")
+            .map(|d| d.and_utc().timestamp_millis())
+            .unwrap_or(0);
+    }
     let full = if key.len() == 7 { format!("{key}-01") } else { key.to_string() };
     chrono::NaiveDate::parse_from_str(&full, "%Y-%m-%d")
         .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
@@ -430,7 +491,38 @@ mod tests {
             period,
             limit_usd: limit.into(),
             thresholds: vec![50, 80, 100],
+            action: Action::Alert,
         }
+    }
+
+    #[tokio::test]
+    async fn hourly_workflow_budget_with_block_publishes_one_block_event_per_hour() {
+        const H: i64 = 3_600_000;
+        let mut b = budget("10", Period::Hour);
+        b.action = Action::Block;
+        b.thresholds = vec![80];
+        let mut r = AlertRules::new("test", &[b]).unwrap();
+        let kinds = |a: &[Alert]| a.iter().map(|a| a.kind.clone()).collect::<Vec<_>>();
+        assert!(r.observe(&partial(&[spend(T0, 5)]).await, None, 0).is_empty());
+        let a = r.observe(&partial(&[spend(T0 + 1, 3)]).await, None, 0);
+        assert_eq!(kinds(&a), vec!["aifinops.budget.threshold"], "80 % of $10");
+        let a = r.observe(&partial(&[spend(T0 + 2, 2)]).await, None, 0);
+        assert_eq!(kinds(&a), vec!["aifinops.policy.block"], "the limit is reached: block");
+        assert_eq!(a[0].data["action"], "block");
+        assert_eq!(a[0].data["period"]["key"], day_key(T0) + "T00");
+        assert_eq!(a[0].data["until"], aifinops_schemas::alert::rfc3339_ms(T0 + H));
+        assert!(r.observe(&partial(&[spend(T0 + 3, 20)]).await, None, 0).is_empty(), "once per period");
+        // the next hour is a new period: its own threshold and block
+        let a = r.observe(&partial(&[spend(T0 + H, 12)]).await, None, 0);
+        assert_eq!(kinds(&a), vec!["aifinops.budget.threshold", "aifinops.policy.block"]);
+        // a restart restores what was sent
+        let state: RulesState = serde_json::from_value(serde_json::to_value(r.state()).unwrap()).unwrap();
+        let mut b2 = budget("10", Period::Hour);
+        b2.action = Action::Block;
+        b2.thresholds = vec![80];
+        let mut r2 = AlertRules::new("test", &[b2]).unwrap();
+        r2.restore(state);
+        assert!(r2.observe(&partial(&[spend(T0 + H + 1, 1)]).await, None, 0).is_empty());
     }
 
     fn spend(ts: i64, usd: i128) -> Ev<'static> {

@@ -17,13 +17,14 @@ pub enum AlertType {
     ModelUnpriced,
     CostDrift,
     RetryStorm,
+    PolicyBlock,
 }
 
 impl AlertType {
     /// The control references an alert of this type supports (carried as `data.controls`).
     pub fn controls(self) -> &'static [&'static str] {
         match self {
-            AlertType::BudgetThreshold => &["NIST CSF 2.0 GV.PO-01"],
+            AlertType::BudgetThreshold | AlertType::PolicyBlock => &["NIST CSF 2.0 GV.PO-01"],
             AlertType::SpendUnattributed => &["OWASP Non-Human Identities Top 10", "NIST CSF 2.0 GV.PO-01"],
             AlertType::ModelUnpriced | AlertType::CostDrift => &["NIST AI RMF MEASURE"],
             AlertType::RetryStorm => &["NIST AI RMF MANAGE"],
@@ -37,6 +38,7 @@ impl AlertType {
             AlertType::ModelUnpriced => "aifinops.model.unpriced",
             AlertType::CostDrift => "aifinops.cost.drift",
             AlertType::RetryStorm => "aifinops.retry.storm",
+            AlertType::PolicyBlock => "aifinops.policy.block",
         }
     }
 }
