@@ -126,56 +126,27 @@ mod tests {
     use std::sync::Arc;
 
     use aifinops_schemas::money::parse_usd;
-    use aifinops_schemas::rollup::rollup_schema;
-    use datafusion::arrow::array::{
-        ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    };
-    use datafusion::arrow::datatypes::DataType;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 
     use super::*;
     use crate::WindowSize;
+    use crate::testutil::{rollup_window, usd_column};
 
     /// (owner, model, requests, reported_requests, cost, reported)
     type Row<'a> = (&'a str, &'a str, i64, i64, &'a str, Option<&'a str>);
 
     fn day(rows: &[Row<'_>]) -> Emitted {
-        let schema = rollup_schema();
-        let cols: Vec<ArrayRef> = schema
-            .fields()
-            .iter()
-            .map(|f| -> ArrayRef {
-                let n = rows.len();
-                match (f.name().as_str(), f.data_type()) {
-                    ("window_start", _) => {
-                        Arc::new(TimestampMillisecondArray::from(vec![1_793_750_400_000; n]).with_timezone("UTC"))
-                    }
-                    ("window_end", _) => {
-                        Arc::new(TimestampMillisecondArray::from(vec![1_793_836_800_000; n]).with_timezone("UTC"))
-                    }
-                    ("owner", _) => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                    ("model", _) => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                    ("requests", _) => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
-                    ("reported_requests", _) => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
-                    ("cost_usd", _) => Arc::new(
-                        Decimal128Array::from_iter_values(rows.iter().map(|r| parse_usd("c", r.4).unwrap()))
-                            .with_precision_and_scale(38, 18)
-                            .unwrap(),
-                    ),
-                    ("reported_cost_usd", _) => Arc::new(
-                        Decimal128Array::from_iter(rows.iter().map(|r| r.5.map(|x| parse_usd("c", x).unwrap())))
-                            .with_precision_and_scale(38, 18)
-                            .unwrap(),
-                    ),
-                    ("late", _) => Arc::new(BooleanArray::from(vec![false; n])),
-                    (_, DataType::Utf8) => Arc::new(StringArray::from_iter_values(rows.iter().map(|_| "p"))),
-                    (_, DataType::Decimal128(_, _)) => {
-                        Arc::new(Decimal128Array::from(vec![0i128; n]).with_precision_and_scale(38, 18).unwrap())
-                    }
-                    _ => Arc::new(Int64Array::from(vec![0; n])),
-                }
+        rollup_window(rows.len(), "1d", |name| -> Option<ArrayRef> {
+            Some(match name {
+                "owner" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                "model" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                "requests" => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                "reported_requests" => Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.3))),
+                "cost_usd" => usd_column(rows.iter().map(|r| Some(r.4))),
+                "reported_cost_usd" => usd_column(rows.iter().map(|r| r.5)),
+                _ => return None,
             })
-            .collect();
-        Emitted { size: WindowSize::parse("1d").unwrap(), rows: RecordBatch::try_new(schema, cols).unwrap() }
+        })
     }
 
     #[test]

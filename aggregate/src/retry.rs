@@ -111,62 +111,30 @@ mod tests {
     use std::sync::Arc;
 
     use aifinops_schemas::money::parse_usd;
-    use aifinops_schemas::rollup::rollup_schema;
-    use datafusion::arrow::array::{
-        ArrayRef, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
-    };
-    use datafusion::arrow::datatypes::DataType;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
 
     use super::*;
     use crate::WindowSize;
+    use crate::testutil::{rollup_window, usd_column};
 
     const H: i64 = 3_600_000;
 
     /// (owner, workflow, cost, failed cost, retry cost) of a rollup row.
     type Row<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str);
 
-    /// Rollup rows of one closed hour.
+    /// Rollup rows of one closed hour (10:00-11:00), 10 requests each.
     fn hour(rows: &[Row<'_>]) -> Emitted {
-        let schema = rollup_schema();
-        let n = rows.len();
-        let dec = |i: usize| -> ArrayRef {
-            let pick = |r: &Row<'_>| [r.2, r.3, r.4][i].to_string();
-            Arc::new(
-                Decimal128Array::from_iter_values(rows.iter().map(|r| parse_usd("c", &pick(r)).unwrap()))
-                    .with_precision_and_scale(38, 18)
-                    .unwrap(),
-            )
-        };
-        let cols: Vec<ArrayRef> = schema
-            .fields()
-            .iter()
-            .map(|f| -> ArrayRef {
-                match (f.name().as_str(), f.data_type()) {
-                    ("window_start", _) => {
-                        Arc::new(TimestampMillisecondArray::from(vec![10 * H; n]).with_timezone("UTC"))
-                    }
-                    ("window_end", _) => {
-                        Arc::new(TimestampMillisecondArray::from(vec![11 * H; n]).with_timezone("UTC"))
-                    }
-                    ("owner", _) => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
-                    ("workflow", _) => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-                    ("cost_usd", _) => dec(0),
-                    ("failed_cost_usd", _) => dec(1),
-                    ("retry_cost_usd", _) => dec(2),
-                    ("reported_cost_usd", _) => {
-                        Arc::new(Decimal128Array::from(vec![None::<i128>; n]).with_precision_and_scale(38, 18).unwrap())
-                    }
-                    ("requests", _) => Arc::new(Int64Array::from(vec![10; n])),
-                    ("late", _) => Arc::new(BooleanArray::from(vec![false; n])),
-                    (_, DataType::Utf8) => Arc::new(StringArray::from_iter_values(rows.iter().map(|_| ""))),
-                    (_, DataType::Decimal128(_, _)) => {
-                        Arc::new(Decimal128Array::from(vec![0i128; n]).with_precision_and_scale(38, 18).unwrap())
-                    }
-                    _ => Arc::new(Int64Array::from(vec![0; n])),
-                }
+        rollup_window(rows.len(), "1h", |name| -> Option<ArrayRef> {
+            Some(match name {
+                "owner" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                "workflow" => Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                "cost_usd" => usd_column(rows.iter().map(|r| Some(r.2))),
+                "failed_cost_usd" => usd_column(rows.iter().map(|r| Some(r.3))),
+                "retry_cost_usd" => usd_column(rows.iter().map(|r| Some(r.4))),
+                "requests" => Arc::new(Int64Array::from(vec![10; rows.len()])),
+                _ => return None,
             })
-            .collect();
-        Emitted { size: WindowSize::parse("1h").unwrap(), rows: RecordBatch::try_new(schema, cols).unwrap() }
+        })
     }
 
     #[test]

@@ -81,6 +81,17 @@ struct Budget {
     environment: GlobMatcher,
 }
 
+impl Budget {
+    /// The owner a budget alert is about: the budget's owner, or the top spender when it is a glob.
+    fn owner_of(&self, acc: &BudgetAcc) -> String {
+        if self.cfg.owner.contains(['*', '?', '[']) {
+            acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
+        } else {
+            self.cfg.owner.clone()
+        }
+    }
+}
+
 mod usd {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
@@ -363,11 +374,7 @@ impl AlertRules {
                     }
                     acc.fired.insert(t);
                     let (_, pstart, pend) = period_bounds(b.cfg.period, parse_period_start(pkey));
-                    let owner_id = if b.cfg.owner.contains(['*', '?', '[']) {
-                        acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
-                    } else {
-                        b.cfg.owner.clone()
-                    };
+                    let owner_id = b.owner_of(acc);
                     let percent = acc.spend.cost * 10_000 / b.limit; // hundredths of a percent
                     alerts.push(Alert::new(
                         &self.source,
@@ -398,11 +405,7 @@ impl AlertRules {
                 if b.cfg.action == Action::Block && !acc.fired.contains(&BLOCK_FIRED) && acc.spend.cost >= b.limit {
                     acc.fired.insert(BLOCK_FIRED);
                     let (_, pstart, pend) = period_bounds(b.cfg.period, parse_period_start(pkey));
-                    let owner_id = if b.cfg.owner.contains(['*', '?', '[']) {
-                        acc.by_owner.iter().max_by_key(|(_, s)| s.cost).map(|(o, _)| o.clone()).unwrap_or_default()
-                    } else {
-                        b.cfg.owner.clone()
-                    };
+                    let owner_id = b.owner_of(acc);
                     alerts.push(Alert::new(
                         &self.source,
                         AlertType::PolicyBlock,

@@ -58,3 +58,40 @@ pub fn batch(evs: &[Ev<'_>]) -> RecordBatch {
     }
     RecordBatch::try_new(schema, cols).unwrap()
 }
+
+/// A closed window of `n` rollup rows: `column(name)` gives a column, every other one is filled with
+/// defaults (window 10:00-11:00 of day 0 for `1h`, day 2026-11-04 for `1d`; empty strings, zeros, not late).
+pub fn rollup_window(n: usize, size: &str, column: impl Fn(&str) -> Option<ArrayRef>) -> crate::Emitted {
+    use aifinops_schemas::rollup::rollup_schema;
+    use datafusion::arrow::array::BooleanArray;
+    use datafusion::arrow::datatypes::DataType;
+    let size = crate::WindowSize::parse(size).unwrap();
+    let start = if size.ms == 86_400_000 { 1_793_750_400_000 } else { 10 * size.ms };
+    let schema = rollup_schema();
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            column(f.name()).unwrap_or_else(|| match (f.name().as_str(), f.data_type()) {
+                ("window_start", _) => Arc::new(TimestampMillisecondArray::from(vec![start; n]).with_timezone("UTC")),
+                ("window_end", _) => {
+                    Arc::new(TimestampMillisecondArray::from(vec![start + size.ms; n]).with_timezone("UTC"))
+                }
+                ("late", _) => Arc::new(BooleanArray::from(vec![false; n])),
+                (_, DataType::Utf8) => Arc::new(StringArray::from_iter_values((0..n).map(|_| ""))),
+                (_, DataType::Decimal128(_, _)) => Arc::new(
+                    Decimal128Array::from(vec![0i128; n]).with_precision_and_scale(COST_PRECISION, COST_SCALE).unwrap(),
+                ),
+                _ => Arc::new(Int64Array::from(vec![0; n])),
+            })
+        })
+        .collect();
+    crate::Emitted { size, rows: RecordBatch::try_new(schema, cols).unwrap() }
+}
+
+/// A Decimal128(38, 18) column of USD amounts (`None` = NULL).
+pub fn usd_column<S: AsRef<str>>(values: impl IntoIterator<Item = Option<S>>) -> ArrayRef {
+    let v: Vec<Option<i128>> =
+        values.into_iter().map(|x| x.map(|s| aifinops_schemas::money::parse_usd("usd", s.as_ref()).unwrap())).collect();
+    Arc::new(Decimal128Array::from(v).with_precision_and_scale(COST_PRECISION, COST_SCALE).unwrap())
+}

@@ -790,11 +790,7 @@ fn otel(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
     let ts = if let Some(n) = v.get("startTimeUnixNano") {
         ts_nanos(Some(n))
     } else {
-        match v.get("start_time").or_else(|| v.get("timestamp")) {
-            Some(Value::String(s)) => Some(text_ts(s)),
-            Some(n @ Value::Number(_)) => ts_millis(Some(n)),
-            _ => None,
-        }
+        ts_millis(v.get("start_time").or_else(|| v.get("timestamp")))
     };
     let error = matches!(v.get("status_code").and_then(Value::as_str), Some("STATUS_CODE_ERROR" | "ERROR"));
     let mut call = otel_call(&a, id, ts, error);
@@ -983,10 +979,7 @@ fn bedrock_log(v: &Value) -> Result<Call<'_>, Rejection> {
     let error = at(v, &["errorCode"]).is_some() || at(v, &["error"]).is_some();
     Ok(Call {
         event_id: text(v, &["requestId"]),
-        ts: v.get("timestamp").map(|t| match t {
-            Value::String(s) => text_ts(s),
-            n => ts_millis(Some(n)).unwrap_or(Ts::Bad("must be a date-time")),
-        }),
+        ts: ts_millis(v.get("timestamp")),
         provider: Some(Cow::Borrowed("bedrock")),
         model: text(v, &["modelId"]),
         input: sum(sum(count(v, &["input", "inputTokenCount"]), read), write),
@@ -1054,14 +1047,18 @@ fn kong(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
     Ok(calls)
 }
 
-/// Portkey and Cloudflare may carry `metadata` as an object or as a JSON-encoded string.
-fn metadata_of(v: &Value) -> Result<Option<Value>, Rejection> {
+/// Attribution from a gateway's `metadata`, an object or a JSON-encoded string (Portkey, Cloudflare).
+fn metadata_attribution(c: &mut Call<'_>, v: &Value) -> Result<(), Rejection> {
     match v.get("metadata") {
-        Some(Value::String(s)) if !s.trim().is_empty() => serde_json::from_str(s)
-            .map(Some)
-            .map_err(|e| reject("invalid_value", format!("`metadata` is a string but not JSON: {e}"))),
-        _ => Ok(None),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            let m: Value = serde_json::from_str(s)
+                .map_err(|e| reject("invalid_value", format!("`metadata` is a string but not JSON: {e}")))?;
+            attribution(c, &m);
+        }
+        Some(m) => attribution(c, m),
+        None => {}
     }
+    Ok(())
 }
 
 /// Attribution fields from a gateway's free-form metadata (copied: the metadata may be a parsed string).
@@ -1088,10 +1085,7 @@ fn portkey(v: &Value) -> Result<Call<'_>, Rejection> {
     let cache = v.get("cache_status").and_then(Value::as_str).unwrap_or("");
     let mut c = Call {
         event_id: text(v, &["id"]).or_else(|| text(v, &["request_id"])),
-        ts: v.get("created_at").map(|t| match t {
-            Value::String(s) => text_ts(s),
-            n => ts_millis(Some(n)).unwrap_or(Ts::Bad("must be a date-time")),
-        }),
+        ts: ts_millis(v.get("created_at")),
         provider: text(v, &["ai_org"]),
         model: text(v, &["ai_model"]),
         input: count(v, &["req_units"]),
@@ -1104,14 +1098,7 @@ fn portkey(v: &Value) -> Result<Call<'_>, Rejection> {
         reported: money(at(v, &["cost"])).map(Reported::Cents),
         ..Call::default()
     };
-    match metadata_of(v)? {
-        Some(m) => attribution(&mut c, &m),
-        None => {
-            if let Some(m) = v.get("metadata") {
-                attribution(&mut c, m);
-            }
-        }
-    }
+    metadata_attribution(&mut c, v)?;
     Ok(c)
 }
 
@@ -1122,10 +1109,7 @@ fn cloudflare(v: &Value) -> Result<Call<'_>, Rejection> {
     };
     let mut c = Call {
         event_id: text(v, &["id"]),
-        ts: v.get("created_at").map(|t| match t {
-            Value::String(s) => text_ts(s),
-            n => ts_millis(Some(n)).unwrap_or(Ts::Bad("must be a date-time")),
-        }),
+        ts: ts_millis(v.get("created_at")),
         provider: text(v, &["provider"]),
         model: text(v, &["model"]),
         input: count(v, &["tokens_in"]),
@@ -1135,14 +1119,7 @@ fn cloudflare(v: &Value) -> Result<Call<'_>, Rejection> {
         reported: money(at(v, &["cost"])).map(Reported::Usd),
         ..Call::default()
     };
-    match metadata_of(v)? {
-        Some(m) => attribution(&mut c, &m),
-        None => {
-            if let Some(m) = v.get("metadata") {
-                attribution(&mut c, m);
-            }
-        }
-    }
+    metadata_attribution(&mut c, v)?;
     Ok(c)
 }
 
