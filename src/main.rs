@@ -3,12 +3,14 @@
 
 mod config;
 mod demo;
+mod forecast;
 mod pipeline;
 mod prices;
 mod query;
 mod replay;
 mod run;
 mod traffic;
+mod whatif;
 
 use std::path::PathBuf;
 
@@ -116,6 +118,11 @@ enum Command {
         /// NDJSON files (`-` for stdin).
         files: Vec<PathBuf>,
     },
+    /// Month-end spend projection per owner (and total) from the lake's daily series, with an 80 % interval,
+    /// the budget, and the peak hours of the week; writes forecast rows to `<lake>/forecasts/`.
+    Forecast(forecast::Args),
+    /// Re-price a month of real usage under other models, service tiers, or a self-hosted option.
+    Whatif(whatif::Args),
     /// Price catalog tools.
     Prices {
         #[command(subcommand)]
@@ -276,6 +283,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Forecast(args) => forecast::run(args).await,
+        Command::Whatif(args) => whatif::run(args).await,
         Command::Produce { brokers, topic, partitions, files } => {
             let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
             eprintln!("produced {n} records to {topic}");

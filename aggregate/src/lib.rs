@@ -7,6 +7,7 @@
 
 pub mod dedup;
 pub mod drift;
+pub mod forecast;
 pub mod retry;
 pub mod rules;
 pub mod watermark;
