@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aifinops_aggregate::BudgetConfig;
+use aifinops_aggregate::{BudgetConfig, SpikeConfig};
 use aifinops_ingest::{Format, RawPolicy};
 use anyhow::Context;
 use figment::Figment;
@@ -34,6 +34,8 @@ pub struct Config {
     pub drift: DriftConfig,
     #[serde(default)]
     pub retry_storm: RetryStormConfig,
+    #[serde(default)]
+    pub spike: SpikeConfig,
     #[serde(default)]
     pub avro: AvroConfig,
     #[serde(default)]
@@ -352,6 +354,16 @@ impl Config {
         }
         self.drift.thresholds().context("drift")?;
         self.retry_storm.thresholds(&self.pipeline.windows).context("retry_storm")?;
+        if self.spike.enabled {
+            if !self.pipeline.windows.contains(&self.spike.window) {
+                anyhow::bail!(
+                    "spike.window {:?} is not one of pipeline.windows {:?}",
+                    self.spike.window,
+                    self.pipeline.windows
+                );
+            }
+            aifinops_aggregate::SpikeDetector::new("check", self.spike.clone()).context("spike")?;
+        }
         Ok(())
     }
 }

@@ -39,6 +39,8 @@ pub struct Pipeline {
     /// Detectors over closed windows (spikes, retry storms, forecasts plug in here).
     detectors: Vec<Box<dyn Detector>>,
     lake: Lake,
+    /// The next end of a spike-scored window: when the watermark passes it, commit at once (alert latency).
+    boundary: Option<i64>,
     emitted: Vec<Emitted>,
     alerts: Vec<Alert>,
     dead: Vec<DeadLetter>,
@@ -78,7 +80,7 @@ pub fn load_reference(cfg: &Config) -> anyhow::Result<(PriceCatalog, OwnerMap)> 
 
 impl Pipeline {
     /// Opens the lake (recovering from any crash) and restores the state of its last commit.
-    pub fn open(cfg: &Config) -> anyhow::Result<(Pipeline, Option<Manifest>)> {
+    pub async fn open(cfg: &Config) -> anyhow::Result<(Pipeline, Option<Manifest>)> {
         let (catalog, owners) = load_reference(cfg)?;
         tracing::info!(
             priced_models = catalog.stats.priced_models,
@@ -131,6 +133,7 @@ impl Pipeline {
                 )),
             ],
             lake,
+            boundary: None,
             emitted: vec![],
             alerts: vec![],
             dead: vec![],
@@ -139,40 +142,101 @@ impl Pipeline {
             last_commit: Instant::now(),
             totals: Totals::default(),
         };
+        if cfg.spike.enabled {
+            if !cfg.pipeline.windows.contains(&cfg.spike.window) {
+                anyhow::bail!(
+                    "spike.window {:?} is not one of pipeline.windows {:?}",
+                    cfg.spike.window,
+                    cfg.pipeline.windows
+                );
+            }
+            p.detectors.push(Box::new(
+                aifinops_aggregate::SpikeDetector::new(&format!("aifinops/{}", cfg.pipeline.name), cfg.spike.clone())
+                    .context("spike")?,
+            ));
+        }
         let manifest = recovered.as_ref().map(|r| r.manifest.clone());
-        if let Some(r) = recovered {
-            p.restore(r.manifest.watermark_ms, r.state)?;
-            tracing::info!(seq = r.manifest.seq, watermark = ?r.manifest.watermark_ms, "resumed from the lake's last commit");
+        match recovered {
+            Some(r) => {
+                p.restore(r.manifest.watermark_ms, r.state).await?;
+                tracing::info!(seq = r.manifest.seq, watermark = ?r.manifest.watermark_ms, "resumed from the lake's last commit");
+            }
+            None => p.restore(None, StateSnapshot::default()).await?,
         }
         Ok((p, manifest))
     }
 
-    fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
+    /// Rebuilds the detectors' history (spike baselines) from the lake's rollups: the rollups are the
+    /// state store, so a restart does not forget them.
+    async fn warm_detectors(&mut self) -> anyhow::Result<()> {
+        for d in &mut self.detectors {
+            let Some((size, from, to)) = d.history() else { continue };
+            let day = |ms: i64| {
+                chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%d").to_string()
+            };
+            let ctx = crate::query::session(self.lake.root()).await?;
+            let sql = format!(
+                "SELECT window_start, owner, identity, sum(cost_usd) AS cost_usd FROM rollups \
+                 WHERE \"window\" = '{}' AND date >= '{}' AND date <= '{}' \
+                 AND window_start >= to_timestamp_millis({from}) AND window_start < to_timestamp_millis({to}) \
+                 GROUP BY window_start, owner, identity ORDER BY window_start",
+                size.label,
+                day(from),
+                day(to)
+            );
+            let batches = ctx
+                .sql(&sql)
+                .await
+                .with_context(|| format!("reading {} history for {}", size.label, d.name()))?
+                .collect()
+                .await
+                .with_context(|| format!("reading {} history for {}", size.label, d.name()))?;
+            for b in &batches {
+                d.warm(b).with_context(|| format!("rebuilding {} from the lake", d.name()))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
         self.windows.restore(state.partials)?;
         self.dedup = Deduplicator::from_bytes(&state.dedup)?;
         if let Some(w) = watermark {
             self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
         }
-        let rules: RulesState = if state.rules.is_null() {
+        // `{"rules": …, "detectors": {name: …}}`; lakes written before detectors had state hold the rules only
+        let (rules, detectors) = match state.rules {
+            serde_json::Value::Object(mut o) if o.contains_key("detectors") => {
+                (o.remove("rules").unwrap_or_default(), o.remove("detectors").unwrap_or_default())
+            }
+            other => (other, serde_json::Value::Null),
+        };
+        let rules: RulesState = if rules.is_null() {
             RulesState::default()
         } else {
-            serde_json::from_value(state.rules).context("rule state")?
+            serde_json::from_value(rules).context("rule state")?
         };
         self.rules.restore(rules);
+        for d in &mut self.detectors {
+            d.restore(detectors.get(d.name()).unwrap_or(&serde_json::Value::Null))
+                .with_context(|| format!("{} state", d.name()))?;
+        }
         self.watermark = watermark;
+        self.boundary = None;
+        self.warm_detectors().await?;
         Ok(())
     }
 
     /// Discards everything since the last commit (after a rebalance).
-    pub fn rollback(&mut self) -> anyhow::Result<()> {
+    pub async fn rollback(&mut self) -> anyhow::Result<()> {
         let _ = self.decoder.finish();
         self.emitted.clear();
         self.alerts.clear();
         self.dead.clear();
         self.dirty = false;
         match self.lake.recover()? {
-            Some(r) => self.restore(r.manifest.watermark_ms, r.state)?,
-            None => self.restore(None, StateSnapshot::default())?,
+            Some(r) => self.restore(r.manifest.watermark_ms, r.state).await?,
+            None => self.restore(None, StateSnapshot::default()).await?,
         }
         tracing::info!("rolled back to the last lake commit after a rebalance");
         Ok(())
@@ -186,8 +250,14 @@ impl Pipeline {
         &self.lake
     }
 
+    /// A commit is due after the commit interval, or at once when the watermark has passed the end of a
+    /// spike-scored window (so its alert is on the topic within a second of the watermark).
     pub fn commit_due(&self) -> bool {
-        self.dirty && self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval
+        let window_closed = match (self.boundary, self.watermark) {
+            (Some(b), Some(w)) => w >= b,
+            _ => false,
+        };
+        (self.dirty && self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval) || window_closed
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -230,6 +300,13 @@ impl Pipeline {
         if let Some(w) = watermark
             && self.watermark.is_none_or(|cur| w > cur)
         {
+            // the first advance since the last commit: the end of the window the last close stopped in
+            if self.cfg.spike.enabled
+                && self.boundary.is_none()
+                && let Ok(size) = WindowSize::parse(&self.cfg.spike.window)
+            {
+                self.boundary = Some((self.watermark.unwrap_or(w).div_euclid(size.ms) + 1) * size.ms);
+            }
             self.watermark = Some(w);
             metrics::gauge!("aifinops_watermark_seconds").set(w as f64 / 1000.0);
         }
@@ -256,6 +333,17 @@ impl Pipeline {
                 }
             }
             self.emitted.extend(closed);
+            for d in &mut self.detectors {
+                let mut alerts = d.on_watermark(close_at, now_ms());
+                alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
+                self.alerts.extend(alerts);
+            }
+            self.boundary = None;
+        }
+        if let Some(w) = self.watermark {
+            let mut alerts = self.rules.project(w, now_ms());
+            alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
+            self.alerts.extend(alerts);
         }
         let dedup_cutoff = self.watermark.map(|w| w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
         if let (Some(w), Some(cut)) = (self.watermark, dedup_cutoff) {
@@ -269,7 +357,10 @@ impl Pipeline {
             dedup: dedup_segment,
             dedup_max_ts,
             dedup_cutoff_ms: dedup_cutoff,
-            rules: serde_json::to_value(self.rules.state())?,
+            rules: serde_json::json!({
+                "rules": serde_json::to_value(self.rules.state())?,
+                "detectors": self.detectors.iter().map(|d| (d.name().to_string(), d.state())).collect::<serde_json::Map<_, _>>(),
+            }),
         };
         // Positions of inputs not read this time (another topic, another file) are carried forward, so
         // a later run over them resumes instead of counting them twice.

@@ -17,7 +17,7 @@ use crate::pipeline::{Pipeline, now_ms};
 
 pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyhow::Result<String> {
     let started = Instant::now();
-    let (mut p, manifest) = Pipeline::open(cfg)?;
+    let (mut p, manifest) = Pipeline::open(cfg).await?;
     let mut done: BTreeMap<String, u64> = manifest.map(|m| m.files).unwrap_or_default();
     // Files are known by their canonical path, so `./a.ndjson` and `a.ndjson` are one file; each once.
     let mut inputs: Vec<(PathBuf, Format)> = Vec::new();

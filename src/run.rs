@@ -117,7 +117,7 @@ fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
 
 pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<String> {
     let started = Instant::now();
-    let (mut p, manifest) = Pipeline::open(cfg)?;
+    let (mut p, manifest) = Pipeline::open(cfg).await?;
     let mut committed = std::collections::HashMap::new();
     if let Some(m) = &manifest {
         for (t, parts) in &m.offsets {
@@ -161,7 +161,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                 .await?;
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
-                    p.rollback()?;
+                    p.rollback().await?;
                 } else {
                     let _ = p.decoder.finish();
                 }

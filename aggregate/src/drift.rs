@@ -37,6 +37,10 @@ struct Acc {
 }
 
 impl Detector for DriftDetector {
+    fn name(&self) -> &'static str {
+        "drift"
+    }
+
     fn on_closed(&mut self, e: &Emitted, now_ms: i64) -> Vec<Alert> {
         if e.size.ms != 86_400_000 || e.rows.num_rows() == 0 {
             return Vec::new();

@@ -10,22 +10,51 @@ pub mod drift;
 pub mod forecast;
 pub mod retry;
 pub mod rules;
+pub mod spike;
 pub mod watermark;
 pub mod window;
 
 #[cfg(test)]
 mod testutil;
 
+use datafusion::arrow::array::RecordBatch;
+
 pub use dedup::Deduplicator;
 pub use drift::DriftDetector;
 pub use retry::RetryStormDetector;
 pub use rules::{Action, AlertRules, BudgetConfig, Period, RulesState};
+pub use spike::{SpikeConfig, SpikeDetector};
 pub use window::{Emitted, WindowEngine, WindowSize};
 
-/// A detector over closed windows. Implementations keep their own state in the commit snapshot.
+/// A detector over closed windows. Implementations keep their own state in the commit snapshot
+/// ([`Detector::state`]) and may rebuild longer history from the lake's rollups on start ([`Detector::warm`]).
 pub trait Detector: Send {
+    /// A stable name: the key of its state in the commit snapshot.
+    fn name(&self) -> &'static str;
     /// Called with every batch of rows emitted for a closed window; returns alerts to publish.
     fn on_closed(&mut self, emitted: &Emitted, now_ms: i64) -> Vec<aifinops_schemas::Alert>;
+    /// Called once per commit after the closed windows, with the watermark every closed window ends at or
+    /// before (`None` on a final flush, when every window was closed).
+    fn on_watermark(&mut self, _closed_through_ms: Option<i64>, _now_ms: i64) -> Vec<aifinops_schemas::Alert> {
+        Vec::new()
+    }
+    /// State to carry in the commit snapshot (JSON; `null` = none).
+    fn state(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    /// Restores the state of the last commit (`null` when there is none).
+    fn restore(&mut self, _state: &serde_json::Value) -> Result<(), AggregateError> {
+        Ok(())
+    }
+    /// The rollups this detector wants on start, after `restore`: window size and `[from, to)` of
+    /// `window_start`, epoch ms.
+    fn history(&self) -> Option<(WindowSize, i64, i64)> {
+        None
+    }
+    /// Rows of the `history` range (columns `window_start`, `owner`, `identity`, `cost_usd`, summed per key).
+    fn warm(&mut self, _rows: &RecordBatch) -> Result<(), AggregateError> {
+        Ok(())
+    }
 }
 
 /// Errors of aggregation, naming the step that failed.

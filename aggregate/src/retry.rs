@@ -38,6 +38,10 @@ struct Acc {
 }
 
 impl Detector for RetryStormDetector {
+    fn name(&self) -> &'static str {
+        "retry_storm"
+    }
+
     fn on_closed(&mut self, e: &Emitted, now_ms: i64) -> Vec<Alert> {
         if e.size.ms != self.window_ms || e.rows.num_rows() == 0 {
             return Vec::new();

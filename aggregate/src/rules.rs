@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aifinops_schemas::event::UNATTRIBUTED;
-use aifinops_schemas::money::{format_usd, format_usd_rounded, parse_usd};
+use aifinops_schemas::money::{ONE_USD, format_usd, format_usd_rounded, parse_usd};
 use aifinops_schemas::{Alert, AlertType};
 use chrono::{Datelike, TimeZone, Utc};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
@@ -131,7 +131,21 @@ pub struct RulesState {
     unattributed: BTreeMap<String, BTreeSet<String>>,
     /// `day` -> models already reported as unpriced.
     unpriced: BTreeMap<String, BTreeSet<String>>,
+    /// `budget name` -> `day` -> spend: the daily series month budgets are forecast from.
+    #[serde(default)]
+    daily: BTreeMap<String, BTreeMap<String, Spend>>,
+    /// `budget name` -> `period` -> the breach day last announced by `aifinops.budget.projected`.
+    #[serde(default)]
+    projected: BTreeMap<String, BTreeMap<String, String>>,
+    /// The day projections last ran on.
+    #[serde(default)]
+    projected_on: Option<String>,
 }
+
+/// Complete days of history a projection needs (fewer: no projection).
+pub const PROJECTION_MIN_DAYS: usize = 3;
+/// Days of daily history kept per month budget (8 weeks, what the seasonal forecast uses).
+const PROJECTION_HISTORY_DAYS: i64 = 56;
 
 /// The rules and their state.
 pub struct AlertRules {
@@ -247,6 +261,98 @@ impl AlertRules {
         for periods in self.state.budgets.values_mut() {
             periods.retain(|p, _| if p.len() == 7 { *p >= month_cut } else { *p >= day_cut });
         }
+        let daily_cut = day_key(watermark_ms - PROJECTION_HISTORY_DAYS * 86_400_000);
+        for days in self.state.daily.values_mut() {
+            days.retain(|d, _| *d >= daily_cut);
+        }
+        for periods in self.state.projected.values_mut() {
+            periods.retain(|p, _| *p >= month_cut);
+        }
+    }
+
+    /// Projected breaches of month budgets, once per day of watermark: month-to-date spend (complete
+    /// days) plus the forecast of the rest of the month (today included) against the limit. One
+    /// `aifinops.budget.projected` per budget and month, re-sent only when the projected breach day moves
+    /// earlier. Needs [`PROJECTION_MIN_DAYS`] complete days of history; a budget already at its limit is
+    /// left to the threshold alerts.
+    pub fn project(&mut self, watermark_ms: i64, now_ms: i64) -> Vec<Alert> {
+        let today = day_key(watermark_ms);
+        if self.state.projected_on.as_deref() == Some(today.as_str()) {
+            return Vec::new();
+        }
+        self.state.projected_on = Some(today.clone());
+        let today_ms = watermark_ms.div_euclid(86_400_000) * 86_400_000;
+        let mut alerts = Vec::new();
+        for b in self.budgets.iter().filter(|b| b.cfg.period == Period::Month) {
+            let Some(days) = self.state.daily.get(&b.cfg.name) else { continue };
+            let Some(first) = days.keys().next().and_then(|d| parse_day(d)) else { continue };
+            let from = first.max(today_ms - PROJECTION_HISTORY_DAYS * 86_400_000);
+            let history: Vec<i128> = (0..(today_ms - from) / 86_400_000)
+                .map(|i| days.get(&day_key(from + i * 86_400_000)).map_or(0, |s| s.cost))
+                .collect();
+            if history.len() < PROJECTION_MIN_DAYS {
+                continue;
+            }
+            let (pkey, pstart, pend) = period_bounds(Period::Month, watermark_ms);
+            let acc = self.state.budgets.get(&b.cfg.name).and_then(|p| p.get(&pkey)).cloned().unwrap_or_default();
+            if acc.spend.cost >= b.limit {
+                continue;
+            }
+            let mtd: i128 = days.range(day_key(pstart)..today.clone()).map(|(_, s)| s.cost).sum();
+            let left = ((pend - today_ms) / 86_400_000) as usize;
+            let hist_f: Vec<f64> = history.iter().map(|c| *c as f64 / ONE_USD as f64).collect();
+            let f = crate::forecast::forecast_daily(&hist_f, left, crate::forecast::LEVEL);
+            let units = |usd: f64| (usd * 1e6).round() as i128 * (ONE_USD / 1_000_000);
+            let mut cum = mtd;
+            let mut breach = None;
+            for (i, p) in f.point.iter().enumerate() {
+                cum += units(*p);
+                if breach.is_none() && cum >= b.limit {
+                    breach = Some(day_key(today_ms + i as i64 * 86_400_000));
+                }
+            }
+            let Some(breach) = breach else { continue };
+            let announced = self.state.projected.entry(b.cfg.name.clone()).or_default();
+            if announced.get(&pkey).is_some_and(|prev| breach >= *prev) {
+                continue;
+            }
+            announced.insert(pkey.clone(), breach.clone());
+            let lower = mtd + f.lower.iter().map(|v| units(*v)).sum::<i128>();
+            let upper = mtd + f.upper.iter().map(|v| units(*v)).sum::<i128>();
+            let owner_id = b.owner_of(&acc);
+            alerts.push(Alert::new(
+                &self.source,
+                AlertType::BudgetProjected,
+                format!("budget/{}", b.cfg.name),
+                now_ms,
+                &[&b.cfg.name, &pkey, &breach],
+                serde_json::json!({
+                    "owner": owner_id,
+                    "risk_owner": acc.risk_owners.get(&owner_id).cloned().unwrap_or_default(),
+                    "budget": b.cfg.name,
+                    "scope": {"owner": b.cfg.owner, "workflow": b.cfg.workflow, "environment": b.cfg.environment},
+                    "period": {"kind": b.cfg.period, "key": pkey, "start": aifinops_schemas::alert::rfc3339_ms(pstart), "end": aifinops_schemas::alert::rfc3339_ms(pend)},
+                    "as_of": today,
+                    "limit_usd": format_usd(b.limit),
+                    "month_to_date_usd": format_usd_rounded(mtd, 2),
+                    "projected_usd": format_usd_rounded(cum, 2),
+                    "projected_lower_usd": format_usd_rounded(lower, 2),
+                    "projected_upper_usd": format_usd_rounded(upper, 2),
+                    "interval_level": f.level,
+                    "projected_percent": (cum * 100 / b.limit).to_string(),
+                    "breach_date": breach,
+                    "method": f.method.as_str(),
+                    "history_days": history.len(),
+                    "action": b.cfg.action,
+                    "top_owners": top(&acc.by_owner, "owner", 5),
+                    "summary": format!(
+                        "{} is projected to reach its ${} limit on {breach}: ${} projected for {pkey} (80 % interval ${}-${})",
+                        b.cfg.name, format_usd_rounded(b.limit, 2), format_usd_rounded(cum, 2), format_usd_rounded(lower, 2), format_usd_rounded(upper, 2)
+                    ),
+                }),
+            ));
+        }
+        alerts
     }
 
     /// Feeds the partial rollup rows of one micro-batch (finest window) and returns the alerts they raise.
@@ -310,6 +416,12 @@ impl AlertRules {
                 add(acc.by_identity.entry(identity.value(i).to_string()).or_default(), &spend);
                 add(acc.by_owner.entry(owner.value(i).to_string()).or_default(), &spend);
                 acc.risk_owners.entry(owner.value(i).to_string()).or_insert_with(|| risk.value(i).to_string());
+                if b.cfg.period == Period::Month {
+                    add(
+                        self.state.daily.entry(b.cfg.name.clone()).or_default().entry(day.clone()).or_default(),
+                        &spend,
+                    );
+                }
             }
         }
         for ((ident, day), Unattributed { spend, models, workflows }) in unattr {
@@ -457,6 +569,12 @@ fn add(a: &mut Spend, b: &Spend) {
 /// Marks, among a period's fired thresholds, that its block event was sent.
 const BLOCK_FIRED: u32 = u32::MAX;
 
+fn parse_day(day: &str) -> Option<i64> {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .ok()
+        .map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis())
+}
+
 fn parse_period_start(key: &str) -> i64 {
     if key.len() == 13 {
         // an hour: YYYY-MM-DDTHH
@@ -526,6 +644,54 @@ mod tests {
         let mut r2 = AlertRules::new("test", &[b2]).unwrap();
         r2.restore(state);
         assert!(r2.observe(&partial(&[spend(T0 + H + 1, 1)]).await, None, 0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn projected_breach_of_a_month_budget_is_sent_once_and_again_only_when_it_moves_earlier() {
+        let dec1 = T0 + DAY; // 2025-12-01
+        let mut far = budget("5000", Period::Month);
+        far.name = "far".into();
+        let mut r = AlertRules::new("test", &[budget("500", Period::Month), far]).unwrap();
+        let noon = |d: i64| dec1 + d * DAY + DAY / 2;
+        // two days of history: too short to project
+        for d in 0..2 {
+            r.observe(&partial(&[spend(noon(d), 20)]).await, None, 0);
+        }
+        assert!(r.project(dec1 + 2 * DAY, 0).is_empty(), "warm-up");
+        for d in 2..10 {
+            r.observe(&partial(&[spend(noon(d), 20)]).await, None, 0);
+        }
+        // Dec 11: $200 month to date + 21 days x $20 run-rate = $620; $500 is reached on Dec 25
+        let a = r.project(dec1 + 10 * DAY + 60_000, 0);
+        assert_eq!(a.len(), 1, "{a:#?}");
+        let d = &a[0].data;
+        assert_eq!(a[0].kind, "aifinops.budget.projected");
+        assert_eq!((d["budget"].as_str(), d["breach_date"].as_str()), (Some("b"), Some("2025-12-25")));
+        assert_eq!((d["month_to_date_usd"].as_str(), d["projected_usd"].as_str()), (Some("200.00"), Some("620.00")));
+        assert_eq!((d["method"].as_str(), d["history_days"].as_u64()), (Some("run_rate"), Some(10)));
+        assert_eq!(d["projected_percent"], "124");
+        assert_eq!(d["owner"], "search");
+        assert!(d["controls"].to_string().contains("GV.PO-01"));
+        assert!(r.project(dec1 + 10 * DAY + 7_200_000, 0).is_empty(), "once per day");
+        // Dec 12, same pace: the same breach day is not re-sent
+        r.observe(&partial(&[spend(noon(10), 20)]).await, None, 0);
+        assert!(r.project(dec1 + 11 * DAY, 0).is_empty());
+        // a $90 day moves the breach earlier: sent again, with its own id
+        r.observe(&partial(&[spend(noon(11), 90)]).await, None, 0);
+        let b = r.project(dec1 + 12 * DAY, 0);
+        assert_eq!(b.len(), 1, "{b:#?}");
+        assert!(b[0].data["breach_date"].as_str().unwrap() < "2025-12-25");
+        assert_ne!(a[0].id, b[0].id);
+        // the state survives a restart: no re-send
+        let state: RulesState = serde_json::from_value(serde_json::to_value(r.state()).unwrap()).unwrap();
+        let mut far = budget("5000", Period::Month);
+        far.name = "far".into();
+        let mut r2 = AlertRules::new("test", &[budget("500", Period::Month), far]).unwrap();
+        r2.restore(state);
+        assert!(r2.project(dec1 + 13 * DAY, 0).is_empty());
+        // over the limit already: the threshold alerts speak, not the projection
+        r2.observe(&partial(&[spend(noon(13), 400)]).await, None, 0);
+        assert!(r2.project(dec1 + 14 * DAY, 0).is_empty());
     }
 
     fn spend(ts: i64, usd: i128) -> Ev<'static> {

@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit}
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The alert types this version emits. Detectors added later (spikes, forecasts) extend this list.
+/// The alert types this version emits (catalog: docs/alerts.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AlertType {
     BudgetThreshold,
@@ -18,6 +18,9 @@ pub enum AlertType {
     CostDrift,
     RetryStorm,
     PolicyBlock,
+    SpendSpike,
+    SpendRecovered,
+    BudgetProjected,
 }
 
 impl AlertType {
@@ -28,6 +31,8 @@ impl AlertType {
             AlertType::SpendUnattributed => &["OWASP Non-Human Identities Top 10", "NIST CSF 2.0 GV.PO-01"],
             AlertType::ModelUnpriced | AlertType::CostDrift => &["NIST AI RMF MEASURE"],
             AlertType::RetryStorm => &["NIST AI RMF MANAGE"],
+            AlertType::SpendSpike | AlertType::SpendRecovered => &["NIST AI RMF MEASURE 2.7", "NIST AI RMF MANAGE 4.1"],
+            AlertType::BudgetProjected => &["NIST CSF 2.0 GV.PO-01", "NIST AI RMF MANAGE"],
         }
     }
 
@@ -39,6 +44,9 @@ impl AlertType {
             AlertType::CostDrift => "aifinops.cost.drift",
             AlertType::RetryStorm => "aifinops.retry.storm",
             AlertType::PolicyBlock => "aifinops.policy.block",
+            AlertType::SpendSpike => "aifinops.spend.spike",
+            AlertType::SpendRecovered => "aifinops.spend.recovered",
+            AlertType::BudgetProjected => "aifinops.budget.projected",
         }
     }
 }
