@@ -468,3 +468,151 @@ fn avro_topic_with_local_schemas_and_avro_alerts() {
         assert!(lake_alerts.iter().any(|a| id.contains(a["id"].as_str().unwrap())), "{id}");
     }
 }
+
+/// Reads `topic` from the start until a message satisfies `done`; returns what was read and when the
+/// first matching message arrived.
+fn read_until(
+    brokers: &str,
+    topic: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> (Vec<serde_json::Value>, Option<Instant>) {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("spike-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    while Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(20)) {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap();
+            let hit = done(&v);
+            out.push(v);
+            if hit {
+                return (out, Some(Instant::now()));
+            }
+        }
+    }
+    (out, None)
+}
+
+/// One hour of the `search` team's traffic: 10-14 calls per key-search-N key (1M input, 100k output tokens of
+/// gpt-4o-mini = $0.21 each); `key-search-1` makes `mult` times its calls.
+fn search_hour(start_ms: i64, h: i64, mult: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for k in 0..3 {
+        let n = (4 + (h * 7 + k) % 3) as usize * if k == 1 { mult } else { 1 };
+        for i in 0..n {
+            let ts = start_ms + h * 3_600_000 + 10_000 + (i as i64 * 3_000_000 / n as i64);
+            lines.push(format!(
+                r#"{{"event_id":"sp-{h}-{k}-{i}","timestamp":{ts},"provider":"openai","model":"gpt-4o-mini","input_tokens":1000000,"output_tokens":100000,"api_key_id":"key-search-{k}","workflow":"rag"}}"#
+            ));
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_planted_spike_in_kafka_traffic_raises_one_spike_alert_and_one_recovery() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (input, alerts) = (unique("spike-in"), unique("spike-alerts"));
+    create_topics(&brokers, &[(&input, 1), (&alerts, 1)]);
+    std::fs::write(dir.path().join("owners.toml"), OWNERS).unwrap();
+    let lake = dir.path().join("lake");
+    let config = dir.path().join("aifinops.toml");
+    // a long commit interval: only the watermark passing the hour's end makes the alert's commit
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ncommit_interval = \"60s\"\nbatch_max_wait = \"50ms\"\nidle_timeout = \"120s\"\n\
+             [lake]\ndir = \"{}\"\n[owners]\nfile = \"{}\"\n",
+            lake.display(),
+            dir.path().join("owners.toml").display()
+        ),
+    )
+    .unwrap();
+    let s = Setup {
+        brokers,
+        input,
+        alerts,
+        dlq: String::new(),
+        group: unique("spike-group"),
+        config,
+        lake,
+        metrics_port: 0,
+    };
+    // 1. eight and a half days of normal hours, consumed by a first run (the lake is the detector's history)
+    let now = chrono::Utc::now().timestamp_millis();
+    let start_ms = (now - 10 * 86_400_000).div_euclid(3_600_000) * 3_600_000;
+    let history: Vec<String> = (0..204).flat_map(|h| search_hour(start_ms, h, 1)).collect();
+    produce(&s.brokers, &s.input, &history);
+    let (status, stderr) = wait_output(start(&s, &["--until-caught-up"], &[]), Duration::from_secs(180));
+    assert!(status.success(), "{stderr}");
+    let lake_alerts = query(&s.lake, "SELECT type FROM alerts");
+    assert!(lake_alerts.is_empty(), "normal traffic raises nothing: {lake_alerts:?}");
+
+    // 2. a second, long-running run rebuilds the baselines from the lake; key-search-1 spends 20x for an hour
+    let child = start(&s, &[], &[("RUST_LOG", "info")]);
+    std::thread::sleep(Duration::from_secs(3));
+    produce(&s.brokers, &s.input, &search_hour(start_ms, 204, 20));
+    // the first call of the next hour, 6 s in, moves the watermark (5 s delay) past the spike hour's end
+    let next = search_hour(start_ms, 205, 1);
+    let (first, rest) = next.split_at(1);
+    let first = first[0].replace(
+        &format!("\"timestamp\":{}", start_ms + 205 * 3_600_000 + 10_000),
+        &format!("\"timestamp\":{}", start_ms + 205 * 3_600_000 + 6_000),
+    );
+    produce(&s.brokers, &s.input, &[first]);
+    let sent = Instant::now();
+    let (got, at) = read_until(&s.brokers, &s.alerts, Duration::from_secs(60), |v| v["type"] == "aifinops.spend.spike");
+    let at = at.unwrap_or_else(|| panic!("no spike alert within 60 s: {got:?}"));
+    let latency = at.duration_since(sent);
+    println!("spike alert latency from the watermark-moving record: {} ms", latency.as_millis());
+    assert!(latency < Duration::from_secs(10), "{latency:?}");
+    // 3. the rest of a normal hour, then the next hour's first call: the recovery
+    produce(&s.brokers, &s.input, rest);
+    let after = search_hour(start_ms, 206, 1);
+    produce(&s.brokers, &s.input, &after[..1]);
+    let (got, at) =
+        read_until(&s.brokers, &s.alerts, Duration::from_secs(60), |v| v["type"] == "aifinops.spend.recovered");
+    assert!(at.is_some(), "no recovery within 60 s: {got:?}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (status, stderr) = wait_output(child, Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("spike baselines rebuilt from the lake"), "{stderr}");
+
+    // 4. a restart over the same lake and topic re-alerts nothing
+    let (status, stderr) = wait_output(start(&s, &["--until-caught-up"], &[]), Duration::from_secs(120));
+    assert!(status.success(), "{stderr}");
+    let msgs = read_all(&s.brokers, &s.alerts, 2, Duration::from_secs(30));
+    let alerts: Vec<serde_json::Value> = msgs.iter().map(|(_, p, _)| serde_json::from_slice(p).unwrap()).collect();
+    let kinds: Vec<&str> = alerts.iter().map(|a| a["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["aifinops.spend.spike", "aifinops.spend.recovered"], "{alerts:#?}");
+    let (spike, rec) = (&alerts[0]["data"], &alerts[1]["data"]);
+    assert_eq!(alerts[0]["subject"], "owner/search");
+    assert_eq!(spike["owner"], "search");
+    assert_eq!(spike["approver"], "vp-search@example.com");
+    assert_eq!(spike["risk_owner"], "search-lead@example.com");
+    // the key id that spent 20x (a key id, not a secret: secrets would be fingerprinted at ingest)
+    let identity = spike["identity"].as_str().unwrap();
+    assert_eq!(identity, "key-search-1");
+    assert_eq!(spike["top_identities"][0]["identity"], identity);
+    assert_eq!(spike["top_models"][0]["model"], "openai/gpt-4o-mini");
+    assert_eq!(spike["top_workflows"][0]["workflow"], "rag");
+    let actual: f64 = spike["actual_usd"].as_str().unwrap().parse().unwrap();
+    let expected: f64 = spike["expected_usd"].as_str().unwrap().parse().unwrap();
+    let calls = search_hour(start_ms, 204, 20).len() as f64;
+    assert!((actual - calls * 0.21).abs() < 0.01, "{actual} for {calls} calls of $0.21");
+    assert!(expected > 2.0 && expected < 3.2, "{expected}: 10-14 calls of $0.21");
+    for c in ["NIST AI RMF", "OWASP Non-Human"] {
+        assert!(spike["controls"].to_string().contains(c), "{spike}");
+    }
+    assert_eq!(rec["spike_id"], alerts[0]["id"]);
+    assert_eq!(rec["duration_windows"], 1);
+}
