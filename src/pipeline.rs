@@ -287,6 +287,8 @@ impl Pipeline {
         let (events, dups) = self.dedup.filter(&decoded.batch)?;
         self.totals.duplicates += dups;
         metrics::counter!("aifinops_duplicate_events_total").increment(dups);
+        let (events, retries) = self.dedup.mark_retries(&events)?;
+        metrics::counter!("aifinops_step_retries_total").increment(retries);
         if events.num_rows() > 0 {
             let lateness = self.cfg.pipeline.allowed_lateness.as_millis() as i64;
             let finest = self.windows.add(&events, self.watermark, lateness).await?;

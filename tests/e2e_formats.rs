@@ -389,23 +389,39 @@ fn a_retrying_agent_loop_raises_one_retry_storm_alert() {
     let (mut cost, mut failed, mut retry) = (0i128, 0i128, 0i128);
     for i in 0..400i64 {
         let ts = DAY + 10 * 3_600_000 + i * 8_000;
-        let (workflow, status, attempt) = match i % 4 {
-            0 => ("rag", "ok", 1),
-            1 => ("loop", "ok", 1),
-            2 => ("loop", "error", 1),
-            _ => ("loop", "error", 2 + i % 3),
+        // each agent run (trace) of the loop: an answer step that succeeds, a plan step that fails, and the
+        // plan step again: a retry, marked either by `attempt` or only by its repeated trace_id + step
+        let (workflow, status, attempt, step) = match i % 4 {
+            0 => ("rag", "ok", None, "answer"),
+            1 => ("loop", "ok", None, "answer"),
+            2 => ("loop", "error", None, "plan"),
+            _ if i % 8 == 3 => ("loop", "error", Some(2 + i % 3), "plan"),
+            _ => ("loop", "error", None, "plan"),
         };
         let c = 2_000 * GPT4O[0] + 500 * GPT4O[2];
         if workflow == "loop" {
             cost += c;
             failed += if status == "error" { c } else { 0 };
-            retry += if attempt > 1 { c } else { 0 };
+            retry += if i % 4 == 3 { c } else { 0 };
         }
-        lines.push(
-            json!({"event_id": format!("r{i}"), "timestamp": ts, "provider": "openai", "model": "gpt-4o", "input_tokens": 2000,
-                   "output_tokens": 500, "status": status, "attempt": attempt, "workflow": workflow, "api_key_id": "k"})
-            .to_string(),
-        );
+        let mut ev = json!({"event_id": format!("r{i}"), "timestamp": ts, "provider": "openai", "model": "gpt-4o", "input_tokens": 2000,
+               "output_tokens": 500, "status": status, "workflow": workflow, "api_key_id": "k",
+               "trace_id": if workflow == "rag" { format!("rag-{i}") } else { format!("trace-{}", i / 4) }, "step": step});
+        if let Some(a) = attempt {
+            ev["attempt"] = json!(a);
+        }
+        if i % 40 == 7 {
+            ev["step"] = json!(7); // an integer step works the same
+            lines.push(json!({"event_id": format!("r{}-first", i), "timestamp": ts - 1, "provider": "openai", "model": "gpt-4o",
+                "input_tokens": 2000, "output_tokens": 500, "status": "error", "workflow": "loop", "api_key_id": "k",
+                "trace_id": format!("trace-{}", i / 4), "step": 7}).to_string());
+            cost += c;
+            failed += c;
+        }
+        lines.push(ev.to_string());
+        if i % 50 == 11 {
+            lines.push(lines.last().unwrap().clone()); // a redelivery: a duplicate, not another retry
+        }
     }
     let input = dir.path().join("loop.ndjson");
     std::fs::write(&input, lines.join("\n") + "\n").unwrap();

@@ -62,6 +62,72 @@ impl Deduplicator {
         Ok((kept, dups))
     }
 
+    /// Marks agentic retries: a call whose `trace_id` + `step` (its `retry_key`) was seen before, within the
+    /// horizon, is a retry: `retry_requests = 1` and `retry_cost_usd = cost_usd`. Run after [`Self::filter`],
+    /// so a redelivered event is a duplicate, not a retry. The keys share the dedup set (and its segments
+    /// and horizon) in their own hash domain. Returns the batch and the number of retries found.
+    pub fn mark_retries(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64), AggregateError> {
+        use aifinops_schemas::event::RETRY_KEY;
+        use datafusion::arrow::array::{ArrayRef, Decimal128Array, Int64Array};
+        use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+        let Some(keys) = batch.column_by_name(RETRY_KEY) else { return Ok((batch.clone(), 0)) };
+        if keys.null_count() == keys.len() {
+            return Ok((batch.clone(), 0));
+        }
+        let keys = keys.as_fixed_size_binary();
+        let col =
+            |n: &str| batch.column_by_name(n).ok_or_else(|| AggregateError::Config(format!("event batch has no {n}")));
+        let ts = col(TS)?.as_primitive::<TimestampMillisecondType>();
+        let retries = col("retry_requests")?.as_primitive::<Int64Type>();
+        let cost = col("cost_usd")?.as_primitive::<Decimal128Type>();
+        let retry_cost = col("retry_cost_usd")?.as_primitive::<Decimal128Type>();
+        let mut marked: Vec<usize> = Vec::new();
+        for i in (0..keys.len()).filter(|i| keys.is_valid(*i)) {
+            let k = u128::from_le_bytes(keys.value(i).try_into().expect("16-byte key"));
+            match self.seen.entry(k) {
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    if retries.value(i) == 0 {
+                        marked.push(i);
+                    }
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(ts.value(i));
+                    self.fresh.push((k, ts.value(i)));
+                }
+            }
+        }
+        if marked.is_empty() {
+            return Ok((batch.clone(), 0));
+        }
+        let mut r: Vec<i64> = retries.values().to_vec();
+        let mut rc: Vec<Option<i128>> = retry_cost.iter().collect();
+        for &i in &marked {
+            r[i] = 1;
+            rc[i] = if cost.is_null(i) { None } else { Some(cost.value(i)) };
+        }
+        let (p, s) = match retry_cost.data_type() {
+            datafusion::arrow::datatypes::DataType::Decimal128(p, s) => (*p, *s),
+            _ => return Err(AggregateError::Config("retry_cost_usd is not a decimal".into())),
+        };
+        let rc = Decimal128Array::from(rc)
+            .with_precision_and_scale(p, s)
+            .map_err(|e| AggregateError::Arrow { context: "marking retries".into(), source: e })?;
+        let schema = batch.schema();
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| match f.name().as_str() {
+                "retry_requests" => std::sync::Arc::new(Int64Array::from(r.clone())) as ArrayRef,
+                "retry_cost_usd" => std::sync::Arc::new(rc.clone()) as ArrayRef,
+                _ => c.clone(),
+            })
+            .collect();
+        let out = RecordBatch::try_new(schema, cols)
+            .map_err(|e| AggregateError::Arrow { context: "marking retries".into(), source: e })?;
+        Ok((out, marked.len() as u64))
+    }
+
     /// Forgets events older than `cutoff_ms` (event time).
     pub fn evict_before(&mut self, cutoff_ms: i64) {
         self.seen.retain(|_, ts| *ts >= cutoff_ms);

@@ -33,6 +33,7 @@ pub fn batch(evs: &[Ev<'_>]) -> RecordBatch {
                 evs.iter().map(|e| if e.cost.is_some() { "m" } else { "unknown-model" }),
             )),
             "input_tokens" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.input))),
+            "retry_key" => Arc::new(FixedSizeBinaryArray::new_null(16, evs.len())),
             "unpriced_requests" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.cost.is_none() as i64))),
             "cost_usd" => Arc::new(
                 Decimal128Array::from_iter(evs.iter().map(|e| e.cost))

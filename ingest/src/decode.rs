@@ -204,6 +204,8 @@ struct Wire<'a> {
     #[serde(borrow)]
     trace_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    step: Option<&'a RawValue>,
+    #[serde(borrow)]
     api_key_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     service_account: Option<Cow<'a, str>>,
@@ -262,6 +264,18 @@ impl<'a> Wire<'a> {
             status: self.status,
             attempt: self.attempt,
             trace_id: self.trace_id,
+            step: self.step.and_then(|raw| {
+                let t = raw.get();
+                match t.as_bytes().first() {
+                    Some(b'n') => None,
+                    Some(b'"') if !t.contains('\\') => Some(Cow::Borrowed(&t[1..t.len() - 1])),
+                    Some(b'-' | b'0'..=b'9') if !t.contains(['.', 'e', 'E']) => Some(Cow::Borrowed(t)),
+                    _ => match serde_json::from_str::<serde_json::Value>(t) {
+                        Ok(serde_json::Value::String(s)) => Some(Cow::Owned(s)),
+                        _ => Some(Cow::Borrowed(crate::formats::BAD_STEP)),
+                    },
+                }
+            }),
             api_key_id: self.api_key_id,
             service_account: self.service_account,
             end_user: self.end_user,
@@ -356,6 +370,7 @@ struct Row<'c> {
     counts: [i64; 15],
     cost: Option<i128>,
     reported: Option<i128>,
+    retry_key: Option<[u8; 16]>,
 }
 
 /// Decodes, validates, prices and attributes records into one Arrow batch.
@@ -374,6 +389,7 @@ pub struct Decoder {
     reported: Decimal128Builder,
     failed_cost: Decimal128Builder,
     retry_cost: Decimal128Builder,
+    retry_key: FixedSizeBinaryBuilder,
     dead: Vec<DeadLetter>,
     stats: DecodeStats,
 }
@@ -400,6 +416,7 @@ impl Decoder {
             reported: Decimal128Builder::new(),
             failed_cost: Decimal128Builder::new(),
             retry_cost: Decimal128Builder::new(),
+            retry_key: FixedSizeBinaryBuilder::new(aifinops_schemas::event::EVENT_KEY_LEN),
             dead: Vec::new(),
             stats: DecodeStats::default(),
         }
@@ -633,6 +650,20 @@ impl Decoder {
             None => 1,
             Some(a) => count("attempt", Some(a))?,
         };
+        let retry_key = match (c.trace_id.as_deref(), c.step.as_deref()) {
+            (_, Some(crate::formats::BAD_STEP)) => {
+                return Err(reject("invalid_type", "`step` must be a string or an integer".to_string()));
+            }
+            (Some(trace), Some(step)) if !trace.is_empty() && !step.is_empty() => {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                for part in ["retry", trace, step] {
+                    h.update(part.as_bytes());
+                    h.update(&[0x1f]);
+                }
+                Some(h.digest128().to_le_bytes())
+            }
+            _ => None,
+        };
         let reported = match &c.reported {
             None => None,
             Some(r) => {
@@ -712,6 +743,7 @@ impl Decoder {
             counts,
             cost,
             reported,
+            retry_key,
         })
     }
 
@@ -754,6 +786,10 @@ impl Decoder {
         // parts of the cost: unknown when the cost is, 0 for calls that did not fail / are not retries
         self.failed_cost.append_option(if r.counts[0] == 1 { r.cost } else { Some(0) });
         self.retry_cost.append_option(if r.counts[1] == 1 { r.cost } else { Some(0) });
+        match r.retry_key {
+            Some(k) => self.retry_key.append_value(k).expect("16-byte retry key"),
+            None => self.retry_key.append_null(),
+        }
     }
 
     /// Takes the accepted events as one batch and the rejected records, resetting the decoder.
@@ -772,6 +808,7 @@ impl Decoder {
                 m.finish().with_precision_and_scale(COST_PRECISION, COST_SCALE).expect("valid decimal type"),
             ));
         }
+        cols.push(Arc::new(self.retry_key.finish()));
         let batch = RecordBatch::try_new(priced_event_schema(), cols).expect("decoder builds the priced event schema");
         Decoded { batch, dead_letters: std::mem::take(&mut self.dead), stats: std::mem::take(&mut self.stats) }
     }
@@ -804,6 +841,28 @@ mod tests {
         let dl = &out.dead_letters[0];
         assert_eq!(dl.source, "in.ndjson:7");
         (dl.kind.to_string(), dl.reason.clone())
+    }
+
+    #[test]
+    fn trace_id_and_step_make_the_retry_key_on_every_path() {
+        let base = r#"{"event_id":"s","timestamp":"2026-11-30T10:00:00Z","provider":"openai","model":"gpt-4o","input_tokens":10,"output_tokens":1,"trace_id":"t1""#;
+        let mut d = decoder();
+        for (i, tail) in
+            [r#","step":"plan"}"#, r#","step":"plan","usage":null}"#, r#","step":7}"#, r#","step":"7"}"#, "}"]
+                .iter()
+                .enumerate()
+        {
+            let line = format!("{base}{tail}").replace(r#""s""#, &format!(r#""s{i}""#));
+            assert!(d.push(line.as_bytes(), Format::Canonical, src, 0).is_some(), "{line}");
+        }
+        let b = d.finish().batch;
+        let k = b.column_by_name(aifinops_schemas::event::RETRY_KEY).unwrap().as_fixed_size_binary();
+        assert_eq!(k.value(0), k.value(1), "fast and slow paths agree");
+        assert_eq!(k.value(2), k.value(3), "an integer step is its decimal text");
+        assert_ne!(k.value(0), k.value(2));
+        assert!(k.is_null(4), "no step: no retry key");
+        let (kind, reason) = reason_of(&format!(r#"{base},"step":{{"n":1}}}}"#));
+        assert_eq!((kind.as_str(), reason.as_str()), ("invalid_type", "`step` must be a string or an integer"));
     }
 
     const GOOD: &str = r#"{"event_id":"r1","timestamp":"2026-11-30T10:00:00Z","provider":"openai","model":"gpt-4o","input_tokens":1000,"output_tokens":100,"cache_read_tokens":400,"api_key_id":"key-search-1","team":"search","cost_usd":0.0035}"#;

@@ -121,6 +121,8 @@ pub struct Call<'a> {
     pub status: Option<Cow<'a, str>>,
     pub attempt: Option<Count>,
     pub trace_id: Option<Cow<'a, str>>,
+    /// The agent step within the trace (a string or an integer on the wire); [`BAD_STEP`] when neither.
+    pub step: Option<Cow<'a, str>>,
     pub api_key_id: Option<Cow<'a, str>>,
     pub service_account: Option<Cow<'a, str>>,
     pub end_user: Option<Cow<'a, str>>,
@@ -452,6 +454,19 @@ fn adapt_depth<'v>(format: Format, v: &'v Value, depth: u8) -> Result<Vec<Call<'
 // canonical (as a JSON value: CloudEvents data, Avro)
 
 /// The canonical event read from a JSON value (the fast path for raw JSON bytes is in `decode`).
+/// `step` of a record whose `step` is neither a string nor an integer (rejected in validation).
+pub const BAD_STEP: &str = "\u{0}bad step";
+
+/// `step` as a string or an integer; anything else is [`BAD_STEP`].
+pub(crate) fn step_of(v: &Value) -> Option<Cow<'_, str>> {
+    match v.get("step") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Cow::Borrowed(s.as_str())),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
+        Some(_) => Some(Cow::Borrowed(BAD_STEP)),
+    }
+}
+
 pub(crate) fn canonical(v: &Value) -> Result<Call<'_>, Rejection> {
     canonical_fields(v, true)
 }
@@ -534,6 +549,7 @@ fn canonical_fields(v: &Value, own_usage: bool) -> Result<Call<'_>, Rejection> {
         status: s("status"),
         attempt: strict("attempt"),
         trace_id: s("trace_id"),
+        step: step_of(v),
         api_key_id: s("api_key_id"),
         service_account: s("service_account"),
         end_user: s("end_user"),
@@ -628,6 +644,7 @@ fn litellm(v: &Value) -> Result<Call<'_>, Rejection> {
         status: Some(Cow::Borrowed(if failed { "error" } else { "ok" })),
         attempt: None,
         trace_id: text(v, &["trace_id"]).or_else(|| text(v, &["session_id"])),
+        step: step_of(spend_meta).or_else(|| step_of(meta)).map(|c| Cow::Owned(c.into_owned())),
         api_key_id: identity,
         service_account: owned(text(meta, &["user_api_key_user_id"])).or_else(|| text(v, &["user"])),
         end_user: text(v, &["end_user"]),

@@ -59,8 +59,12 @@ pub const EVENT_COUNTS: [&str; 15] = [
 
 /// Money measures (Decimal128(38, 18), null = unknown).
 /// `failed_cost_usd`: the cost of calls with status error (0 for others); `retry_cost_usd`: the cost of calls
-/// that are retries (`attempt > 1`). Both are parts of `cost_usd`.
+/// that are retries (`attempt > 1`, or a repeated `trace_id` + `step`). Both are parts of `cost_usd`.
 pub const EVENT_MONEY: [&str; 4] = ["cost_usd", "reported_cost_usd", "failed_cost_usd", "retry_cost_usd"];
+
+/// Hash of `trace_id` + `step` (null when the call has no step): a second call of the same agent step in
+/// the same trace is a retry, marked after deduplication (not a rollup column).
+pub const RETRY_KEY: &str = "retry_key";
 
 /// The Arrow schema of a priced event batch.
 pub fn priced_event_schema() -> SchemaRef {
@@ -80,6 +84,7 @@ pub fn priced_event_schema() -> SchemaRef {
             for m in EVENT_MONEY {
                 fields.push(Field::new(m, cost_type(), true));
             }
+            fields.push(Field::new(RETRY_KEY, DataType::FixedSizeBinary(EVENT_KEY_LEN), true));
             Arc::new(Schema::new(fields))
         })
         .clone()
