@@ -241,7 +241,17 @@ impl ModelPrice {
     /// negotiated discount. `None` when the model (or a billed web search) has no price: never $0.
     pub fn cost(&self, t: &Tokens, tier: Tier) -> Option<i128> {
         let row = self.table.iter().rev().find(|(above, _)| *above == 0 || t.input > *above)?;
-        let r = &row.1[tier as usize];
+        self.cost_at(&row.1[tier as usize], t)
+    }
+
+    /// Exact cost of token sums over many calls (e.g. a rollup row): like [`ModelPrice::cost`], but every
+    /// token at the rates for requests of any size, since a sum says nothing about each request's input
+    /// size (no long-context tier), and the discount applied once to the sum.
+    pub fn cost_at_base_rates(&self, t: &Tokens, tier: Tier) -> Option<i128> {
+        self.cost_at(&self.table[0].1[tier as usize], t)
+    }
+
+    fn cost_at(&self, r: &[Option<i128>; CLASSES], t: &Tokens) -> Option<i128> {
         let rate = |c: Class| r[c as usize];
         // checked: an absurd rate times 2^53 tokens is unpriced, never a wrapped figure
         let mut total: i128 = 0;
@@ -870,6 +880,18 @@ impl PriceCatalog {
         Ok(())
     }
 
+    /// Every list-price entry name, `provider/model` for provider entries and `model` for provider-less
+    /// ones, sorted and deduplicated (for "did you mean" messages and finding which providers list a model).
+    pub fn model_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.list.plain.keys().cloned().collect();
+        for (p, models) in &self.list.by_provider {
+            out.extend(models.keys().map(|m| format!("{p}/{m}")));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The list price of `model` from `provider` at event time `ts_ms` (see [`PriceCatalog::lookup_for`]).
     pub fn lookup(&self, provider: &str, model: &str, ts_ms: i64) -> Option<PriceRef<'_>> {
         self.lookup_for("", provider, model, ts_ms)
@@ -963,6 +985,28 @@ mod tests {
         let expect = usd("0.009") /* 3000 x 3/M */ + usd("0.0018") /* 6000 x 0.30/M */
             + usd("0.00375") /* 1000 x 3.75/M */ + usd("0.03") /* 2000 x 15/M */;
         assert_eq!(p.cost(&t, Tier::Default), Some(expect));
+    }
+
+    #[test]
+    fn sums_of_many_calls_are_priced_at_base_rates_and_names_are_listed() {
+        let mut c = PriceCatalog::builtin();
+        c.add_toml_str(
+            "lc.toml",
+            "[[model]]\nname = \"m\"\ninput_per_mtok = \"1\"\noutput_per_mtok = \"2\"\n\
+             [[model.above]]\ninput_tokens = 128000\ninput_per_mtok = \"2\"\noutput_per_mtok = \"4\"\n",
+        )
+        .unwrap();
+        let p = c.lookup("x", "m", 0).unwrap();
+        // the sum of ten 100k-token requests is not one 1M-token request
+        let sum = Tokens { input: 1_000_000, output: 1_000_000, ..Default::default() };
+        assert_eq!(p.cost(&sum, Tier::Default), Some(usd("6")), "one request above 128k: long-context rates");
+        assert_eq!(p.cost_at_base_rates(&sum, Tier::Default), Some(usd("3")));
+        assert_eq!(p.cost_at_base_rates(&sum, Tier::Batch), Some(usd("1.5")));
+        let small = Tokens { input: 100_000, cache_read: 0, output: 10, ..Default::default() };
+        assert_eq!(p.cost_at_base_rates(&small, Tier::Default), p.cost(&small, Tier::Default));
+        let names = c.model_names();
+        assert!(names.contains(&"openai/gpt-4o".to_string()) && names.contains(&"m".to_string()), "{names:?}");
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
     }
 
     #[test]
