@@ -1,6 +1,8 @@
-//! `aifinops demo`: an embedded Kafka-protocol broker (librdkafka's mock cluster), a synthetic day of
-//! gateway traffic produced into it, the real `run` pipeline over it, and what a user would look at.
-//! The mock cluster keeps only the newest ~5 MiB per partition, so the demo day stays small (~9k calls).
+//! `aifinops demo`: two weeks of ordinary gateway traffic backfilled with `replay` (the history the
+//! detectors and forecasts learn from), then a live day with incidents produced into an embedded
+//! Kafka-protocol broker (librdkafka's mock cluster) and consumed by the real `run` pipeline, and what a
+//! user would look at: spend, the spike, the projected budget breach, the month-end forecast.
+//! The mock cluster keeps only the newest ~5 MiB per partition, so the live day stays small (~9k calls).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -33,37 +36,64 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let owners = dir.join("owners.toml");
     std::fs::write(&owners, traffic::DEMO_OWNERS)?;
-    let day = yesterday_ms();
+    // the live day is the 15th of last month, after two weeks of history in the same month
+    let day = demo_day_ms();
+    let day_str = chrono::DateTime::from_timestamp_millis(day).unwrap_or_default().format("%Y-%m-%d");
+    let history: Vec<String> =
+        (1..=HISTORY_DAYS).rev().flat_map(|d| traffic::normal_day(day - d * 86_400_000, 100 + d as u64)).collect();
+    let history_file = dir.join("history.ndjson");
+    std::fs::write(&history_file, history.join("\n") + "\n")?;
     let lines = traffic::demo_day(day, 7);
     std::fs::write(dir.join("traffic.ndjson"), lines.join("\n") + "\n")?;
 
-    println!("aifinops demo: starting an embedded Kafka-protocol broker (librdkafka mock cluster)");
+    let mut cfg = Config::default();
+    cfg.lake.dir = lake.clone();
+    cfg.owners.file = Some(owners);
+    cfg.budgets = toml::from_str::<DemoBudgets>(DEMO_BUDGETS)?.budget;
+    println!(
+        "backfilling {HISTORY_DAYS} days of ordinary traffic before {day_str} ({} records) with `aifinops replay`: \
+         the history spike baselines and forecasts learn from",
+        history.len()
+    );
+    let summary = crate::replay::run(&cfg, &[(history_file, aifinops_ingest::Format::Auto)], true).await?;
+    println!("{summary}\n");
+    // the month budget: what finance set for all AI spend, a little under what this month is heading for
+    let ctx = crate::query::session(&lake).await?;
+    let per_day: f64 = ctx
+        .sql("SELECT CAST(sum(cost_usd) AS DOUBLE) AS usd FROM rollups WHERE \"window\" = '1d'")
+        .await?
+        .collect()
+        .await?
+        .first()
+        .and_then(|b| b.column(0).as_primitive_opt::<datafusion::arrow::datatypes::Float64Type>().map(|c| c.value(0)))
+        .unwrap_or(0.0)
+        / HISTORY_DAYS as f64;
+    let monthly = ((per_day * 26.0 / 100.0).round() * 100.0).max(100.0);
+    if let Some(b) = cfg.budgets.iter_mut().find(|b| b.name == "all-ai-monthly") {
+        b.limit_usd = format!("{monthly:.0}");
+    }
+    let history_alerts = count_alerts(&lake).await?;
+
+    println!("starting an embedded Kafka-protocol broker (librdkafka mock cluster)");
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     let brokers = cluster.bootstrap_servers();
     cluster.create_topic("llm-usage", 3, 1).context("creating llm-usage")?;
     cluster.create_topic("aifinops.alerts", 1, 1).context("creating aifinops.alerts")?;
     cluster.create_topic("aifinops.dead-letters", 1, 1).context("creating aifinops.dead-letters")?;
-
-    let day_str = chrono::DateTime::from_timestamp_millis(day).unwrap_or_default().format("%Y-%m-%d");
     println!(
         "producing {} gateway records for {day_str} (owners: search, support-bot, research-agents, growth; a runaway agent hour at 14:00, a leaked key, an unknown model, 6 malformed records, 10 redelivered duplicates)",
         lines.len()
     );
     produce_lines(&brokers, "llm-usage", &lines).await?;
 
-    let mut cfg = Config::default();
     cfg.kafka.brokers = brokers.clone();
     cfg.kafka.group = "aifinops-demo".into();
     cfg.kafka.session_timeout = Duration::from_secs(6);
     cfg.kafka.max_poll_interval = Duration::from_secs(10);
-    cfg.lake.dir = lake.clone();
-    cfg.owners.file = Some(owners);
-    cfg.pipeline.commit_interval = Duration::from_secs(1);
     cfg.pipeline.batch_max_wait = Duration::from_millis(200);
     // small micro-batches so the day unfolds in many commits, as it would live
     cfg.pipeline.batch_max_events = 1000;
     cfg.pipeline.commit_interval = Duration::from_millis(200);
-    cfg.budgets = toml::from_str::<DemoBudgets>(DEMO_BUDGETS)?.budget;
     std::fs::write(dir.join("aifinops.toml"), toml::to_string(&cfg)?)?;
     println!("running the pipeline (consumer group {}, lake {})", cfg.kafka.group, lake.display());
     let summary = crate::run::run(&cfg, Arc::new(AtomicBool::new(false)), true).await?;
@@ -71,20 +101,20 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
 
     let ctx = crate::query::session(&lake).await?;
     let spend = ctx
-        .sql(
+        .sql(&format!(
             "SELECT owner, sum(requests) AS requests, sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, \
              CAST(sum(cost_usd) AS DECIMAL(18,4)) AS usd, sum(unpriced_requests) AS unpriced, sum(error_requests) AS errors \
-             FROM rollups WHERE \"window\" = '1d' GROUP BY owner ORDER BY usd DESC NULLS LAST",
-        )
+             FROM rollups WHERE \"window\" = '1d' AND date = '{day_str}' GROUP BY owner ORDER BY usd DESC NULLS LAST",
+        ))
         .await?
         .collect()
         .await?;
     println!("Spend per owner for {day_str} (UTC):\n{}\n", pretty_format_batches(&spend)?);
     let hourly = ctx
-        .sql(
+        .sql(&format!(
             "SELECT CAST(window_start AS VARCHAR) AS hour, CAST(sum(cost_usd) AS DECIMAL(18,2)) AS usd, sum(requests) AS requests \
-             FROM rollups WHERE \"window\" = '1h' AND owner = 'research-agents' GROUP BY window_start ORDER BY usd DESC LIMIT 3",
-        )
+             FROM rollups WHERE \"window\" = '1h' AND owner = 'research-agents' AND date = '{day_str}' GROUP BY window_start ORDER BY usd DESC LIMIT 3",
+        ))
         .await?
         .collect()
         .await?;
@@ -103,11 +133,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .set("session.timeout.ms", "6000")
         .create()?;
     consumer.subscribe(&["aifinops.alerts"])?;
-    let expected = ctx.sql("SELECT count(*) FROM alerts").await?.collect().await?;
-    let expected = datafusion::arrow::array::AsArray::as_primitive::<datafusion::arrow::datatypes::Int64Type>(
-        expected[0].column(0),
-    )
-    .value(0) as usize;
+    let expected = count_alerts(&lake).await? - history_alerts;
     println!("Alerts published to topic aifinops.alerts (CloudEvents, key = owner):");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut seen = 0usize;
@@ -119,7 +145,17 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default()).unwrap_or_default();
         let d = &v["data"];
         let what = match v["type"].as_str().unwrap_or_default() {
-            "aifinops.budget.threshold" => d["summary"].as_str().unwrap_or_default().to_string(),
+            "aifinops.budget.threshold" | "aifinops.budget.projected" | "aifinops.spend.recovered" => {
+                d["summary"].as_str().unwrap_or_default().to_string()
+            }
+            "aifinops.spend.spike" => format!(
+                "{} (score {} by {}; top identity {}, top model {})",
+                d["summary"].as_str().unwrap_or_default(),
+                d["score"],
+                d["method"].as_str().unwrap_or_default(),
+                d["top_identities"][0]["identity"].as_str().unwrap_or("-"),
+                d["top_models"][0]["model"].as_str().unwrap_or("-")
+            ),
             "aifinops.spend.unattributed" => format!(
                 "identity {} spent ${} with no owner on {}",
                 d["identity"].as_str().unwrap_or_default(),
@@ -144,6 +180,18 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     if seen < expected {
         println!("  (read {seen} of {expected} alerts from the topic before the timeout)");
     }
+    println!(
+        "\nMonth-end forecast (aifinops forecast --lake {} --config {}):",
+        lake.display(),
+        dir.join("aifinops.toml").display()
+    );
+    crate::forecast::run(crate::forecast::Args {
+        lake: lake.clone(),
+        owner: None,
+        month: None,
+        config: Some(dir.join("aifinops.toml")),
+    })
+    .await?;
     let abs = std::fs::canonicalize(&lake)?;
     println!("\nQuery the lake yourself:");
     println!(
@@ -224,6 +272,25 @@ pub async fn produce_files(
     Ok(lines.len())
 }
 
+/// Days of ordinary traffic the demo backfills before its live day.
+const HISTORY_DAYS: i64 = 14;
+
+/// The demo's live day: the 15th of last month (so two weeks of history fall in the same month).
+pub fn demo_day_ms() -> i64 {
+    use chrono::Datelike;
+    let today = chrono::Utc::now().date_naive();
+    let last_month = today.with_day(1).expect("day 1") - chrono::Days::new(1);
+    last_month.with_day(15).expect("day 15").and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis()
+}
+
+async fn count_alerts(lake: &Path) -> anyhow::Result<usize> {
+    let ctx = crate::query::session(lake).await?;
+    let n = ctx.sql("SELECT count(*) FROM alerts").await?.collect().await?;
+    Ok(n.first()
+        .and_then(|b| b.column(0).as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>().map(|c| c.value(0)))
+        .unwrap_or(0) as usize)
+}
+
 #[derive(serde::Deserialize)]
 struct DemoBudgets {
     budget: Vec<aifinops_aggregate::BudgetConfig>,
@@ -247,5 +314,7 @@ limit_usd = "40"
 name = "all-ai-monthly"
 owner = "*"
 period = "month"
-limit_usd = "300"
+# set from the backfilled history when the demo starts
+limit_usd = "1000000"
+thresholds = [80, 100]
 "#;

@@ -106,6 +106,19 @@ fn line(id: &str, c: &Call<'_>) -> String {
 /// Records of the demo day starting at `day_start_ms` (midnight UTC). Returns NDJSON lines in event-time
 /// order (malformed records and duplicates mixed in).
 pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
+    day(day_start_ms, seed, true)
+}
+
+/// An ordinary day of the same owners: no incidents, no bad records, and quieter at weekends (60 %).
+/// The demo backfills these as the history its detectors and forecasts learn from.
+pub fn normal_day(day_start_ms: i64, seed: u64) -> Vec<String> {
+    day(day_start_ms, seed, false)
+}
+
+fn day(day_start_ms: i64, seed: u64, incidents: bool) -> Vec<String> {
+    use chrono::Datelike;
+    let weekday = chrono::DateTime::from_timestamp_millis(day_start_ms).unwrap_or_default().weekday();
+    let scale = if !incidents && weekday.number_from_monday() >= 6 { 6 } else { 10 };
     let mut rng = Rng::new(seed);
     let mut calls: Vec<(i64, String)> = Vec::new();
     let hour = 3_600_000i64;
@@ -119,7 +132,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
         let base = day_start_ms + h * hour;
         // a day curve: busier from 08:00 to 20:00
         let busy = if (8..20).contains(&h) { 3 } else { 1 };
-        for _ in 0..(40 * busy) {
+        for _ in 0..(40 * busy * scale / 10) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let mini = rng.chance(80);
             let input = rng.range(300, 3_000);
@@ -138,7 +151,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             };
             push(&mut rng, &mut calls, c);
         }
-        for _ in 0..(25 * busy) {
+        for _ in 0..(25 * busy * scale / 10) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let input = rng.range(2_000, 8_000);
             let cr = input * 6 / 10;
@@ -156,7 +169,8 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             };
             push(&mut rng, &mut calls, c);
         }
-        let agent_calls = if h == 14 { 900 } else { 20 };
+        let runaway = incidents && h == 14;
+        let agent_calls = if runaway { 900 } else { 20 * scale / 10 };
         for i in 0..agent_calls {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let input = rng.range(40_000, 80_000);
@@ -172,13 +186,13 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 output,
                 reasoning: output / 2,
                 attrs,
-                status_error: h == 14 && i % 7 == 0,
-                attempt: if h == 14 { 1 + (i % 3) as u64 } else { 1 },
+                status_error: runaway && i % 7 == 0,
+                attempt: if runaway { 1 + (i % 3) as u64 } else { 1 },
                 ..Default::default()
             };
             push(&mut rng, &mut calls, c);
         }
-        for _ in 0..(10 * busy) {
+        for _ in 0..(10 * busy * scale / 10) {
             let ts = base + rng.range(0, hour as u64 - 1) as i64;
             let attrs =
                 r#","api_key_id":"key-growth-1","team":"growth","project":"lifecycle-email","environment":"prod""#;
@@ -195,7 +209,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
             };
             push(&mut rng, &mut calls, c);
         }
-        if (9..18).contains(&h) {
+        if incidents && (9..18).contains(&h) {
             for _ in 0..4 {
                 let ts = base + rng.range(0, hour as u64 - 1) as i64;
                 let attrs = r#","api_key_id":"key-growth-1","team":"growth","project":"copy-experiments","environment":"staging""#;
@@ -211,7 +225,7 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
                 push(&mut rng, &mut calls, c);
             }
         }
-        if h >= 19 {
+        if incidents && h >= 19 {
             for _ in 0..8 {
                 let ts = base + rng.range(0, hour as u64 - 1) as i64;
                 let attrs = format!(
@@ -232,6 +246,9 @@ pub fn demo_day(day_start_ms: i64, seed: u64) -> Vec<String> {
     }
     calls.sort_by_key(|c| c.0);
     let mut lines: Vec<String> = calls.into_iter().map(|c| c.1).collect();
+    if !incidents {
+        return lines;
+    }
     // redelivered duplicates (a gateway's producer retried): same event_id, counted once
     for i in 0..10 {
         let idx = (i * 397 + 11) % lines.len();
