@@ -655,9 +655,9 @@ mod tests {
 
     #[test]
     fn breach_days_on_the_point_and_upper_paths() {
-        let path = [(d("2025-12-01"), 40.0, 40.0), (d("2025-12-02"), 30.0, 50.0), (d("2025-12-03"), 30.0, 30.0)];
+        let path = [(d("2025-12-01"), 40.0, 40.0), (d("2025-12-02"), 30.0, 60.0), (d("2025-12-03"), 30.0, 30.0)];
         assert_eq!(breach_days(&path, 100.0), (Some(d("2025-12-03")), Some(d("2025-12-02"))));
         assert_eq!(breach_days(&path, 40.0), (Some(d("2025-12-01")), Some(d("2025-12-01"))));
-        assert_eq!(breach_days(&path, 121.0), (None, None));
+        assert_eq!(breach_days(&path, 131.0), (None, None));
     }
 }
