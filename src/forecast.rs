@@ -47,6 +47,8 @@ pub const TOTAL: &str = "*";
 /// Days ahead written to the forecasts table at least, so that every as-of day (also the last of a month)
 /// leaves rows to backtest.
 const MIN_HORIZON_DAYS: i64 = 7;
+/// How far after the as-of month `--month` may be.
+const MAX_MONTHS_AHEAD: i64 = 12;
 /// Weeks of `1h` rollups the peak hours are taken from.
 const PEAK_WEEKS: i64 = 4;
 const DAY_MS: i64 = 86_400_000;
@@ -145,6 +147,7 @@ fn day_of_ms(ms: i64) -> NaiveDate {
 fn parse_month(s: &str) -> anyhow::Result<(NaiveDate, NaiveDate)> {
     let first = NaiveDate::parse_from_str(&format!("{s}-01"), "%Y-%m-%d")
         .with_context(|| format!("--month {s:?} is not a month written YYYY-MM"))?;
+    anyhow::ensure!((1970..=9999).contains(&first.year()), "--month {s:?}: the year is out of range");
     Ok((first, month_last(first)))
 }
 
@@ -166,6 +169,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(m) => parse_month(m)?,
         None => (month_first(spend.as_of), month_last(spend.as_of)),
     };
+    anyhow::ensure!(
+        last <= month_last(spend.as_of) + Duration::days(MAX_MONTHS_AHEAD * 31),
+        "--month {} is more than {MAX_MONTHS_AHEAD} months after the lake's last complete day ({})",
+        first.format("%Y-%m"),
+        spend.as_of
+    );
     let owners: BTreeSet<&str> = spend.days.iter().map(|r| r.owner.as_str()).collect();
     if let Some(o) = &args.owner
         && !owners.contains(o.as_str())
@@ -611,6 +620,7 @@ mod tests {
         assert_eq!(parse_month("2025-12").unwrap(), (d("2025-12-01"), d("2025-12-31")));
         assert!(parse_month("2025-13").is_err());
         assert!(parse_month("december").is_err());
+        assert!(parse_month("0000-01").is_err());
         assert_eq!(epoch_day(d("1970-01-02")), 1);
         assert_eq!(day_of_ms(ms_of_day(d("2025-12-21")) + 5 * HOUR_MS), d("2025-12-21"));
         assert_eq!(units(1.005), 1_005_000_000_000_000_000);
