@@ -92,7 +92,7 @@ enum Command {
         #[arg(required = true)]
         files: Vec<String>,
     },
-    /// Run DataFusion SQL over the lake (tables `rollups`, `alerts`, `dead_letters`).
+    /// Run DataFusion SQL over the lake (tables `rollups`, `alerts`, `dead_letters`, `forecasts`).
     Query {
         #[arg(long)]
         lake: PathBuf,

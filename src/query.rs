@@ -11,16 +11,18 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::prelude::SessionContext;
 
-/// A session with `rollups`, `alerts` and `dead_letters` registered over `lake`.
+/// A session with `rollups`, `alerts`, `dead_letters` and `forecasts` registered over `lake`.
 pub async fn session(lake: &Path) -> anyhow::Result<SessionContext> {
     if !lake.join("_aifinops").exists() {
         anyhow::bail!("{} is not an aifinops lake (no _aifinops directory)", lake.display());
     }
     let ctx = SessionContext::new();
-    let tables: [(&str, SchemaRef, Vec<&str>); 3] = [
+    let tables: [(&str, SchemaRef, Vec<&str>); 4] = [
         ("rollups", rollup_schema(), vec!["window", "date"]),
         ("alerts", alert_schema(), vec!["date"]),
         ("dead_letters", dead_letter_schema(), vec!["date"]),
+        // written by `aifinops forecast`; `date` is the as-of day
+        ("forecasts", crate::forecast::forecast_schema(), vec!["date"]),
     ];
     for (name, schema, parts) in tables {
         let dir = lake.join(name);
