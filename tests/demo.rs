@@ -18,6 +18,15 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
         assert!(out.contains(&format!("[{kind}]")), "no {kind} alert read back:\n{out}");
     }
     assert!(out.contains("research-agents-daily crossed 100%"), "runaway agent budget alert:\n{out}");
+    // learned from the backfilled history: the runaway hour is a spike (and recovers), the month budget is
+    // projected to be breached, and the month-end forecast uses the seasonal model
+    for kind in ["aifinops.spend.spike", "aifinops.spend.recovered", "aifinops.budget.projected"] {
+        assert_eq!(out.matches(&format!("[{kind}]")).count(), 1, "one {kind} alert read back:\n{out}");
+    }
+    assert!(out.contains("owner research-agents spent $119.14 in the 1h window"), "{out}");
+    assert!(out.contains("all-ai-monthly is projected to reach its"), "{out}");
+    assert!(out.contains("Month-end forecast") && out.contains("mstl_ets"), "{out}");
+    assert!(out.contains("projected breach on"), "forecast against the budget:\n{out}");
     assert!(out.contains("gpt-9-preview"), "unpriced model alert:\n{out}");
     assert!(out.contains("duckdb -c"), "DuckDB one-liner:\n{out}");
     assert!(!out.contains("sk-proj-Zx81"), "the leaked key must appear only as a fingerprint:\n{out}");
@@ -40,7 +49,10 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
             valid += 1;
         }
     }
-    let r = query(&lake, "SELECT sum(requests) AS r FROM rollups WHERE \"window\" = '1h'");
+    // the live day (the history before it was backfilled from history.ndjson)
+    let first: serde_json::Value = lines.lines().find_map(|l| serde_json::from_str(l).ok()).unwrap();
+    let day = &first["timestamp"].as_str().unwrap()[..10];
+    let r = query(&lake, &format!("SELECT sum(requests) AS r FROM rollups WHERE \"window\" = '1h' AND date = '{day}'"));
     assert_eq!(r[0]["r"].as_i64(), Some(valid));
     let dl = query(&lake, "SELECT count(*) AS n FROM dead_letters");
     assert_eq!(dl[0]["n"].as_i64(), Some(6));
@@ -57,7 +69,9 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
         demo.join("owners.toml").to_str().unwrap(),
         demo.join("traffic.ndjson").to_str().unwrap(),
     ]));
-    let totals = "SELECT \"window\", owner, sum(requests) AS r, sum(input_tokens) AS i, sum(cache_read_tokens) AS cr, \
-                  sum(output_tokens) AS o, CAST(sum(cost_usd) AS VARCHAR) AS c FROM rollups GROUP BY 1, 2 ORDER BY 1, 2";
-    assert_eq!(query(&lake, totals), query(&replayed, totals), "run and replay agree");
+    let totals = format!(
+        "SELECT \"window\", owner, sum(requests) AS r, sum(input_tokens) AS i, sum(cache_read_tokens) AS cr, \
+         sum(output_tokens) AS o, CAST(sum(cost_usd) AS VARCHAR) AS c FROM rollups WHERE date = '{day}' GROUP BY 1, 2 ORDER BY 1, 2"
+    );
+    assert_eq!(query(&lake, &totals), query(&replayed, &totals), "run and replay agree");
 }

@@ -60,6 +60,7 @@ pub struct Forecast {
 pub fn forecast_daily(history: &[f64], horizon: usize, level: f64) -> Forecast {
     // Non-finite inputs (a corrupt day) count as no spend rather than poisoning the fit.
     let history: Vec<f64> = history.iter().map(|v| if v.is_finite() { *v } else { 0.0 }).collect();
+    let history = clean_spikes(&history);
     if history.len() >= MIN_SEASONAL_DAYS && history.iter().any(|v| *v != 0.0) {
         match mstl_ets(&history, horizon, level) {
             Ok(f) => return f,
@@ -67,6 +68,38 @@ pub fn forecast_daily(history: &[f64], horizon: usize, level: f64) -> Forecast {
         }
     }
     run_rate(&history, horizon, level)
+}
+
+/// Replaces one-off spike days by the median of the days around them before fitting: an incident day (a
+/// runaway agent, a leaked key) is alerted on, it is not a new level of spend, and left in it would drag the
+/// level and trend of the whole forecast (one $120 runaway hour lifted a $75/day month-end projection by
+/// 2.5x). A day is a spike when it exceeds the median of up to 7 days either side by more than 5 robust
+/// standard deviations (1.4826 MAD, at least 10 % of the median) and neither neighbour does too: two such
+/// days in a row are a level shift, and kept.
+pub fn clean_spikes(h: &[f64]) -> Vec<f64> {
+    let n = h.len();
+    let spike = |i: usize| -> Option<f64> {
+        let mut around: Vec<f64> = (i.saturating_sub(7)..(i + 8).min(n)).filter(|j| *j != i).map(|j| h[j]).collect();
+        if around.len() < 5 {
+            return None;
+        }
+        around.sort_by(f64::total_cmp);
+        let med = around[around.len() / 2];
+        let mut dev: Vec<f64> = around.iter().map(|v| (v - med).abs()).collect();
+        dev.sort_by(f64::total_cmp);
+        let sd = (1.4826 * dev[dev.len() / 2]).max(0.1 * med);
+        (h[i] > med + 5.0 * sd && sd > 0.0).then_some(med)
+    };
+    let flags: Vec<Option<f64>> = (0..n).map(spike).collect();
+    (0..n)
+        .map(|i| {
+            let run = (i > 0 && flags[i - 1].is_some()) || flags.get(i + 1).is_some_and(Option::is_some);
+            match flags[i] {
+                Some(med) if !run => med,
+                _ => h[i],
+            }
+        })
+        .collect()
 }
 
 /// Weekly MSTL with an AutoETS model of the deseasonalised series (trend + remainder), fitted on `ln(1 + y)`.
@@ -189,6 +222,24 @@ pub fn hour_label(slot: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_one_off_incident_day_does_not_move_the_forecast_but_a_level_shift_does() {
+        let base: Vec<f64> = (0..26).map(|d| if d % 7 >= 5 { 40.0 } else { 75.0 + (d % 3) as f64 }).collect();
+        let mut incident = base.clone();
+        incident[25] += 120.0; // a runaway hour on the last day, a Friday
+        let cleaned = clean_spikes(&incident);
+        assert!((75.0..=77.0).contains(&cleaned[25]), "{cleaned:?}");
+        assert_eq!(cleaned[..25], base[..25], "ordinary days are left alone");
+        let (a, b) = (forecast_daily(&base, 14, LEVEL), forecast_daily(&incident, 14, LEVEL));
+        let (sa, sb): (f64, f64) = (a.point.iter().sum(), b.point.iter().sum());
+        assert!((sb - sa).abs() / sa < 0.05, "incident moved the forecast from {sa} to {sb}");
+        // two high days in a row: a new level, kept
+        let mut shift = base.clone();
+        shift[24] += 120.0;
+        shift[25] += 120.0;
+        assert_eq!(clean_spikes(&shift), shift);
+    }
 
     /// xorshift64*, for deterministic noise without a rand dependency.
     struct Noise(u64);
