@@ -39,8 +39,11 @@ pub struct Pipeline {
     /// Detectors over closed windows (spikes, retry storms, forecasts plug in here).
     detectors: Vec<Box<dyn Detector>>,
     lake: Lake,
-    /// The next end of a spike-scored window: when the watermark passes it, commit at once (alert latency).
+    /// The next end of a spike-scored window: when the watermark passes it, a live pipeline commits at once
+    /// (alert latency).
     boundary: Option<i64>,
+    /// Live input (`run`): commit as soon as a scored window closes. A backfill commits on its interval only.
+    live: bool,
     emitted: Vec<Emitted>,
     alerts: Vec<Alert>,
     dead: Vec<DeadLetter>,
@@ -134,6 +137,7 @@ impl Pipeline {
             ],
             lake,
             boundary: None,
+            live: false,
             emitted: vec![],
             alerts: vec![],
             dead: vec![],
@@ -250,11 +254,16 @@ impl Pipeline {
         &self.lake
     }
 
-    /// A commit is due after the commit interval, or at once when the watermark has passed the end of a
-    /// spike-scored window (so its alert is on the topic within a second of the watermark).
+    /// Marks the input as live (`run`): see [`Pipeline::commit_due`].
+    pub fn set_live(&mut self) {
+        self.live = true;
+    }
+
+    /// A commit is due after the commit interval, or, for live input, at once when the watermark has passed
+    /// the end of a spike-scored window (so its alert is on the topic within a second of the watermark).
     pub fn commit_due(&self) -> bool {
         let window_closed = match (self.boundary, self.watermark) {
-            (Some(b), Some(w)) => w >= b,
+            (Some(b), Some(w)) => self.live && w >= b,
             _ => false,
         };
         (self.dirty && self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval) || window_closed

@@ -118,6 +118,7 @@ fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
 pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     let (mut p, manifest) = Pipeline::open(cfg).await?;
+    p.set_live();
     let mut committed = std::collections::HashMap::new();
     if let Some(m) = &manifest {
         for (t, parts) in &m.offsets {

@@ -694,6 +694,26 @@ mod tests {
         assert!(r2.project(dec1 + 14 * DAY, 0).is_empty());
     }
 
+    #[tokio::test]
+    async fn a_weekly_pattern_is_projected_with_the_seasonal_model_and_raises_nothing_under_the_limit() {
+        let dec1 = T0 + DAY; // 2025-12-01, a Monday
+        let usd = |d: i64| if d % 7 >= 5 { 5 } else { 30 + d % 3 };
+        let month: i128 = (0..31).map(|d| usd(d) as i128).sum();
+        for (limit, alerts) in [(month * 115 / 100, 0), (month * 90 / 100, 1)] {
+            let mut r = AlertRules::new("test", &[budget(&limit.to_string(), Period::Month)]).unwrap();
+            for d in 0..21 {
+                r.observe(&partial(&[spend(dec1 + d * DAY + DAY / 2, usd(d) as i128)]).await, None, 0);
+            }
+            let a = r.project(dec1 + 21 * DAY, 0);
+            assert_eq!(a.len(), alerts, "limit {limit} of a {month} month: {a:#?}");
+            if let Some(a) = a.first() {
+                assert_eq!(a.data["method"], "mstl_ets");
+                let projected: f64 = a.data["projected_usd"].as_str().unwrap().parse().unwrap();
+                assert!((projected - month as f64).abs() / (month as f64) < 0.05, "{projected} for {month}");
+            }
+        }
+    }
+
     fn spend(ts: i64, usd: i128) -> Ev<'static> {
         Ev { ts, id: ts as u128, owner: "search", identity: "key-1", input: 1, cost: Some(usd * ONE_USD) }
     }
