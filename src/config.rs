@@ -76,6 +76,9 @@ pub struct PipelineConfig {
     pub commit_interval: Duration,
     /// Records larger than this are dead letters.
     pub max_record_bytes: usize,
+    /// Most distinct keys (dimension combinations) a window holds; beyond it the least expensive keys are
+    /// folded, per owner, into one row whose other dimensions are `__other__` (owner totals stay exact).
+    pub max_keys_per_window: usize,
     /// What dead letters keep of a record: `redacted` (secrets fingerprinted) or `raw`.
     pub dead_letter_raw: RawPolicy,
 }
@@ -94,6 +97,7 @@ impl Default for PipelineConfig {
             batch_max_wait: Duration::from_millis(500),
             commit_interval: Duration::from_secs(2),
             max_record_bytes: 1 << 20,
+            max_keys_per_window: 100_000,
             dead_letter_raw: RawPolicy::Redacted,
         }
     }

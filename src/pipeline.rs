@@ -44,6 +44,9 @@ pub struct Pipeline {
     boundary: Option<i64>,
     /// Live input (`run`): commit as soon as a scored window closes. A backfill commits on its interval only.
     live: bool,
+    /// Open window rows right after the last commit: a commit is also due when they double (plus a margin),
+    /// so state between commits is bounded by keys, not by the events of a commit interval.
+    open_after_commit: usize,
     emitted: Vec<Emitted>,
     alerts: Vec<Alert>,
     dead: Vec<DeadLetter>,
@@ -92,7 +95,7 @@ impl Pipeline {
             "price catalog and owner map loaded"
         );
         let sizes = cfg.pipeline.windows.iter().map(|w| WindowSize::parse(w)).collect::<Result<Vec<_>, _>>()?;
-        let windows = WindowEngine::new(sizes)?;
+        let windows = WindowEngine::new(sizes)?.with_key_cap(cfg.pipeline.max_keys_per_window);
         let rules = AlertRules::new(&format!("aifinops/{}", cfg.pipeline.name), &cfg.budgets)?;
         let drift = cfg.drift.thresholds()?;
         let storm = cfg.retry_storm.thresholds(&cfg.pipeline.windows)?;
@@ -138,6 +141,7 @@ impl Pipeline {
             lake,
             boundary: None,
             live: false,
+            open_after_commit: 0,
             emitted: vec![],
             alerts: vec![],
             dead: vec![],
@@ -266,7 +270,8 @@ impl Pipeline {
             (Some(b), Some(w)) => self.live && w >= b,
             _ => false,
         };
-        (self.dirty && self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval) || window_closed
+        let state_grew = self.windows.open_rows() > 2 * self.open_after_commit + 100_000;
+        (self.dirty && (self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval || state_grew)) || window_closed
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -344,6 +349,7 @@ impl Pipeline {
                 }
             }
             self.emitted.extend(closed);
+            self.open_after_commit = self.windows.open_rows();
             for d in &mut self.detectors {
                 let mut alerts = d.on_watermark(close_at, now_ms());
                 alerts.iter_mut().for_each(|a| enrich(&self.owners, a));

@@ -24,7 +24,7 @@ pub use drift::DriftDetector;
 pub use retry::RetryStormDetector;
 pub use rules::{Action, AlertRules, BudgetConfig, Period, RulesState};
 pub use spike::{SpikeConfig, SpikeDetector};
-pub use window::{Emitted, WindowEngine, WindowSize};
+pub use window::{Emitted, OVERFLOW, WindowEngine, WindowSize};
 
 /// A detector over closed windows. Implementations keep their own state in the commit snapshot
 /// ([`Detector::state`]) and may rebuild longer history from the lake's rollups on start ([`Detector::warm`]).

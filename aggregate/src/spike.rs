@@ -473,7 +473,10 @@ impl SpikeDetector {
         for s in &self.cfg.scopes {
             match s {
                 Scope::Owner => v.push((Scope::Owner, format!("owner/{owner}"))),
-                Scope::Identity if !identity.is_empty() => v.push((Scope::Identity, format!("identity/{identity}"))),
+                // the overflow bucket of a window's long tail is many identities, not one
+                Scope::Identity if !identity.is_empty() && identity != crate::window::OVERFLOW => {
+                    v.push((Scope::Identity, format!("identity/{identity}")))
+                }
                 Scope::Identity => {}
             }
         }

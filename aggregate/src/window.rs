@@ -61,7 +61,14 @@ struct Series {
 pub struct WindowEngine {
     ctx: SessionContext,
     series: Vec<Series>,
+    /// Most distinct keys per window (see [`WindowEngine::with_key_cap`]).
+    key_cap: usize,
+    /// Rows folded into `__other__` rows since start, for metrics.
+    overflowed: u64,
 }
+
+/// The value the dimensions of keys beyond a window's key cap take (the owner is kept).
+pub const OVERFLOW: &str = "__other__";
 
 /// Rows emitted for one window size.
 #[derive(Debug, Clone)]
@@ -82,6 +89,9 @@ fn measures_sql(from_events: bool) -> String {
     cols.join(", ")
 }
 
+/// Pending partial rows of a series beyond which they are merged into the open state before the next close.
+const COMPACT_ROWS: usize = 200_000;
+
 fn ts_literal(ms: i64) -> String {
     format!("to_timestamp_millis({ms})")
 }
@@ -100,7 +110,66 @@ impl WindowEngine {
             series.push(Series { size: s, from, pending: vec![], open: None });
         }
         let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
-        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series })
+        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
+    }
+
+    /// Bounds the state: a window holding more than `cap` distinct keys keeps the `cap` most expensive ones
+    /// and folds the rest, per owner, into one row whose other dimensions are [`OVERFLOW`] (so the owner's
+    /// totals stay exact; identity and model detail of the long tail is what is given up).
+    pub fn with_key_cap(mut self, cap: usize) -> Self {
+        self.key_cap = cap.max(1);
+        self
+    }
+
+    /// Rows folded into overflow rows since start.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed
+    }
+
+    /// Applies the key cap to merged rows (one row per window, key and late flag).
+    async fn cap(&mut self, merged: RecordBatch) -> Result<RecordBatch, AggregateError> {
+        if merged.num_rows() <= self.key_cap {
+            return Ok(merged);
+        }
+        let starts = merged.column(0).as_primitive::<TimestampMillisecondType>();
+        let late = merged.column_by_name(LATE).expect("late").as_boolean();
+        let mut per: std::collections::HashMap<(i64, bool), usize> = std::collections::HashMap::new();
+        for i in 0..merged.num_rows() {
+            *per.entry((starts.value(i), late.value(i))).or_default() += 1;
+        }
+        let over: usize = per.values().map(|n| n.saturating_sub(self.key_cap)).sum();
+        if over == 0 {
+            return Ok(merged);
+        }
+        let kept = ["owner", "risk_owner"];
+        let folded: Vec<String> = DIMENSIONS
+            .iter()
+            .map(|d| {
+                if kept.contains(d) {
+                    d.to_string()
+                } else {
+                    format!("CASE WHEN rn > {cap} THEN '{OVERFLOW}' ELSE {d} END AS {d}", cap = self.key_cap)
+                }
+            })
+            .collect();
+        let dims = DIMENSIONS.join(", ");
+        let measures: Vec<String> =
+            aifinops_schemas::rollup::count_measures().chain(EVENT_MONEY).map(String::from).collect();
+        let q = format!(
+            "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {agg}, {LATE} FROM (\
+               SELECT {WINDOW_START}, {WINDOW_END}, {folded}, {measures}, {LATE} FROM (\
+                 SELECT *, row_number() OVER (PARTITION BY {WINDOW_START}, {LATE} \
+                   ORDER BY cost_usd DESC NULLS LAST, {REQUESTS} DESC, {dims}) AS rn FROM capped)) \
+             GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
+            agg = measures_sql(false),
+            folded = folded.join(", "),
+            measures = measures.join(", "),
+        );
+        let out = self.sql("capped", merged, &q).await?;
+        self.overflowed += over as u64;
+        metrics::counter!("aifinops_window_overflow_keys_total").increment(over as u64);
+        tracing::debug!(keys = over, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
+        Ok(out)
     }
 
     pub fn sizes(&self) -> Vec<WindowSize> {
@@ -166,6 +235,16 @@ impl WindowEngine {
                 self.series[i].pending.push(part.clone());
             }
             partials.push(part);
+            // compaction: partial rows waiting for the next close are bounded by keys, not by events
+            let pending: usize = self.series[i].pending.iter().map(|b| b.num_rows()).sum();
+            let open = self.series[i].open.as_ref().map_or(0, |b| b.num_rows());
+            if pending > COMPACT_ROWS.max(open) {
+                let mut batches = std::mem::take(&mut self.series[i].pending);
+                batches.extend(self.series[i].open.take());
+                let merged = self.merge(batches).await?;
+                let merged = self.cap(merged).await?;
+                self.series[i].open = Some(merged);
+            }
         }
         Ok(partials.into_iter().next().expect("one series"))
     }
@@ -197,6 +276,7 @@ impl WindowEngine {
             }
             let size = s.size.clone();
             let merged = self.merge(batches).await?;
+            let merged = self.cap(merged).await?;
             let (closed, open) = match watermark_ms {
                 None => (merged, RecordBatch::new_empty(rollup_schema())),
                 Some(w) => split_closed(&merged, w)?,
@@ -339,6 +419,48 @@ mod engine_tests {
 
     fn engine() -> WindowEngine {
         WindowEngine::new(["1m", "1h", "1d"].iter().map(|s| WindowSize::parse(s).unwrap()).collect()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn keys_beyond_the_cap_fold_into_an_overflow_row_per_owner_and_totals_stay_exact() {
+        let mut w = WindowEngine::new(vec![WindowSize::parse("1h").unwrap()]).unwrap().with_key_cap(3);
+        // 10 identities of search (identity i spends i+1 units) and 2 of ops, in one hour, over two batches
+        let idents: Vec<String> = (0..12).map(|i| format!("key-{i}")).collect();
+        let evs: Vec<Ev<'_>> = (0..12)
+            .map(|i| Ev {
+                ts: T0 + i as i64 * MIN,
+                id: i as u128,
+                owner: if i < 10 { "search" } else { "ops" },
+                identity: &idents[i],
+                input: 1,
+                cost: Some((i as i128 + 1) * 1_000),
+            })
+            .collect();
+        w.add(&batch(&evs[..6]), None, HOUR).await.unwrap();
+        w.add(&batch(&evs[6..]), None, HOUR).await.unwrap();
+        let out = w.close(None).await.unwrap();
+        let rows = &out[0].rows;
+        assert_eq!(w.overflowed(), 9, "12 keys, cap 3");
+        let ident = rows.column_by_name("identity").unwrap().as_string::<i32>();
+        let owner = rows.column_by_name("owner").unwrap().as_string::<i32>();
+        let cost = rows.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>();
+        let req = rows.column_by_name("requests").unwrap().as_primitive::<Int64Type>();
+        let mut got: Vec<(String, String, i128, i64)> = (0..rows.num_rows())
+            .map(|i| (owner.value(i).to_string(), ident.value(i).to_string(), cost.value(i), req.value(i)))
+            .collect();
+        got.sort();
+        // the three most expensive keys (ops' key-11 and key-10, search's key-9) stay; the rest fold per owner
+        assert_eq!(
+            got,
+            vec![
+                ("ops".into(), "key-10".into(), 11_000, 1),
+                ("ops".into(), "key-11".into(), 12_000, 1),
+                ("search".into(), OVERFLOW.into(), (1..=9).sum::<i128>() * 1_000, 9),
+                ("search".into(), "key-9".into(), 10_000, 1),
+            ]
+        );
+        let o = (0..rows.num_rows()).find(|i| ident.value(*i) == OVERFLOW).unwrap();
+        assert_eq!(rows.column_by_name("model").unwrap().as_string::<i32>().value(o), OVERFLOW);
     }
 
     fn ev(ts: i64, owner: &str, input: i64, cost: Option<i128>) -> Ev<'_> {
