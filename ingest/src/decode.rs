@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use aifinops_schemas::event::{UNATTRIBUTED, UNKNOWN_IDENTITY, priced_event_schema};
 use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, parse_usd};
-use aifinops_schemas::secret::{redact, redact_text};
+use aifinops_schemas::secret::{redact, redact_field, redact_text};
 use aifinops_schemas::{DeadLetter, SourceRef};
 use datafusion::arrow::array::{
     ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
@@ -767,10 +767,10 @@ impl Decoder {
         for (b, v) in dims[2..6].iter_mut().zip(r.dims) {
             match v {
                 None => b.append_value(""),
-                Some(s) => b.append_value(redact(s)),
+                Some(s) => b.append_value(redact_field(s)),
             }
         }
-        dims[6].append_value(redact(r.identity));
+        dims[6].append_value(redact_field(r.identity));
         dims[7].append_value(redact(r.provider));
         dims[8].append_value(redact(r.model));
         dims[9].append_value(r.tier.as_str());

@@ -46,7 +46,9 @@ pub fn looks_like_secret(value: &str) -> bool {
         let lowers = v.bytes().filter(|b| b.is_ascii_lowercase()).count();
         let uppers = v.bytes().filter(|b| b.is_ascii_uppercase()).count();
         let digits = v.bytes().filter(|b| b.is_ascii_digit()).count();
-        if lowers >= 4 && uppers >= 4 && digits >= 4 {
+        // AWS secret access keys (40 chars of base64) may hold only a digit or two, but a '/' or '+'
+        let symbols = v.bytes().filter(|b| b"+/".contains(b)).count();
+        if lowers >= 4 && uppers >= 4 && (digits >= 4 || (v.len() >= 40 && digits + symbols >= 2)) {
             return true;
         }
     }
@@ -69,6 +71,22 @@ pub fn redact(value: &str) -> std::borrow::Cow<'_, str> {
     if looks_like_secret(value) { fingerprint(value).into() } else { value.into() }
 }
 
+/// A dimension's value with secrets removed: the fingerprint of a value that is a secret, and free text
+/// (a tag like `"retry with key sk-…"`) with each secret-looking token inside it fingerprinted.
+pub fn redact_field(value: &str) -> std::borrow::Cow<'_, str> {
+    if looks_like_secret(value) {
+        return fingerprint(value).into();
+    }
+    // free text: only values long enough to hold a token and with a separator in them are scanned
+    if value.len() >= 20 && value.bytes().any(|b| b" \t\"',:;=&".contains(&b)) {
+        let r = redact_text(value);
+        if r != value {
+            return r.into();
+        }
+    }
+    value.into()
+}
+
 /// Replaces every secret-looking token inside free text (split on whitespace, quotes and JSON punctuation).
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -81,7 +99,7 @@ pub fn redact_text(text: &str) -> String {
     };
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        if c.is_whitespace() || "\"',:{}[]\\;".contains(c) {
+        if c.is_whitespace() || "\"',:{}[]\\;=&".contains(c) {
             // keep "Bearer <token>" together so the scheme word does not hide the token
             if c == ' ' && token.eq_ignore_ascii_case("bearer") {
                 token.push(c);
@@ -121,6 +139,13 @@ mod tests {
         let k = "sk-proj-abcdEFGH1234ijklMNOP5678qrst";
         assert_eq!(fingerprint(k), fingerprint(k));
         assert!(fingerprint(k).starts_with("fp:"));
+        assert!(looks_like_secret("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"), "an AWS secret access key");
+        assert!(!looks_like_secret("MyServiceAccountForProductionWorkloads1"), "a long human id");
+        assert_eq!(
+            redact_field("retry with key sk-live-9fQ2mZ7xL4vB8nR1tY6wE3uI5oP0aS2dF now"),
+            format!("retry with key {} now", fingerprint("sk-live-9fQ2mZ7xL4vB8nR1tY6wE3uI5oP0aS2dF"))
+        );
+        assert_eq!(redact_field("anthropic.claude-3-haiku-20240307-v1:0"), "anthropic.claude-3-haiku-20240307-v1:0");
         assert!(!fingerprint(k).contains("abcd"));
         assert_eq!(redact("key-search-1"), "key-search-1");
     }

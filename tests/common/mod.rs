@@ -2,6 +2,8 @@
 //! expected totals, lake queries, and the test broker.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
