@@ -144,6 +144,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         session_timeout_ms: cfg.kafka.session_timeout.as_millis() as u32,
         max_poll_interval_ms: cfg.kafka.max_poll_interval.as_millis() as u32,
         properties: cfg.kafka.consumer.clone(),
+        max_future_skew_ms: cfg.pipeline.max_future_skew.as_millis() as i64,
     };
     for t in cfg.kafka.formats.keys().filter(|t| !cfg.kafka.topics.contains(t)) {
         tracing::warn!(topic = %t, topics = ?cfg.kafka.topics, "kafka.formats names a topic that is not consumed");
@@ -182,6 +183,14 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                 .map(|pp| PartitionClock { max_ts_ms: pp.max_ts_ms, idle: pp.last_active.elapsed() >= idle })
                 .collect();
             let wm = compute(&clocks, delay, Some((now_ms(), skew)));
+            if poll.future_events > 0 {
+                metrics::counter!("aifinops_future_events_total").increment(poll.future_events);
+                tracing::warn!(
+                    events = poll.future_events,
+                    max_future_skew = ?cfg.pipeline.max_future_skew,
+                    "events dated ahead of the wall clock (a producer clock?): counted, but they do not move the watermark past now + max_future_skew"
+                );
+            }
             if wm.clamped_partitions > 0 {
                 metrics::counter!("aifinops_watermark_clamped_total").increment(wm.clamped_partitions as u64);
             }

@@ -39,6 +39,8 @@ pub struct KafkaSettings {
     pub max_poll_interval_ms: u32,
     /// Extra librdkafka properties (e.g. security settings, `queued.max.messages.kbytes`).
     pub properties: BTreeMap<String, String>,
+    /// Events dated further than this ahead of the wall clock are counted in [`Poll::future_events`].
+    pub max_future_skew_ms: i64,
 }
 
 #[derive(Default)]
@@ -149,6 +151,9 @@ pub struct Poll {
     pub rebalanced: bool,
     /// Messages skipped because they were below the expected offset (redelivery after a seek).
     pub skipped: u64,
+    /// Events dated beyond wall clock + `max_future_skew` (a producer with a bad clock): counted in their
+    /// windows, but their partition's clock is capped for the watermark.
+    pub future_events: u64,
 }
 
 /// The consumer plus the progress the pipeline needs for its commit and watermark.
@@ -162,6 +167,7 @@ pub struct KafkaSource {
     pending: Option<rdkafka::message::OwnedMessage>,
     topic_names: Vec<String>,
     formats: HashMap<String, Format>,
+    max_future_skew_ms: i64,
 }
 
 impl KafkaSource {
@@ -199,6 +205,7 @@ impl KafkaSource {
             pending: None,
             topic_names: settings.topics.clone(),
             formats: settings.formats.clone(),
+            max_future_skew_ms: settings.max_future_skew_ms,
         })
     }
 
@@ -287,7 +294,8 @@ impl KafkaSource {
         let mut poll = Poll::default();
         let deadline = tokio::time::Instant::now() + max_wait;
         if let Some(m) = self.pending.take() {
-            accept(&mut self.progress, &self.shared, &self.formats, &m, decoder, &mut poll, now_ms());
+            let ctx = (&self.formats, self.max_future_skew_ms, now_ms());
+            accept(&mut self.progress, &self.shared, ctx, &m, decoder, &mut poll);
         }
         while (poll.records as usize) < max_records {
             let msg = match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
@@ -309,7 +317,8 @@ impl KafkaSource {
                 return Ok(poll);
             }
             // the borrowed message is decoded in place: no copy of the payload or the topic name
-            accept(&mut self.progress, &self.shared, &self.formats, &msg, decoder, &mut poll, now_ms());
+            let ctx = (&self.formats, self.max_future_skew_ms, now_ms());
+            accept(&mut self.progress, &self.shared, ctx, &msg, decoder, &mut poll);
         }
         if generation_changed(&self.shared, &mut self.seen_generation) {
             poll.rebalanced = true;
@@ -360,14 +369,14 @@ fn generation_changed(shared: &Shared, seen: &mut u64) -> bool {
 
 /// Takes one message: skips it below the partition's expected offset, else decodes it into `decoder`
 /// and advances the partition's offset and event-time clock.
+/// Decodes one message; `(formats, max future skew, now)` is the context of the poll.
 fn accept<M: Message>(
     progress: &mut HashMap<String, HashMap<i32, PartitionProgress>>,
     shared: &Shared,
-    formats: &HashMap<String, Format>,
+    (formats, max_future_skew_ms, now_ms): (&HashMap<String, Format>, i64, i64),
     m: &M,
     decoder: &mut Decoder,
     poll: &mut Poll,
-    now_ms: i64,
 ) {
     let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
     let parts = match progress.get_mut(topic) {
@@ -408,5 +417,8 @@ fn accept<M: Message>(
         decoder.push(payload, format, || SourceRef::Kafka { topic: topic.to_string(), partition, offset }, now_ms)
     {
         p.max_ts_ms = Some(p.max_ts_ms.map_or(ts, |x| x.max(ts)));
+        if ts > now_ms.saturating_add(max_future_skew_ms) {
+            poll.future_events += 1;
+        }
     }
 }

@@ -64,3 +64,14 @@ pub fn read_payloads(brokers: &str, topic: &str, expect_at_least: usize, within:
     }
     out
 }
+
+/// Produces payloads into one partition of `topic`.
+pub fn produce_to(brokers: &str, topic: &str, partition: i32, payloads: &[String]) {
+    let p: BaseProducer = ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    for l in payloads {
+        p.send(BaseRecord::<(), _>::to(topic).partition(partition).payload(l))
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(60)).expect("flush");
+}
