@@ -151,13 +151,7 @@ impl Pipeline {
             totals: Totals::default(),
         };
         if cfg.spike.enabled {
-            if !cfg.pipeline.windows.contains(&cfg.spike.window) {
-                anyhow::bail!(
-                    "spike.window {:?} is not one of pipeline.windows {:?}",
-                    cfg.spike.window,
-                    cfg.pipeline.windows
-                );
-            }
+            // `Config::validate` checked that spike.window is one of pipeline.windows
             p.detectors.push(Box::new(
                 aifinops_aggregate::SpikeDetector::new(&format!("aifinops/{}", cfg.pipeline.name), cfg.spike.clone())
                     .context("spike")?,

@@ -117,17 +117,6 @@ struct Setup {
     metrics_port: u16,
 }
 
-/// GET /metrics from the Prometheus endpoint.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint listening");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
 fn setup(dir: &Path, brokers: String, name: &str) -> Setup {
     let input = unique(&format!("{name}-in"));
     let alerts = unique(&format!("{name}-alerts"));

@@ -73,19 +73,6 @@ fn retried_and_replayed_events_count_once_and_late_events_count_too() {
     assert_lake_totals(&lake, &e, &["1m", "1h", "1d"]);
 }
 
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
-fn metric(body: &str, name: &str) -> Option<f64> {
-    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn a_partition_whose_clock_jumps_a_day_ahead_does_not_close_anyone_elses_windows() {
     let Some(brokers) = brokers() else { return };

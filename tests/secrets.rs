@@ -205,11 +205,7 @@ fn secrets_through_kafka_reach_no_topic_metric_or_log() {
             None
         };
         if committed == Some(4) {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::{Read, Write};
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-                let _ = s.read_to_string(&mut metrics);
-            }
+            metrics = scrape(port);
             if metrics.contains("aifinops_events_decoded_total") {
                 break;
             }
