@@ -208,29 +208,37 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Produces each line as one message (idempotent producer), waiting for every acknowledgement.
+/// Produces each line as one message (idempotent producer), in order, waiting for every acknowledgement.
 pub async fn produce_lines(brokers: &str, topic: &str, lines: &[String]) -> anyhow::Result<()> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
         .set("enable.idempotence", "true")
         .create()
         .context("creating the producer")?;
-    let mut sends = Vec::with_capacity(lines.len());
+    let mut acks = Vec::with_capacity(lines.len());
     for (i, l) in lines.iter().enumerate() {
-        let p = producer.clone();
-        let l = l.clone();
         let key = format!("k{}", i % 97);
-        let topic = topic.to_string();
-        sends.push(tokio::spawn(async move {
-            p.send(FutureRecord::to(&topic).key(&key).payload(&l), Duration::from_secs(30))
-                .await
-                .map(|_| ())
-                .map_err(|(e, _)| e)
-        }));
+        let mut rec = FutureRecord::to(topic).key(&key).payload(l);
+        // enqueued one after the other: each partition receives the lines in file order
+        loop {
+            match producer.send_result(rec) {
+                Ok(ack) => break acks.push(ack),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => return Err(e).with_context(|| format!("producing to {topic}")),
+            }
+        }
     }
-    for s in sends {
-        s.await?.with_context(|| format!("producing to {topic}"))?;
+    for ack in acks {
+        match ack.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e).with_context(|| format!("producing to {topic}")),
+            Err(_) => anyhow::bail!("producing to {topic}: the producer dropped a delivery"),
+        }
     }
     Ok(())
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::SinkError;
 use crate::lake::Outbox;
@@ -60,8 +61,34 @@ impl Publisher {
     }
 
     /// Sends every alert and dead letter of an outbox and waits for all acknowledgements.
+    /// Enqueues one record, waiting while the producer's queue is full. Records are enqueued in order, so
+    /// with the idempotent producer they land in order on their partition (a spike before its recovery).
+    async fn enqueue(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+        what: &str,
+    ) -> Result<DeliveryFuture, SinkError> {
+        let mut rec = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+        loop {
+            match self.producer.send_result(rec) {
+                Ok(f) => return Ok(f),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err((e, _)) => {
+                    return Err(SinkError::Kafka { context: format!("publishing {what} to {topic}"), source: e });
+                }
+            }
+        }
+    }
+
+    /// Publishes an outbox: its alerts in order, then its dead letters; succeeds when every one is acked.
     pub async fn publish(&self, outbox: &Outbox) -> Result<(), SinkError> {
-        let mut pending = Vec::new();
+        let mut pending: Vec<(DeliveryFuture, String)> = Vec::new();
         for a in &outbox.alerts {
             let (payload, content_type) = match self.avro_alerts {
                 None => (serde_json::to_vec(a).expect("alert json"), "application/cloudevents+json"),
@@ -75,46 +102,31 @@ impl Publisher {
                 .insert(Header { key: "ce_id", value: Some(a.id.as_str()) })
                 .insert(Header { key: "ce_type", value: Some(a.kind.as_str()) })
                 .insert(Header { key: "content-type", value: Some(content_type) });
-            let key = a.owner().to_string();
-            let topic = self.alert_topic.clone();
-            let producer = self.producer.clone();
-            pending.push(tokio::spawn(async move {
-                let rec = FutureRecord::to(&topic).key(&key).payload(&payload).headers(headers);
-                producer
-                    .send(rec, Duration::from_secs(30))
-                    .await
-                    .map(|_| ())
-                    .map_err(|(e, _)| SinkError::Kafka { context: format!("publishing alert to {topic}"), source: e })
-            }));
+            let what = format!("alert to {}", self.alert_topic);
+            pending.push((self.enqueue(&self.alert_topic, a.owner(), &payload, headers, "alert").await?, what));
         }
         if let Some(topic) = &self.dead_letter_topic {
             for d in &outbox.dead_letters {
-                let raw = d.raw();
                 let headers = OwnedHeaders::new()
                     .insert(Header { key: "aifinops_source", value: Some(d.source.as_str()) })
                     .insert(Header { key: "aifinops_reason", value: Some(d.reason.as_str()) })
                     .insert(Header { key: "aifinops_kind", value: Some(d.kind.as_str()) });
-                let topic = topic.clone();
-                let producer = self.producer.clone();
-                let key = d.source.clone();
-                pending.push(tokio::spawn(async move {
-                    let rec = FutureRecord::to(&topic).key(&key).payload(&raw).headers(headers);
-                    producer.send(rec, Duration::from_secs(30)).await.map(|_| ()).map_err(|(e, _)| SinkError::Kafka {
-                        context: format!("publishing dead letter to {topic}"),
-                        source: e,
-                    })
-                }));
+                let f = self.enqueue(topic, &d.source, &d.raw(), headers, "dead letter").await?;
+                pending.push((f, format!("dead letter to {topic}")));
             }
         }
         let mut first_err = None;
-        for p in pending {
-            match p.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
+        for (f, what) in pending {
+            match f.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    first_err.get_or_insert(SinkError::Kafka { context: format!("publishing {what}"), source: e });
                 }
-                Err(join) => {
-                    first_err.get_or_insert(SinkError::Manifest { path: "publish".into(), reason: join.to_string() });
+                Err(_) => {
+                    first_err.get_or_insert(SinkError::Manifest {
+                        path: "publish".into(),
+                        reason: format!("the producer dropped the delivery of {what}"),
+                    });
                 }
             }
         }
