@@ -134,9 +134,21 @@ enum Command {
         out: PathBuf,
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Day to generate (YYYY-MM-DD, UTC); default yesterday.
+        /// Day to generate (YYYY-MM-DD, UTC); default yesterday. With --events: the first event's day.
         #[arg(long)]
         day: Option<String>,
+        /// The benchmark workload instead of the demo day: this many events, one per 40 ms.
+        #[arg(long)]
+        events: Option<u64>,
+        /// Benchmark workload: number of teams (owners).
+        #[arg(long, default_value_t = 2_000)]
+        teams: u64,
+        /// Benchmark workload: number of API keys.
+        #[arg(long, default_value_t = 20_000)]
+        keys: u64,
+        /// Benchmark workload: also write its owner map here.
+        #[arg(long)]
+        owners_out: Option<PathBuf>,
     },
 }
 
@@ -290,20 +302,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             eprintln!("produced {n} records to {topic}");
             Ok(())
         }
-        Command::Gen { out, seed, day } => {
+        Command::Gen { out, seed, day, events, teams, keys, owners_out } => {
             let start = match day {
                 Some(d) => aifinops_ingest::catalog::parse_date_ms(&d)
                     .with_context(|| format!("--day {d:?} is not YYYY-MM-DD"))?,
                 None => demo::yesterday_ms(),
             };
-            let lines = traffic::demo_day(start, seed).join("\n") + "\n";
-            if out.as_os_str() == "-" {
-                use std::io::Write;
-                std::io::stdout().write_all(lines.as_bytes())?;
-            } else {
-                std::fs::write(&out, lines).with_context(|| format!("writing {}", out.display()))?;
+            if let Some(f) = &owners_out {
+                std::fs::write(f, traffic::bench_owners(teams)).with_context(|| format!("writing {}", f.display()))?;
             }
-            Ok(())
+            let mut w: Box<dyn std::io::Write> = if out.as_os_str() == "-" {
+                Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+            } else {
+                let f = std::fs::File::create(&out).with_context(|| format!("writing {}", out.display()))?;
+                Box::new(std::io::BufWriter::with_capacity(1 << 20, f))
+            };
+            match events {
+                Some(n) => traffic::bench_events(&mut w, n, teams, keys, start, seed),
+                None => {
+                    w.write_all((traffic::demo_day(start, seed).join("\n") + "\n").as_bytes()).and_then(|_| w.flush())
+                }
+            }
+            .with_context(|| format!("writing {}", out.display()))
         }
     }
 }

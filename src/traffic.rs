@@ -270,3 +270,62 @@ fn day(day_start_ms: i64, seed: u64, incidents: bool) -> Vec<String> {
     }
     lines
 }
+
+/// The benchmark workload (issue 6): `n` canonical events of ~400 bytes, one per 40 ms of event time from
+/// `start_ms`, spread over `teams` owners (matched by their `team`) and `keys` API keys, on six models with
+/// cache reads, cache writes and reasoning tokens. Written as NDJSON without holding it in memory.
+pub fn bench_events(
+    out: &mut impl std::io::Write,
+    n: u64,
+    teams: u64,
+    keys: u64,
+    start_ms: i64,
+    seed: u64,
+) -> std::io::Result<()> {
+    const MODELS: [(&str, &str, bool); 6] = [
+        ("openai", "gpt-4o", false),
+        ("openai", "gpt-4o-mini", false),
+        ("openai", "o4-mini", true),
+        ("anthropic", "claude-sonnet-4-5", true),
+        ("anthropic", "claude-haiku-4-5", false),
+        ("gemini", "gemini-2.5-flash", true),
+    ];
+    let mut rng = Rng::new(seed);
+    let mut line = String::with_capacity(512);
+    for i in 0..n {
+        let ts = start_ms + i as i64 * 40;
+        let key = rng.next() % keys.max(1);
+        // a key belongs to one team, so identities and owners agree
+        let team = key % teams.max(1);
+        let (provider, model, reasoning) = MODELS[(rng.next() % MODELS.len() as u64) as usize];
+        let input = rng.range(200, 12_000);
+        let cache_read = if rng.chance(60) { input / 2 } else { 0 };
+        let cache_write = if provider == "anthropic" && rng.chance(20) { input / 8 } else { 0 };
+        let output = rng.range(20, 2_000);
+        let reasoning_tokens = if reasoning { output / 2 } else { 0 };
+        line.clear();
+        let stamp = chrono::DateTime::from_timestamp_millis(ts).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S%.3fZ");
+        let _ = write!(
+            line,
+            r#"{{"event_id":"bench-{seed}-{i:010}","timestamp":"{stamp}","provider":"{provider}","model":"{model}","input_tokens":{input},"output_tokens":{output},"cache_read_tokens":{cache_read},"cache_write_tokens":{cache_write},"reasoning_tokens":{reasoning_tokens},"api_key_id":"key-{key:06}","team":"team-{team:05}","project":"project-{p}","workflow":"workflow-{w}","environment":"prod","trace_id":"trace-{t:012x}"}}"#,
+            p = team % 97,
+            w = rng.next() % 16,
+            t = rng.next() & 0xffff_ffff_ffff,
+        );
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+    }
+    out.flush()
+}
+
+/// The owner map of the benchmark workload: one owner per team.
+pub fn bench_owners(teams: u64) -> String {
+    let mut s = String::from("# Owners of the benchmark workload: one per team.\n");
+    for t in 0..teams.max(1) {
+        let _ = write!(
+            s,
+            "\n[[owner]]\nid = \"team-{t:05}\"\nrisk_owner = \"lead-{t}@example.com\"\nteam = [\"team-{t:05}\"]\n"
+        );
+    }
+    s
+}

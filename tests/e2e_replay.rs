@@ -295,3 +295,54 @@ fn an_interrupted_multi_file_replay_resumes_with_the_same_command() {
     let again = aifinops(&["replay", "--lake", lake.to_str().unwrap(), &other_spelling]);
     assert!(!again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
 }
+
+#[test]
+fn the_benchmark_workload_is_deterministic_attributed_and_priced() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, owners) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"), dir.path().join("owners.toml"));
+    for f in [&a, &b] {
+        ok(&aifinops(&[
+            "gen",
+            "--events",
+            "20000",
+            "--teams",
+            "200",
+            "--keys",
+            "2000",
+            "--day",
+            "2026-11-01",
+            "--seed",
+            "3",
+            "--out",
+            f.to_str().unwrap(),
+            "--owners-out",
+            owners.to_str().unwrap(),
+        ]));
+    }
+    let (ta, tb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    assert_eq!(ta, tb, "same seed, same bytes");
+    let per_event = ta.len() / 20_000;
+    assert!((330..=450).contains(&per_event), "~400 bytes per event, got {per_event}");
+    let lake = dir.path().join("lake");
+    let out = aifinops(&[
+        "replay",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--owners",
+        owners.to_str().unwrap(),
+        a.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let r = query(
+        &lake,
+        "SELECT count(DISTINCT owner) AS owners, count(DISTINCT identity) AS keys, sum(requests) AS r, \
+         sum(unpriced_requests) AS u, sum(cache_read_tokens) AS cr, sum(reasoning_tokens) AS rt, \
+         min(window_start) AS first, max(window_end) AS last FROM rollups WHERE \"window\" = '1h'",
+    );
+    assert_eq!((r[0]["owners"].as_i64(), r[0]["r"].as_i64(), r[0]["u"].as_i64()), (Some(200), Some(20_000), Some(0)));
+    assert!(r[0]["keys"].as_i64().unwrap() > 1_900, "{r:?}");
+    assert!(r[0]["cr"].as_i64().unwrap() > 0 && r[0]["rt"].as_i64().unwrap() > 0, "{r:?}");
+    assert!(!query(&lake, "SELECT owner FROM rollups WHERE owner = 'unattributed'").iter().any(|_| true));
+    // one event per 40 ms: 20,000 events span 800 s
+    assert_eq!(r[0]["first"].as_str().map(|s| &s[..19]), Some("2026-11-01T00:00:00"));
+}
