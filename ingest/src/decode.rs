@@ -624,6 +624,10 @@ impl Decoder {
                 format!("record is {} bytes, over the {} byte limit", payload.len(), self.max_record_bytes),
             ));
         }
+        if payload.is_empty() {
+            // whatever the format (a Kafka tombstone on an Avro topic too)
+            return Err(reject("empty", "empty record (no bytes)"));
+        }
         let avro_framed = payload.first() == Some(&0) || payload.starts_with(&[0xC3, 0x01]);
         if !avro_framed
             && format != Format::Avro
@@ -1213,6 +1217,12 @@ mod tests {
         assert_eq!(dl.kind, "not_json");
         assert!(dl.reason.contains("Confluent wire format (magic byte 0x00, schema id 7)"), "{}", dl.reason);
         assert!(dl.reason.contains("format is litellm"), "{}", dl.reason);
+        // no bytes is `empty` on every topic, an Avro one too (it was `avro_framing` there)
+        let mut d = decoder();
+        for f in Format::ALL {
+            assert!(d.push(b"", f, src, 0).is_none());
+        }
+        assert!(d.finish().dead_letters.iter().all(|dl| dl.kind == "empty"));
         // a JSON document inside a string field is read with the same duplicate-key check
         assert!(parse_strict(r#"{"a":{"b":1,"b":2}}"#).unwrap_err().to_string().starts_with("duplicate key `b`"));
     }
