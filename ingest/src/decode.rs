@@ -12,7 +12,7 @@ use aifinops_schemas::event::{UNATTRIBUTED, UNKNOWN_IDENTITY, priced_event_schem
 use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, parse_usd};
 use aifinops_schemas::secret::{redact, redact_text};
 use aifinops_schemas::{DeadLetter, SourceRef};
-use datafusion::arrow::array::{
+use arrow::array::{
     ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
     TimestampMillisecondBuilder,
 };
@@ -996,8 +996,8 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Decimal128Type, Int64Type};
 
     fn decoder() -> Decoder {
         let owners = OwnerMap::from_toml_str(

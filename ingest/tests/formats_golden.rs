@@ -8,8 +8,8 @@ use std::sync::Arc;
 use aifinops_ingest::{Decoder, Format, OwnerMap, PriceCatalog, RawPolicy};
 use aifinops_schemas::SourceRef;
 use aifinops_schemas::money::format_usd;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMillisecondType};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMillisecondType};
 use serde_json::{Map, Value, json};
 
 fn fixtures() -> PathBuf {
