@@ -570,3 +570,53 @@ fn kafka_run_dead_letters_every_hostile_record_at_its_offset_and_keeps_running()
     }
     assert_eq!(seen.len(), with_tombstones.len(), "every dead letter on the dead-letter topic");
 }
+
+/// The fuzz targets start from this corpus: `fuzz/seeds/decode/` holds each case (up to 64 KiB) and two
+/// good records as `[format index] + payload` (the `decode` target's input), `fuzz/seeds/avro/` the Avro
+/// ones as `[0xff] + payload` (the `avro` target's raw framing) and a good body for each framing. Run with
+/// `AIFINOPS_WRITE_FUZZ_SEEDS=1` to rewrite them after changing the corpus.
+#[test]
+fn the_fuzz_seeds_are_the_hostile_corpus() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let slug = |name: &str| -> String {
+        let s: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+        s.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-")
+    };
+    let index = |f: Format| Format::ALL.iter().position(|x| *x == f).unwrap() as u8;
+    let mut want: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for c in corpus().iter().filter(|c| c.payload.len() <= 64 * 1024) {
+        want.insert(format!("decode/{}", slug(c.name)), [&[index(format(c.topic))][..], &c.payload].concat());
+        if c.topic == Topic::Avro || matches!(c.payload.first(), Some(0 | 0xc3)) {
+            want.insert(format!("avro/{}", slug(c.name)), [&[0xff][..], &c.payload].concat());
+        }
+    }
+    let (line, ..) = corpus::good(0, 1);
+    want.insert("decode/good-canonical".into(), [&[index(Format::Auto)][..], line.as_bytes()].concat());
+    let avro = good_avro("seed", DAY + 36_000_000, 1_000, 100);
+    want.insert("decode/good-avro".into(), [&[index(Format::Avro)][..], &avro].concat());
+    for framing in 0..3u8 {
+        want.insert(format!("avro/good-body-{framing}"), [&[framing][..], &avro[5..]].concat());
+    }
+    if std::env::var_os("AIFINOPS_WRITE_FUZZ_SEEDS").is_some() {
+        for dir in ["decode", "avro"] {
+            let _ = std::fs::remove_dir_all(root.join(dir));
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for (name, bytes) in &want {
+            std::fs::write(root.join(name), bytes).unwrap();
+        }
+    }
+    let mut have: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for dir in ["decode", "avro"] {
+        for e in std::fs::read_dir(root.join(dir)).expect("fuzz/seeds (AIFINOPS_WRITE_FUZZ_SEEDS=1 writes them)") {
+            let p = e.unwrap().path();
+            have.insert(format!("{dir}/{}", p.file_name().unwrap().to_str().unwrap()), std::fs::read(&p).unwrap());
+        }
+    }
+    let differ: Vec<&String> = want.keys().chain(have.keys()).filter(|k| want.get(*k) != have.get(*k)).collect();
+    assert!(
+        differ.is_empty(),
+        "fuzz seeds differ from the corpus (AIFINOPS_WRITE_FUZZ_SEEDS=1 rewrites them): {differ:?}"
+    );
+}

@@ -12,10 +12,10 @@ use aifinops_schemas::event::{UNATTRIBUTED, UNKNOWN_IDENTITY, priced_event_schem
 use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, parse_usd};
 use aifinops_schemas::secret::{redact, redact_text};
 use aifinops_schemas::{DeadLetter, SourceRef};
-use arrow::array::{
-    ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder,
+use arrow_array::builder::{
+    ArrayBuilder, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
+use arrow_array::{ArrayRef, RecordBatch};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -996,8 +996,9 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Decimal128Type, Int64Type};
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Decimal128Type, Int64Type};
 
     fn decoder() -> Decoder {
         let owners = OwnerMap::from_toml_str(

@@ -156,6 +156,18 @@ pub fn corpus() -> Vec<Case> {
         [&b"{\"event_id\":\"\xff\xfe\","[..], &good.as_bytes()[1..]].concat(),
         "invalid_utf8",
     );
+    add(
+        "AWS key prefix followed by invalid UTF-8 (dead-letter redaction)",
+        Auto,
+        [&b"{\"api_key_id\":\"ASIA\x01\x00\x00t\x84\x00"[..], &[0xe4; 20], b"\"}"].concat(),
+        "invalid_utf8",
+    );
+    add(
+        "AWS key prefix followed by multi-byte characters",
+        Canonical,
+        c("\"api_key_id\":\"ASIA€€€€€€€€\",\"model\":\"gpt\\u0007\""),
+        "invalid_value",
+    );
     add("Latin-1 bytes in a field name", Canonical, b"{\"mod\xe8le\":\"x\"}".to_vec(), "invalid_utf8");
     add("UTF-16 encoded JSON", Auto, good.encode_utf16().flat_map(u16::to_le_bytes).collect(), "not_json");
     add("UTF-8 byte order mark before the object", Auto, [&b"\xef\xbb\xbf"[..], good.as_bytes()].concat(), "not_json");
