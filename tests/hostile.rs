@@ -407,7 +407,8 @@ mod kafka {
     }
 }
 
-/// Every case through Kafka, one topic per format, between good records (half of them with null keys):
+/// Every case through Kafka, one topic per format, between good records (half of them with null keys, the
+/// bad ones all, and a tombstone: null key and null value, on each topic):
 /// a long-running `aifinops run` dead-letters each at its topic/partition@offset, in the lake and on the
 /// dead-letter topic, keeps running (its metrics count every kind), and exits 0 on SIGTERM; a second round
 /// through `run --until-caught-up` does the same. Totals of the good records are exact.
@@ -463,12 +464,15 @@ fn kafka_run_dead_letters_every_hostile_record_at_its_offset_and_keeps_running()
     let send_round = |round: usize, s: &mut Sent| {
         for (topic, name) in &topics {
             let recs = interleave(&cases, *topic, round, |c| round == 0 || c.kind != "too_large", &mut s.good);
+            // keys are not read: bad records (the empty one too) and half the good ones have a null key
             let mut msgs: Vec<kafka::Out> = recs
                 .iter()
                 .enumerate()
-                .map(|(j, (payload, _))| ((j % 2 == 1).then(|| format!("k{j}")), Some(payload.clone())))
+                .map(|(j, (payload, case))| {
+                    ((case.is_none() && j % 4 == 0).then(|| format!("k{j}")), Some(payload.clone()))
+                })
                 .collect();
-            msgs.push((None, None)); // null key, null value
+            msgs.push((None, None)); // null key, null value: a tombstone
             let at = kafka::produce(&brokers, name, &msgs);
             for ((_, case), at) in recs.iter().zip(&at) {
                 if let Some(i) = case {

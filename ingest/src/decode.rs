@@ -598,23 +598,39 @@ impl Decoder {
         match self.try_push(payload, format) {
             Ok(ts) => ts,
             Err(r) => {
-                self.stats.dead_letters += 1;
-                let keep = payload.len().min(64 * 1024);
-                let raw = match self.raw_policy {
-                    RawPolicy::Raw => payload[..keep].to_vec(),
-                    RawPolicy::Redacted => redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes(),
-                };
-                self.dead.push(DeadLetter {
-                    source: source().to_string(),
-                    // reasons may quote a field's value: never let a secret through them either
-                    reason: redact_text(&r.reason),
-                    kind: r.kind,
-                    raw,
-                    received_at_ms: received_ms,
-                });
+                self.dead_letter(payload, r, source, received_ms);
                 None
             }
         }
+    }
+
+    /// The largest record accepted (`pipeline.max_record_bytes`): a source need not read more of one.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
+    /// A record of `len` bytes that the source did not read whole because it is over
+    /// [`Decoder::max_record_bytes`]: a `too_large` dead letter keeping `head`, the part that was read.
+    pub fn push_too_large(&mut self, head: &[u8], len: u64, source: impl FnOnce() -> SourceRef, received_ms: i64) {
+        let r = reject("too_large", format!("record is {len} bytes, over the {} byte limit", self.max_record_bytes));
+        self.dead_letter(head, r, source, received_ms);
+    }
+
+    fn dead_letter(&mut self, payload: &[u8], r: Rejection, source: impl FnOnce() -> SourceRef, received_ms: i64) {
+        self.stats.dead_letters += 1;
+        let keep = payload.len().min(64 * 1024);
+        let raw = match self.raw_policy {
+            RawPolicy::Raw => payload[..keep].to_vec(),
+            RawPolicy::Redacted => redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes(),
+        };
+        self.dead.push(DeadLetter {
+            source: source().to_string(),
+            // reasons may quote a field's value: never let a secret through them either
+            reason: redact_text(&r.reason),
+            kind: r.kind,
+            raw,
+            received_at_ms: received_ms,
+        });
     }
 
     fn try_push(&mut self, payload: &[u8], format: Format) -> Result<Option<i64>, Rejection> {
