@@ -363,9 +363,18 @@ pub const MAX_JSON_DEPTH: usize = 64;
 
 /// Where a JSON text nests arrays and objects deeper than [`MAX_JSON_DEPTH`] (a byte offset), if it does.
 /// Brackets inside strings do not count. Cheap for ordinary records: it only walks the text when it has
-/// more than `MAX_JSON_DEPTH` opening brackets at all.
+/// more than `MAX_JSON_DEPTH` opening brackets at all, counted 255 bytes at a time into a `u8` (which
+/// vectorizes: about 2 % of decoding a canonical record).
 fn too_deep(payload: &[u8]) -> Option<usize> {
-    if payload.iter().filter(|&&b| b == b'{' || b == b'[').count() <= MAX_JSON_DEPTH {
+    let mut brackets = 0usize;
+    for chunk in payload.chunks(255) {
+        // `{` is 0x7b and `[` 0x5b: the only bytes that are 0x7b with bit 0x20 set
+        brackets += usize::from(chunk.iter().map(|&b| u8::from(b | 0x20 == b'{')).sum::<u8>());
+        if brackets > MAX_JSON_DEPTH {
+            break;
+        }
+    }
+    if brackets <= MAX_JSON_DEPTH {
         return None;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
