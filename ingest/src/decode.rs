@@ -12,10 +12,10 @@ use aifinops_schemas::event::{UNATTRIBUTED, UNKNOWN_IDENTITY, priced_event_schem
 use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, parse_usd};
 use aifinops_schemas::secret::{redact, redact_field, redact_text};
 use aifinops_schemas::{DeadLetter, SourceRef};
-use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, RecordBatch, StringBuilder,
-    TimestampMillisecondBuilder,
+use arrow_array::builder::{
+    ArrayBuilder, Decimal128Builder, FixedSizeBinaryBuilder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
+use arrow_array::{ArrayRef, RecordBatch};
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -75,19 +75,19 @@ pub enum Count {
     WrongType(&'static str),
 }
 
-/// A count from a JSON number: `exact` when it was an unsigned integer literal.
+/// A count from a JSON number: `exact` when it was an integer literal that fits 64 bits. A number written
+/// with a fraction or an exponent (`1.5`, `1000.0`, `1e3`) is not a count even when its value is whole:
+/// read as a double, `1000.00000000000001` would be exactly 1000, so only integer literals are exact.
 pub(crate) fn count_from_f64(v: f64, exact: Option<u64>) -> Count {
     if let Some(u) = exact {
         return if u > MAX_COUNT { Count::TooLarge } else { Count::Ok(u as i64) };
     }
-    if !v.is_finite() || v.fract() != 0.0 {
-        Count::NotInteger
+    if v > MAX_COUNT as f64 {
+        Count::TooLarge // also integer literals beyond 64 bits, which JSON readers hand over as doubles
     } else if v < 0.0 {
         Count::Negative
-    } else if v > MAX_COUNT as f64 {
-        Count::TooLarge
     } else {
-        Count::Ok(v as i64)
+        Count::NotInteger
     }
 }
 
@@ -146,10 +146,12 @@ impl<'de> Visitor<'de> for TsVisitor {
         Ok(Ts::Ms(v))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Ts, E> {
-        Ok(if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
+        Ok(if !v.is_finite() || v.fract() != 0.0 {
+            Ts::Bad("epoch milliseconds must be an integer")
+        } else if v.abs() < 9.0e15 {
             Ts::Ms(v as i64)
         } else {
-            Ts::Bad("epoch milliseconds must be an integer")
+            Ts::Bad("epoch milliseconds out of range")
         })
     }
     fn visit_str<E>(self, v: &str) -> Result<Ts, E> {
@@ -323,7 +325,9 @@ fn required_str<'a>(field: &str, v: &'a Option<Cow<'_, str>>) -> Result<&'a str,
 
 /// The record as a JSON value, or the reason it is not one.
 fn parse_json(payload: &[u8]) -> Result<serde_json::Value, Rejection> {
-    serde_json::from_slice(payload).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let parsed = Strict::deserialize(&mut de).and_then(|v| de.end().map(|()| v.0));
+    parsed.map_err(|e| {
         let text = match std::str::from_utf8(payload) {
             Ok(t) => t,
             Err(u) => return reject("invalid_utf8", format!("not UTF-8 (invalid byte at {})", u.valid_up_to())),
@@ -331,8 +335,143 @@ fn parse_json(payload: &[u8]) -> Result<serde_json::Value, Rejection> {
         if text.trim().is_empty() {
             return reject("empty", "empty record");
         }
+        if text.starts_with('\u{feff}') {
+            return reject("not_json", "not valid JSON: starts with a byte order mark (EF BB BF)");
+        }
+        let e = e.to_string();
+        if e.starts_with(DUPLICATE_KEY) {
+            return reject("duplicate_key", format!("{e}: which of the values counts would be a guess"));
+        }
         reject("not_json", format!("not valid JSON: {e}"))
     })
+}
+
+/// Parses JSON text (a record, or a JSON document inside one of its strings) like [`serde_json::Value`],
+/// but a key that appears twice in one object is an error (`duplicate key …`) instead of the last copy
+/// silently winning.
+pub(crate) fn parse_strict(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let v = Strict::deserialize(&mut de)?;
+    de.end()?;
+    Ok(v.0)
+}
+
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// Largest nesting of JSON arrays and objects in a record.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Where a JSON text nests arrays and objects deeper than [`MAX_JSON_DEPTH`] (a byte offset), if it does.
+/// Brackets inside strings do not count. Cheap for ordinary records: it only walks the text when it has
+/// more than `MAX_JSON_DEPTH` opening brackets at all, counted 255 bytes at a time into a `u8` (which
+/// vectorizes: about 2 % of decoding a canonical record).
+fn too_deep(payload: &[u8]) -> Option<usize> {
+    let mut brackets = 0usize;
+    for chunk in payload.chunks(255) {
+        // `{` is 0x7b and `[` 0x5b: the only bytes that are 0x7b with bit 0x20 set
+        brackets += usize::from(chunk.iter().map(|&b| u8::from(b | 0x20 == b'{')).sum::<u8>());
+        if brackets > MAX_JSON_DEPTH {
+            break;
+        }
+    }
+    if brackets <= MAX_JSON_DEPTH {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in payload.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A JSON value whose objects have no duplicate keys.
+struct Strict(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Strict, E> {
+        Ok(Strict(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+    fn visit_none<E>(self) -> Result<Strict, E> {
+        Ok(Strict(serde_json::Value::Null))
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict(serde_json::Value::Null))
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Strict, D::Error> {
+        Strict::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Strict, A::Error> {
+        let mut out = Vec::with_capacity(s.size_hint().unwrap_or(0).min(1024));
+        while let Some(Strict(v)) = s.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict(serde_json::Value::Array(out)))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Strict, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(k) = m.next_key::<String>()? {
+            let Strict(v) = m.next_value()?;
+            if out.contains_key(&k) {
+                return Err(de::Error::custom(format!("{DUPLICATE_KEY} `{}`", k.escape_debug())));
+            }
+            out.insert(k, v);
+        }
+        Ok(Strict(serde_json::Value::Object(out)))
+    }
+}
+
+/// A string field that becomes a dimension or a key must not carry control characters (U+0000–U+001F,
+/// U+007F): they are no part of a name, and in a report they can rewrite a terminal.
+fn check_text(field: &str, v: Option<&str>) -> Result<(), Rejection> {
+    if let Some(b) = v.and_then(|s| s.bytes().find(|b| *b < 0x20 || *b == 0x7f)) {
+        return Err(reject("invalid_value", format!("`{field}` contains the control character U+{b:04X}")));
+    }
+    Ok(())
 }
 
 /// A gateway's cost figure in 10^-18 USD: exact when it has at most 18 decimals, else rounded half to even
@@ -350,6 +489,24 @@ fn parse_reported(field: &str, text: &str, cents: bool) -> Result<i128, String> 
     let d = if cents { d / Decimal::ONE_HUNDRED } else { d };
     let d = d.round_dp_with_strategy(18, RoundingStrategy::MidpointNearestEven);
     parse_usd(field, &d.to_string()).map_err(|e| e.to_string())
+}
+
+/// An Avro-framed record on a topic of a JSON format: named as such rather than as broken JSON.
+fn avro_on_json_topic(payload: &[u8], format: Format) -> Rejection {
+    let framing = match payload {
+        [0, a, b, c, d, ..] => format!("the Avro Confluent wire format (magic byte 0x00, schema id {})", {
+            u32::from_be_bytes([*a, *b, *c, *d])
+        }),
+        [0, ..] => "a 0x00 byte, the magic byte of the Avro Confluent wire format".to_string(),
+        _ => "0xC3 0x01, the marker of Avro single-object encoding".to_string(),
+    };
+    reject(
+        "not_json",
+        format!(
+            "not JSON: starts with {framing}; Avro on a topic whose format is {format}? (set the topic's format to \
+             avro or auto)"
+        ),
+    )
 }
 
 /// Lineage of rows that no catalog entry priced.
@@ -450,23 +607,39 @@ impl Decoder {
         match self.try_push(payload, format) {
             Ok(ts) => ts,
             Err(r) => {
-                self.stats.dead_letters += 1;
-                let keep = payload.len().min(64 * 1024);
-                let raw = match self.raw_policy {
-                    RawPolicy::Raw => payload[..keep].to_vec(),
-                    RawPolicy::Redacted => redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes(),
-                };
-                self.dead.push(DeadLetter {
-                    source: source().to_string(),
-                    // reasons may quote a field's value: never let a secret through them either
-                    reason: redact_text(&r.reason),
-                    kind: r.kind,
-                    raw,
-                    received_at_ms: received_ms,
-                });
+                self.dead_letter(payload, r, source, received_ms);
                 None
             }
         }
+    }
+
+    /// The largest record accepted (`pipeline.max_record_bytes`): a source need not read more of one.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
+    /// A record of `len` bytes that the source did not read whole because it is over
+    /// [`Decoder::max_record_bytes`]: a `too_large` dead letter keeping `head`, the part that was read.
+    pub fn push_too_large(&mut self, head: &[u8], len: u64, source: impl FnOnce() -> SourceRef, received_ms: i64) {
+        let r = reject("too_large", format!("record is {len} bytes, over the {} byte limit", self.max_record_bytes));
+        self.dead_letter(head, r, source, received_ms);
+    }
+
+    fn dead_letter(&mut self, payload: &[u8], r: Rejection, source: impl FnOnce() -> SourceRef, received_ms: i64) {
+        self.stats.dead_letters += 1;
+        let keep = payload.len().min(64 * 1024);
+        let raw = match self.raw_policy {
+            RawPolicy::Raw => payload[..keep].to_vec(),
+            RawPolicy::Redacted => redact_text(&String::from_utf8_lossy(&payload[..keep])).into_bytes(),
+        };
+        self.dead.push(DeadLetter {
+            source: source().to_string(),
+            // reasons may quote a field's value: never let a secret through them either
+            reason: redact_text(&r.reason),
+            kind: r.kind,
+            raw,
+            received_at_ms: received_ms,
+        });
     }
 
     fn try_push(&mut self, payload: &[u8], format: Format) -> Result<Option<i64>, Rejection> {
@@ -476,7 +649,20 @@ impl Decoder {
                 format!("record is {} bytes, over the {} byte limit", payload.len(), self.max_record_bytes),
             ));
         }
+        if payload.is_empty() {
+            // whatever the format (a Kafka tombstone on an Avro topic too)
+            return Err(reject("empty", "empty record (no bytes)"));
+        }
         let avro_framed = payload.first() == Some(&0) || payload.starts_with(&[0xC3, 0x01]);
+        if !avro_framed
+            && format != Format::Avro
+            && let Some(at) = too_deep(payload)
+        {
+            return Err(reject(
+                "too_deep",
+                format!("JSON nested deeper than {MAX_JSON_DEPTH} arrays or objects (at byte {at})"),
+            ));
+        }
         match format {
             Format::Canonical | Format::Auto if !avro_framed => {
                 // the hot path: canonical JSON read in place
@@ -515,6 +701,9 @@ impl Decoder {
                 self.accept(std::slice::from_ref(&call))
             }
             f => {
+                if avro_framed {
+                    return Err(avro_on_json_topic(payload, f));
+                }
                 let v = parse_json(payload)?;
                 let calls = adapt(f, &v)?;
                 self.accept(&calls)
@@ -551,6 +740,21 @@ impl Decoder {
         let event_id = required_str("event_id", &c.event_id)?;
         let provider = required_str("provider", &c.provider)?;
         let model = required_str("model", &c.model)?;
+        for (field, v) in [
+            ("event_id", Some(event_id)),
+            ("provider", Some(provider)),
+            ("model", Some(model)),
+            ("api_key_id", c.api_key_id.as_deref()),
+            ("service_account", c.service_account.as_deref()),
+            ("team", c.team.as_deref()),
+            ("project", c.project.as_deref()),
+            ("workflow", c.workflow.as_deref()),
+            ("environment", c.environment.as_deref()),
+            ("trace_id", c.trace_id.as_deref()),
+            ("step", c.step.as_deref().filter(|s| *s != crate::formats::BAD_STEP)),
+        ] {
+            check_text(field, v)?;
+        }
         let ts = match c.ts {
             None => {
                 return Err(reject("missing_field", "missing required field `timestamp`"));
@@ -817,8 +1021,9 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, AsArray};
-    use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Decimal128Type, Int64Type};
 
     fn decoder() -> Decoder {
         let owners = OwnerMap::from_toml_str(
@@ -979,6 +1184,73 @@ mod tests {
         let mut d = decoder();
         assert!(d.push(&[0xff, 0xfe, b'{'], Format::Canonical, src, 0).is_none());
         assert_eq!(d.finish().dead_letters[0].kind, "invalid_utf8");
+    }
+
+    /// Hostile records that were once accepted (or misnamed), each with the reason it gets now.
+    #[test]
+    fn hostile_records_once_accepted_are_rejected_with_their_reason() {
+        let rec = |extra: &str| {
+            format!(
+                r#"{{"event_id":"h","timestamp":1764496800000,"provider":"openai","model":"gpt-4o","input_tokens":10,"output_tokens":1{extra}}}"#
+            )
+        };
+        let cases = [
+            // duplicate keys: the last copy used to win silently
+            (rec(r#","input_tokens":5000000"#), "duplicate_key", "duplicate key `input_tokens`"),
+            (rec(r#","event_id":"h2""#), "duplicate_key", "duplicate key `event_id`"),
+            // counts written as doubles used to be read as whole numbers
+            (rec(",\"cache_read_tokens\":1.0"), "invalid_count", "`cache_read_tokens` is not an integer"),
+            (rec(",\"cache_read_tokens\":1e0"), "invalid_count", "not an integer"),
+            (rec(",\"cache_read_tokens\":1.00000000000000001"), "invalid_count", "not an integer"),
+            (rec(",\"cache_read_tokens\":-2.5"), "invalid_count", "negative"),
+            (rec(",\"cache_read_tokens\":1e300"), "invalid_count", "2^53"),
+            // nesting beyond 64 levels used to be skipped in unknown fields (and 128 was the limit elsewhere)
+            (rec(&format!(",\"x\":{}{}", "[".repeat(64), "]".repeat(64))), "too_deep", "deeper than 64"),
+            // control characters in names used to reach the lake (and terminals)
+            (rec(",\"team\":\"a\\u0007b\""), "invalid_value", "`team` contains the control character U+0007"),
+            (rec(",\"workflow\":\"w\\u007f\""), "invalid_value", "`workflow` contains the control character U+007F"),
+            // a timestamp beyond 2^63 ms written as a double was "not an integer"
+            (rec("").replace("1764496800000", "1e20"), "invalid_timestamp", "out of range"),
+            // a byte order mark was "expected value at line 1 column 1"
+            (format!("\u{feff}{}", rec("")), "not_json", "byte order mark"),
+        ];
+        for (line, kind, needle) in &cases {
+            let (k, r) = reason_of(line);
+            assert_eq!(&k, kind, "{line} -> {r}");
+            assert!(r.contains(needle), "{line}: reason {r:?} should mention {needle:?}");
+        }
+        // at the limits: 63 nested arrays in an object (64 levels), and a key repeated in different objects
+        let mut d = decoder();
+        for (i, extra) in [
+            format!(",\"x\":{}{}", "[".repeat(63), "]".repeat(63)),
+            r#","tags":{"a":"1"},"x":{"a":2}"#.to_string(),
+            r#","team":"équipe 🚀""#.to_string(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let line = rec(extra).replace("\"h\"", &format!("\"h{i}\""));
+            assert!(d.push(line.as_bytes(), Format::Canonical, src, 0).is_some(), "{line}");
+        }
+        // a duplicate inside a CloudEvent's data (the slow path reads every object strictly)
+        let mut d = decoder();
+        let ce = format!(r#"{{"specversion":"1.0","id":"c","data":{}}}"#, rec(r#","model":"gpt-4o-mini""#));
+        assert!(d.push(ce.as_bytes(), Format::Auto, src, 0).is_none());
+        assert_eq!(d.finish().dead_letters[0].kind, "duplicate_key");
+        // Avro bytes on a JSON topic are named as such, not as broken JSON or UTF-8
+        assert!(d.push(&[0, 0, 0, 0, 7, 2, b'a'], Format::Litellm, src, 0).is_none());
+        let dl = &d.finish().dead_letters[0];
+        assert_eq!(dl.kind, "not_json");
+        assert!(dl.reason.contains("Confluent wire format (magic byte 0x00, schema id 7)"), "{}", dl.reason);
+        assert!(dl.reason.contains("format is litellm"), "{}", dl.reason);
+        // no bytes is `empty` on every topic, an Avro one too (it was `avro_framing` there)
+        let mut d = decoder();
+        for f in Format::ALL {
+            assert!(d.push(b"", f, src, 0).is_none());
+        }
+        assert!(d.finish().dead_letters.iter().all(|dl| dl.kind == "empty"));
+        // a JSON document inside a string field is read with the same duplicate-key check
+        assert!(parse_strict(r#"{"a":{"b":1,"b":2}}"#).unwrap_err().to_string().starts_with("duplicate key `b`"));
     }
 
     #[test]

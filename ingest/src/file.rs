@@ -120,19 +120,45 @@ impl FileSource {
             }
             let (name, reader) = self.current.as_mut().expect("open file");
             self.buf.clear();
-            let n = reader.read_until(b'\n', &mut self.buf).map_err(|e| IngestError::Io {
-                context: format!("reading {name} after line {}", self.line),
-                source: e,
-            })?;
+            let io = |line: u64, e| IngestError::Io { context: format!("reading {name} after line {line}"), source: e };
+            // A line is read up to the record limit (and its line break) only: a line of gigabytes must
+            // not be held in memory to be rejected. The rest of a longer line is skipped.
+            let limit = decoder.max_record_bytes() as u64 + 2;
+            let n = (&mut *reader).take(limit).read_until(b'\n', &mut self.buf).map_err(|e| io(self.line, e))?;
+            let (mut skipped, mut line_break) = (0u64, 0u64);
+            if n as u64 == limit && self.buf.last() != Some(&b'\n') {
+                loop {
+                    let rest = reader.fill_buf().map_err(|e| io(self.line, e))?;
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (used, end) = match rest.iter().position(|b| *b == b'\n') {
+                        Some(i) => (i + 1, true),
+                        None => (rest.len(), false),
+                    };
+                    reader.consume(used);
+                    skipped += used as u64;
+                    if end {
+                        line_break = 1;
+                        break;
+                    }
+                }
+            }
             if n == 0 {
                 if let Some((name, _)) = self.current.take() {
                     self.finished.push(name);
                 }
                 continue;
             }
-            self.bytes_read += n as u64;
+            self.bytes_read += n as u64 + skipped;
             self.line += 1;
             if self.resume.get(name.as_str()).is_some_and(|done| self.line <= *done) {
+                continue;
+            }
+            if skipped > 0 {
+                chunk.records += 1;
+                let (line, len) = (self.line, n as u64 + skipped - line_break);
+                decoder.push_too_large(&self.buf, len, || SourceRef::File { path: name.clone(), line }, now_ms);
                 continue;
             }
             let mut rec: &[u8] = &self.buf;
@@ -160,6 +186,35 @@ mod tests {
     use std::sync::Arc;
 
     use crate::{OwnerMap, PriceCatalog, RawPolicy};
+
+    /// A line far over the record limit is a `too_large` dead letter with its real size, read only up to
+    /// the limit (the rest is skipped, not buffered), and the next line is read as usual.
+    #[test]
+    fn a_huge_line_is_rejected_without_holding_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = r#"{"event_id":"a","timestamp":1764496800000,"provider":"openai","model":"gpt-4o","input_tokens":1,"output_tokens":1}"#;
+        let f = dir.path().join("big.ndjson");
+        let huge = format!("{{\"pad\":\"{}\"}}", "x".repeat(5_000_000));
+        std::fs::write(&f, format!("{good}\n{huge}\n{good}\n{huge}")).unwrap();
+        let mut d =
+            Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(OwnerMap::default()), 1 << 20, RawPolicy::Raw);
+        let mut src = FileSource::new(vec![f.clone()]);
+        let c = src.read_into(&mut d, 100, 0).unwrap();
+        assert_eq!((c.records, c.accepted), (4, 2));
+        assert!(src.buf.capacity() < 2 << 20, "{} bytes buffered", src.buf.capacity());
+        assert_eq!(src.bytes_read(), std::fs::metadata(&f).unwrap().len());
+        let out = d.finish();
+        let dl: Vec<_> = out.dead_letters.iter().map(|d| (d.source.clone(), d.kind, d.reason.clone())).collect();
+        let reason = format!("record is {} bytes, over the 1048576 byte limit", huge.len());
+        assert_eq!(
+            dl,
+            vec![
+                (format!("{}:2", f.display()), "too_large", reason.clone()),
+                (format!("{}:4", f.display()), "too_large", reason)
+            ]
+        );
+        assert_eq!(out.dead_letters[0].raw.len(), 64 * 1024, "the dead letter keeps the head");
+    }
 
     #[test]
     fn reads_plain_and_gzip_with_line_numbers() {

@@ -578,14 +578,14 @@ fn litellm(v: &Value) -> Result<Call<'_>, Rejection> {
     // into owned values first (cold: only such exports pay for it).
     let meta_owned: Option<Value> = match v.get("metadata") {
         Some(Value::String(s)) => Some(
-            serde_json::from_str(s)
+            crate::decode::parse_strict(s)
                 .map_err(|e| reject("invalid_value", format!("`metadata` is a string but not JSON: {e}")))?,
         ),
         _ => None,
     };
     let tags_owned: Option<Value> = match v.get("request_tags") {
         Some(Value::String(s)) => Some(
-            serde_json::from_str(s)
+            crate::decode::parse_strict(s)
                 .map_err(|e| reject("invalid_value", format!("`request_tags` is a string but not JSON: {e}")))?,
         ),
         _ => None,
@@ -1068,7 +1068,7 @@ fn kong(v: &Value) -> Result<Vec<Call<'_>>, Rejection> {
 fn metadata_attribution(c: &mut Call<'_>, v: &Value) -> Result<(), Rejection> {
     match v.get("metadata") {
         Some(Value::String(s)) if !s.trim().is_empty() => {
-            let m: Value = serde_json::from_str(s)
+            let m: Value = crate::decode::parse_strict(s)
                 .map_err(|e| reject("invalid_value", format!("`metadata` is a string but not JSON: {e}")))?;
             attribution(c, &m);
         }

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod decode;
 pub mod file;
 pub mod formats;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod owners;
 
@@ -33,6 +34,7 @@ pub enum IngestError {
          was the topic recreated, or does this lake belong to another cluster? Use a new lake directory"
     )]
     Position { topic: String, partition: i32, committed: i64, end: i64 },
+    #[cfg(feature = "kafka")]
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,

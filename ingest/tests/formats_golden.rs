@@ -8,8 +8,10 @@ use std::sync::Arc;
 use aifinops_ingest::{Decoder, Format, OwnerMap, PriceCatalog, RawPolicy};
 use aifinops_schemas::SourceRef;
 use aifinops_schemas::money::format_usd;
-use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{DataType, Decimal128Type, Int64Type, TimestampMillisecondType};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Decimal128Type, Int64Type, TimestampMillisecondType};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
 use serde_json::{Map, Value, json};
 
 fn fixtures() -> PathBuf {

@@ -24,7 +24,7 @@ pub enum SchemaError {
     Arrow {
         context: String,
         #[source]
-        source: datafusion::arrow::error::ArrowError,
+        source: arrow_schema::ArrowError,
     },
     #[error("alert JSON error: {0}")]
     Json(#[from] serde_json::Error),

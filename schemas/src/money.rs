@@ -10,8 +10,8 @@ pub const COST_PRECISION: u8 = 38;
 pub const ONE_USD: i128 = 1_000_000_000_000_000_000;
 
 /// The Arrow type of every USD column.
-pub fn cost_type() -> datafusion::arrow::datatypes::DataType {
-    datafusion::arrow::datatypes::DataType::Decimal128(COST_PRECISION, COST_SCALE)
+pub fn cost_type() -> arrow_schema::DataType {
+    arrow_schema::DataType::Decimal128(COST_PRECISION, COST_SCALE)
 }
 
 /// Parses a decimal number (plain `12.5`, or scientific `2.5e-06` as JSON catalogs write it) into cost units.

@@ -34,7 +34,7 @@ pub fn looks_like_secret(value: &str) -> bool {
     }
     if (v.starts_with("AKIA") || v.starts_with("ASIA"))
         && v.len() >= 20
-        && v[..20].bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && v.as_bytes()[..20].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
     {
         return true;
     }
@@ -132,6 +132,15 @@ mod tests {
         assert!(!looks_like_secret("key-search-1"));
         assert!(!looks_like_secret("svc-support-bot@prod"));
         assert!(!looks_like_secret("research-agents-nightly-workflow"));
+    }
+
+    #[test]
+    fn non_ascii_after_a_key_prefix_is_not_a_secret_and_does_not_panic() {
+        // found by the `decode` fuzz target: "ASIA" + multi-byte characters sliced inside a character
+        assert!(!looks_like_secret("ASIA€€€€€€€€€€€€€€€€"));
+        assert!(!looks_like_secret("AKIA\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}"));
+        let text = "{\"k\":\"ASIA\u{1}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\u{fffd}\"}";
+        assert_eq!(redact_text(text), text);
     }
 
     #[test]
