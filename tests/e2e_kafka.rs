@@ -317,6 +317,7 @@ fn run_is_exactly_once_under_kill_9() {
     for p in points {
         let mut env = env_small.to_vec();
         env.push(("AIFINOPS_FAULT", p));
+        eprintln!("fault point {p}");
         let child = start(&s, &["--until-caught-up"], &env);
         let (status, stderr) = wait_output(child, Duration::from_secs(120));
         if !status.success() {
