@@ -107,6 +107,37 @@ async fn drain(log: &OutboxLog, publisher: &Publisher) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The consumer's health for operators: the `aifinops_kafka_connected` gauge (1 while a broker connection is
+/// up, 0 while none is) and one log line per change. librdkafka reconnects by itself with backoff; the
+/// pipeline keeps running, and whatever it had not committed is re-read from the lake's offsets.
+#[derive(Default)]
+struct KafkaHealth {
+    known: Option<bool>,
+    down_since: Option<Instant>,
+}
+
+impl KafkaHealth {
+    fn update(&mut self, connected: Option<bool>) {
+        let Some(up) = connected else { return };
+        if self.known == Some(up) {
+            return;
+        }
+        metrics::gauge!("aifinops_kafka_connected").set(if up { 1.0 } else { 0.0 });
+        if up {
+            if let Some(since) = self.down_since.take() {
+                tracing::info!(down_for = ?since.elapsed(), "Kafka reachable again: consuming");
+            }
+        } else {
+            metrics::counter!("aifinops_kafka_disconnects_total").increment(1);
+            self.down_since = Some(Instant::now());
+            tracing::warn!(
+                "Kafka unreachable: no broker connection is up (unhealthy); reconnecting with backoff, nothing committed is lost"
+            );
+        }
+        self.known = Some(up);
+    }
+}
+
 fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
     let mut m: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for ((t, p), o) in src.next_offsets() {
@@ -153,14 +184,18 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, group = %cfg.kafka.group, lake = %cfg.lake.dir.display(), "consuming");
     let delay = cfg.pipeline.watermark_delay.as_millis() as i64;
     let idle = cfg.pipeline.idle_timeout;
+    // how long a killed member can keep its partitions: its session times out, then the rebalance waits
+    let rebalance_grace = cfg.kafka.session_timeout + cfg.kafka.max_poll_interval;
     let skew = cfg.pipeline.max_future_skew.as_millis() as i64;
     let mut last_caught_up_check = Instant::now();
+    let mut health = KafkaHealth::default();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
             let poll = src
                 .poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms)
                 .await?;
+            health.update(src.connected());
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
                     p.rollback().await?;
@@ -178,10 +213,21 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                     "skipped records below the lake's committed offsets (redelivery)"
                 );
             }
-            let clocks: Vec<PartitionClock> = src
-                .progress()
-                .map(|pp| PartitionClock { max_ts_ms: pp.max_ts_ms, idle: pp.last_active.elapsed() >= idle })
+            // A partition is idle when it has been silent for `idle_timeout` and has nothing waiting (a partition
+            // starved by the others' backlog is behind, not idle). A partition of the lake that a killed member
+            // still holds comes back within a rebalance and holds the watermark until then. Otherwise the
+            // watermark would run ahead of records still to be read, and the dedup horizon behind it would
+            // forget the ids their redeliveries must be matched against.
+            let mut clocks: Vec<PartitionClock> = src
+                .away()
+                .into_iter()
+                .filter(|away| *away < rebalance_grace)
+                .map(|_| PartitionClock { max_ts_ms: None, idle: false })
                 .collect();
+            clocks.extend(src.progress_and_backlog().map(|(pp, behind)| PartitionClock {
+                max_ts_ms: pp.max_ts_ms,
+                idle: pp.last_active.elapsed() >= idle && !behind,
+            }));
             let wm = compute(&clocks, delay, Some((now_ms(), skew)));
             if poll.future_events > 0 {
                 metrics::counter!("aifinops_future_events_total").increment(poll.future_events);

@@ -7,7 +7,7 @@
 //! Group offsets are committed after each lake commit, for lag monitoring only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,6 @@ pub struct KafkaSettings {
     pub max_future_skew_ms: i64,
 }
 
-#[derive(Default)]
 struct Shared {
     /// Where each partition starts when (re)assigned: the offsets of the last lake commit.
     start_offsets: Mutex<HashMap<Tp, i64>>,
@@ -51,7 +50,86 @@ struct Shared {
     assigned: Mutex<Vec<Tp>>,
     /// Bumped on every assignment change.
     generation: AtomicU64,
+    /// Broker connections in state UP, from librdkafka's statistics (every second); -1 before the first
+    /// report (or when `statistics.interval.ms` is set to 0).
+    brokers_up: AtomicI64,
+    /// (low, high) watermark of each partition as librdkafka last reported it (statistics).
+    ends: Mutex<HashMap<Tp, (i64, i64)>>,
 }
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            start_offsets: Mutex::default(),
+            assigned: Mutex::default(),
+            generation: AtomicU64::new(0),
+            brokers_up: AtomicI64::new(-1),
+            ends: Mutex::default(),
+        }
+    }
+}
+
+/// What the pipeline reads in a librdkafka statistics report.
+#[derive(Debug, Default, PartialEq)]
+struct StatsView {
+    /// Broker connections in state UP (the internal pseudo-broker aside).
+    brokers_up: i64,
+    /// (low, high) watermark per partition, where librdkafka knows them.
+    ends: Vec<(Tp, (i64, i64))>,
+}
+
+fn parse_stats(stats: &[u8]) -> Option<StatsView> {
+    fn invalid() -> i64 {
+        -1
+    }
+    #[derive(serde::Deserialize)]
+    struct Broker {
+        #[serde(default)]
+        state: String,
+        #[serde(default)]
+        source: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Partition {
+        #[serde(default = "invalid")]
+        lo_offset: i64,
+        #[serde(default = "invalid")]
+        hi_offset: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Topic {
+        #[serde(default)]
+        partitions: HashMap<String, Partition>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Stats {
+        #[serde(default)]
+        brokers: HashMap<String, Broker>,
+        #[serde(default)]
+        topics: HashMap<String, Topic>,
+    }
+    let s: Stats = serde_json::from_slice(stats).ok()?;
+    let mut ends = Vec::new();
+    for (t, topic) in s.topics {
+        for (p, part) in topic.partitions {
+            // "-1" is librdkafka's internal unassigned partition; a negative offset is "not known yet"
+            if let Ok(p) = p.parse::<i32>()
+                && p >= 0
+                && part.hi_offset >= 0
+            {
+                ends.push(((t.clone(), p), (part.lo_offset, part.hi_offset)));
+            }
+        }
+    }
+    Some(StatsView {
+        brokers_up: s.brokers.values().filter(|b| b.source != "internal" && b.state == "UP").count() as i64,
+        ends,
+    })
+}
+
+/// Offsets between a partition's high watermark and the consumer's position that do not make it "behind":
+/// transaction markers (and aborted records) at a partition's end are never delivered.
+const BACKLOG_SLACK: i64 = 16;
 
 /// Rebalance handling: assigns partitions at the lake's committed offsets.
 pub struct SourceContext {
@@ -72,6 +150,12 @@ impl ClientContext for SourceContext {
     }
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+    fn stats_raw(&self, statistics: &[u8]) {
+        if let Some(v) = parse_stats(statistics) {
+            self.shared.brokers_up.store(v.brokers_up, Ordering::SeqCst);
+            self.shared.ends.lock().expect("lock").extend(v.ends);
+        }
     }
 }
 
@@ -168,6 +252,8 @@ pub struct KafkaSource {
     topic_names: Vec<String>,
     formats: HashMap<String, Format>,
     max_future_skew_ms: i64,
+    /// Partitions of the consumed topics that the lake has offsets for, not assigned here, and since when.
+    away_since: HashMap<Tp, Instant>,
 }
 
 impl KafkaSource {
@@ -182,7 +268,11 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             .set("session.timeout.ms", settings.session_timeout_ms.to_string())
             .set("queued.max.messages.kbytes", "65536")
-            .set("fetch.max.bytes", "52428800");
+            .set("fetch.max.bytes", "52428800")
+            // broker connection states every second, for `connected` (health)
+            .set("statistics.interval.ms", "1000")
+            // after a broker outage, reconnect within 2 s of its return (librdkafka's default backs off to 10 s)
+            .set("reconnect.backoff.max.ms", "2000");
         for (k, v) in &settings.properties {
             cfg.set(k, v);
         }
@@ -206,6 +296,7 @@ impl KafkaSource {
             topic_names: settings.topics.clone(),
             formats: settings.formats.clone(),
             max_future_skew_ms: settings.max_future_skew_ms,
+            away_since: HashMap::new(),
         })
     }
 
@@ -263,6 +354,15 @@ impl KafkaSource {
         Ok(())
     }
 
+    /// Whether the consumer has a live connection to at least one broker (librdkafka statistics, refreshed
+    /// every second while polling); `None` before the first report or with statistics turned off.
+    pub fn connected(&self) -> Option<bool> {
+        match self.shared.brokers_up.load(Ordering::SeqCst) {
+            n if n < 0 => None,
+            n => Some(n > 0),
+        }
+    }
+
     /// Partitions currently assigned to this member.
     pub fn assigned(&self) -> Vec<Tp> {
         self.shared.assigned.lock().expect("lock").clone()
@@ -271,6 +371,45 @@ impl KafkaSource {
     /// Progress of the assigned partitions.
     pub fn progress(&self) -> impl Iterator<Item = &PartitionProgress> {
         self.progress.values().flat_map(|parts| parts.values())
+    }
+
+    /// Progress of the assigned partitions, each with whether records are known to wait in it: librdkafka's
+    /// last reported high watermark is ahead of the partition's next offset (a partition starved by the
+    /// others' backlog is behind, not idle).
+    pub fn progress_and_backlog(&self) -> impl Iterator<Item = (&PartitionProgress, bool)> {
+        let ends = self.shared.ends.lock().expect("lock").clone();
+        self.progress.iter().flat_map(move |(t, parts)| {
+            let ends = ends.clone();
+            parts.iter().map(move |(p, pp)| {
+                let behind = ends.get(&(t.clone(), *p)).is_some_and(|&(lo, hi)| {
+                    let base = if pp.next_offset >= 0 { pp.next_offset } else { lo.max(0) };
+                    hi - base > BACKLOG_SLACK
+                });
+                (pp, behind)
+            })
+        })
+    }
+
+    /// For each partition of the consumed topics that the lake has offsets for but that is not assigned to
+    /// this member, how long it has been away (a killed member keeps its partitions until its session
+    /// times out).
+    pub fn away(&mut self) -> Vec<Duration> {
+        let assigned = self.assigned();
+        let known: Vec<Tp> = self
+            .shared
+            .start_offsets
+            .lock()
+            .expect("lock")
+            .keys()
+            .filter(|(t, _)| self.topic_names.contains(t))
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        self.away_since.retain(|tp, _| known.contains(tp) && !assigned.contains(tp));
+        for tp in known.into_iter().filter(|tp| !assigned.contains(tp)) {
+            self.away_since.entry(tp).or_insert(now);
+        }
+        self.away_since.values().map(|since| now.duration_since(*since)).collect()
     }
 
     /// Next offsets of all partitions consumed in this assignment (for the lake commit). Partitions
@@ -420,5 +559,29 @@ fn accept<M: Message>(
         if ts > now_ms.saturating_add(max_future_skew_ms) {
             poll.future_events += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_stats;
+
+    #[test]
+    fn broker_connections_and_partition_ends_are_read_from_statistics() {
+        let up = br#"{"name":"c","brokers":{
+            "127.0.0.1:9092/bootstrap":{"name":"127.0.0.1:9092/bootstrap","source":"configured","state":"INIT"},
+            "127.0.0.1:9092/1":{"name":"127.0.0.1:9092/1","source":"learned","state":"UP","nodeid":1},
+            ":0/internal":{"name":":0/internal","source":"internal","state":"UP"}},
+            "topics":{"usage":{"partitions":{
+              "0":{"partition":0,"lo_offset":0,"hi_offset":107528,"app_offset":-1001},
+              "1":{"partition":1,"lo_offset":-1001,"hi_offset":-1001},
+              "-1":{"partition":-1,"lo_offset":-1001,"hi_offset":-1001}}}}}"#;
+        let v = parse_stats(up).unwrap();
+        assert_eq!(v.brokers_up, 1);
+        assert_eq!(v.ends, vec![(("usage".to_string(), 0), (0, 107528))]);
+        let down = br#"{"brokers":{"127.0.0.1:9092/1":{"source":"learned","state":"TRY_CONNECT"},
+            ":0/internal":{"source":"internal","state":"UP"}}}"#;
+        assert_eq!(parse_stats(down).unwrap().brokers_up, 0);
+        assert_eq!(parse_stats(b"not json"), None);
     }
 }

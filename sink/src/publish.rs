@@ -35,7 +35,9 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "15000")
-            .set("linger.ms", "5");
+            .set("linger.ms", "5")
+            // after a broker outage, reconnect within 2 s of its return (librdkafka's default backs off to 10 s)
+            .set("reconnect.backoff.max.ms", "2000");
         for (k, v) in properties {
             cfg.set(k, v);
         }
