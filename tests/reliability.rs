@@ -1,6 +1,6 @@
 //! Reliability harness (issue 5; DESIGN.md, "Guarantees").
 //!
-//! - `crash_anywhere`: `aifinops run` against the test broker on a few hundred thousand events, killed
+//! - `reliability_crash_anywhere`: `aifinops run` against the test broker on a few hundred thousand events, killed
 //!   with SIGKILL at seeded random moments and aborted at every fault-injection point (mid-Parquet, between
 //!   the data files and the manifest, after the manifest, mid roll-forward, around publishing), restarted
 //!   after each kill, then `--until-caught-up`. Checks: exact totals per (window, window start, owner,
@@ -8,12 +8,13 @@
 //!   offset ranges are contiguous and never overlap and end at the partitions' ends; every visible data
 //!   file belongs to a committed manifest; no commit wrote a (window, key) row twice; each dead letter
 //!   (source offset) once; every alert id on the topic with exactly one payload, the committed one.
-//! - `broker_loss`: its own Tansu brokers (input, and alerts + dead letters): the input broker is killed
+//! - `reliability_broker_loss`: its own Tansu brokers (input, and alerts + dead letters): the input broker is killed
 //!   for 30 s mid-run and restarted on the same storage; the pipeline stays up, reports
 //!   `aifinops_kafka_connected 0` and a log line, resumes; then the alert broker is down twice, once while
 //!   the pipeline keeps running (alerts retried) and once across a pipeline kill (alerts re-sent from the
 //!   lake's outbox on the next start). Totals exact, every committed alert on the topic.
 //!
+//! `./scripts/test reliability` runs both (the default mode also runs in every `./scripts/test`);
 //! `AIFINOPS_RELIABILITY_LONG=1` runs the long mode (1M events, 60 kills, 60 s outages);
 //! `AIFINOPS_RELIABILITY_SEED` changes the seed; `AIFINOPS_RELIABILITY_KEEP=1` keeps the work directory;
 //! `AIFINOPS_RELIABILITY_SAME_GROUP=1` makes every random-kill restart rejoin the killed run's group.
@@ -804,14 +805,14 @@ enum Kill {
 }
 
 #[test]
-fn crash_anywhere() {
+fn reliability_crash_anywhere() {
     let Some(brokers) = brokers() else { return };
     let long = long_mode();
     let same_group = std::env::var("AIFINOPS_RELIABILITY_SAME_GROUP").is_ok();
     let seed = seed();
     let started = Instant::now();
     let (n, hours, random_kills, per_point, bad) =
-        if long { (1_000_000, 96, 30, 5, 200) } else { (300_000, 48, 14, 2, 60) };
+        if long { (1_000_000, 96, 30, 5, 200) } else { (300_000, 48, 16, 2, 60) };
     // each point at its first hit, and at later hits (deeper into a run: after several commits, files,
     // outboxes), as far as a run's share of the input reaches
     let points = [
@@ -983,8 +984,8 @@ fn crash_anywhere() {
     for l in &kill_log {
         println!("{l}");
     }
-    // restart a last time and consume to the end
-    let (mut child, log) = pl.start(&group, &["--until-caught-up"], &[]);
+    // restart a last time and consume to the end (in a fresh group: see above)
+    let (mut child, log) = pl.start(&unique("crash-group"), &["--until-caught-up"], &[]);
     let st = wait_exit(&mut child, Duration::from_secs(600)).unwrap_or_else(|| {
         sigkill(&mut child);
         panic!("the last run did not finish in 600 s:\n{}", tail(&log))
@@ -1109,7 +1110,7 @@ fn lake_alert_count(lake: &Path) -> i64 {
 }
 
 #[test]
-fn broker_loss() {
+fn reliability_broker_loss() {
     // like every Kafka test, only under scripts/test (which also installs tansu)
     if brokers().is_none() {
         return;
@@ -1274,7 +1275,8 @@ fn broker_loss() {
     assert!(published(&pl.lake) < Some(unpublished), "the day-4 outbox is not published yet");
     sigkill(&mut child);
     alert_broker.restart();
-    let (mut child, log) = pl.start(group, &["--until-caught-up"], &[]);
+    // a fresh group: Tansu 0.6.0 may leave the partitions with the killed member (see reliability_crash_anywhere)
+    let (mut child, log) = pl.start("reliability-after-kill", &["--until-caught-up"], &[]);
     let st = wait_exit(&mut child, Duration::from_secs(300)).expect("last run finished");
     assert!(st.success(), "last run: {st}\n{}", tail(&log));
     let log_c = watcher.finish(&pl.lake);
