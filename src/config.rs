@@ -243,11 +243,15 @@ impl DriftConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
     pub dir: PathBuf,
+    /// This member's name in a lake shared by several members of one consumer group (`run` only), e.g. the
+    /// pod name of a StatefulSet: each writer has its own commit chain and partitions are handed over
+    /// through the lake's ledger. Empty: the lake has one writer. Letters, digits, `-`, `_`, `.`.
+    pub writer: String,
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
-        LakeConfig { dir: PathBuf::from("./aifinops-lake") }
+        LakeConfig { dir: PathBuf::from("./aifinops-lake"), writer: String::new() }
     }
 }
 

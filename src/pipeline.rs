@@ -101,8 +101,9 @@ impl Pipeline {
         let storm = cfg.retry_storm.thresholds(&cfg.pipeline.windows)?;
         std::fs::create_dir_all(&cfg.lake.dir)
             .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
-        let (lake, recovered) =
-            Lake::open(&cfg.lake.dir).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
+        let writer = (!cfg.lake.writer.is_empty()).then_some(cfg.lake.writer.as_str());
+        let (lake, recovered) = Lake::open_as(&cfg.lake.dir, writer)
+            .with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
         let owners = Arc::new(owners);
         let mut decoder = Decoder::new(
             Arc::new(catalog),
@@ -252,6 +253,11 @@ impl Pipeline {
         &self.lake
     }
 
+    /// Whether this pipeline is one named writer of a lake shared by several members.
+    pub fn shared_lake(&self) -> bool {
+        self.lake.ledger().is_some()
+    }
+
     /// Marks the input as live (`run`): see [`Pipeline::commit_due`].
     pub fn set_live(&mut self) {
         self.live = true;
@@ -323,11 +329,13 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Commits closed windows, alerts, dead letters, state and the input positions. `final_flush`
-    /// closes every window (end of a bounded input).
+    /// Commits closed windows, alerts, dead letters, state and the input positions (`ranges`: the Kafka
+    /// offsets consumed since the last commit). `final_flush` closes every window (end of a bounded input,
+    /// or a member leaving a shared lake).
     pub async fn commit(
         &mut self,
         offsets: BTreeMap<String, BTreeMap<i32, i64>>,
+        ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
         files: BTreeMap<String, u64>,
         publish: bool,
         final_flush: bool,
@@ -396,9 +404,11 @@ impl Pipeline {
                 ("dead_letters_since_start".to_string(), self.totals.dead_letters),
             ]),
             publish,
+            ranges,
         };
         let n_alerts = commit.alerts.len() as u64;
         let info = self.lake.commit(commit)?;
+        self.dedup.absorb(&info.foreign_dedup)?;
         self.totals.alerts += n_alerts;
         self.totals.commits += 1;
         self.dirty = false;

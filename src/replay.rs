@@ -17,6 +17,12 @@ use crate::pipeline::{Pipeline, now_ms};
 
 pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyhow::Result<String> {
     let started = Instant::now();
+    if !cfg.lake.writer.is_empty() {
+        anyhow::bail!(
+            "lake.writer ({}) is for `run` members sharing a lake; `replay` writes a lake of its own: unset it",
+            cfg.lake.writer
+        );
+    }
     let (mut p, manifest) = Pipeline::open(cfg).await?;
     let mut done: BTreeMap<String, u64> = manifest.map(|m| m.files).unwrap_or_default();
     // Files are known by their canonical path, so `./a.ndjson` and `a.ndjson` are one file; each once.
@@ -93,12 +99,12 @@ pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyh
         if p.commit_due() {
             let mut positions = done.clone();
             positions.extend(src.positions());
-            p.commit(BTreeMap::new(), positions, false, false).await?;
+            p.commit(BTreeMap::new(), BTreeMap::new(), positions, false, false).await?;
         }
     }
     let mut positions = done.clone();
     positions.extend(src.positions());
-    let info = p.commit(BTreeMap::new(), positions, false, true).await?;
+    let info = p.commit(BTreeMap::new(), BTreeMap::new(), positions, false, true).await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

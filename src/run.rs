@@ -138,6 +138,14 @@ impl KafkaHealth {
     }
 }
 
+/// A commit the lake refused without harm (fenced, or a duplicate another writer counted first).
+fn is_refused(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<aifinops_sink::SinkError>(),
+        Some(aifinops_sink::SinkError::Fenced { .. } | aifinops_sink::SinkError::DedupConflict { .. })
+    )
+}
+
 fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
     let mut m: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
     for ((t, p), o) in src.next_offsets() {
@@ -181,6 +189,11 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         tracing::warn!(topic = %t, topics = ?cfg.kafka.topics, "kafka.formats names a topic that is not consumed");
     }
     let mut src = KafkaSource::connect(&settings, committed).context("connecting to Kafka")?;
+    if let Some(ledger) = p.lake().ledger() {
+        // a lake shared by several members: every assignment is claimed in the lake's ledger, which fences the
+        // previous owner and tells where the partition starts
+        src.set_claim(Box::new(move |tps| ledger.claim(tps).map_err(|e| e.to_string())));
+    }
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, group = %cfg.kafka.group, lake = %cfg.lake.dir.display(), "consuming");
     let delay = cfg.pipeline.watermark_delay.as_millis() as i64;
     let idle = cfg.pipeline.idle_timeout;
@@ -259,12 +272,33 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         let finishing = stopping || caught_up;
         if p.commit_due() || finishing {
             let offsets = offsets_map(&src);
-            let info = p.commit(offsets.clone(), BTreeMap::new(), true, caught_up).await?;
-            let flat =
-                offsets.iter().flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o))).collect();
-            src.committed(&flat);
-            outbox.notify();
-            tracing::debug!(seq = info.seq, "committed");
+            // a member leaving a shared lake emits its open windows (rows are additive): nobody else would
+            let final_flush = caught_up || (stopping && p.shared_lake());
+            match p.commit(offsets.clone(), src.consumed_ranges(), BTreeMap::new(), true, final_flush).await {
+                Ok(info) => {
+                    let flat = offsets
+                        .iter()
+                        .flat_map(|(t, ps)| ps.iter().map(move |(pp, o)| ((t.clone(), *pp), *o)))
+                        .collect();
+                    src.committed(&flat);
+                    outbox.notify();
+                    tracing::debug!(seq = info.seq, "committed");
+                }
+                Err(e) if is_refused(&e) => {
+                    // fenced (a partition moved to another member) or raced on a duplicate: nothing of this
+                    // commit is visible; roll back and re-read from the last commit
+                    tracing::warn!(error = %e, "lake commit refused; rolling back to the last commit");
+                    metrics::counter!("aifinops_commits_refused_total").increment(1);
+                    p.rollback().await?;
+                    src.rewind(Duration::from_secs(10))?;
+                    if finishing {
+                        continue;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if finishing {
             break;

@@ -150,6 +150,16 @@ impl Deduplicator {
         (bytes, max)
     }
 
+    /// Merges entries another writer of a shared lake committed (a segment's bytes): they count as seen,
+    /// but are not this writer's to persist.
+    pub fn absorb(&mut self, bytes: &[u8]) -> Result<(), AggregateError> {
+        let other = Deduplicator::from_bytes(bytes)?;
+        for (k, ts) in other.seen {
+            self.seen.entry(k).or_insert(ts);
+        }
+        Ok(())
+    }
+
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
         if !bytes.len().is_multiple_of(24) {
             return Err(AggregateError::State(format!("dedup state has {} bytes, not a multiple of 24", bytes.len())));

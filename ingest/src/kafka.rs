@@ -27,6 +27,10 @@ use crate::formats::Format;
 /// A topic partition.
 pub type Tp = (String, i32);
 
+/// Claims newly assigned partitions in a lake shared by several members and returns where each starts
+/// (absent: from the beginning). Called from the rebalance callback, before the partitions are assigned.
+pub type ClaimFn = Box<dyn Fn(&[Tp]) -> Result<HashMap<Tp, i64>, String> + Send + Sync>;
+
 /// Connection and group settings of the consumer.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -55,6 +59,10 @@ struct Shared {
     brokers_up: AtomicI64,
     /// (low, high) watermark of each partition as librdkafka last reported it (statistics).
     ends: Mutex<HashMap<Tp, (i64, i64)>>,
+    /// Set for a lake shared by several members: partitions are claimed in its ledger on assignment.
+    claim: Mutex<Option<ClaimFn>>,
+    /// A claim that failed: the source stops with this error.
+    fatal: Mutex<Option<IngestError>>,
 }
 
 impl Default for Shared {
@@ -65,6 +73,8 @@ impl Default for Shared {
             generation: AtomicU64::new(0),
             brokers_up: AtomicI64::new(-1),
             ends: Mutex::default(),
+            claim: Mutex::default(),
+            fatal: Mutex::default(),
         }
     }
 }
@@ -163,11 +173,34 @@ impl ConsumerContext for SourceContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.shared.start_offsets.lock().expect("lock");
                 let mut assigned = Vec::new();
                 for e in tpl.elements() {
                     assigned.push((e.topic().to_string(), e.partition()));
                 }
+                if let Some(claim) = self.shared.claim.lock().expect("lock").as_ref() {
+                    match claim(&assigned) {
+                        Ok(claimed) => {
+                            let mut starts = self.shared.start_offsets.lock().expect("lock");
+                            for tp in &assigned {
+                                match claimed.get(tp) {
+                                    Some(o) => starts.insert(tp.clone(), *o),
+                                    None => starts.remove(tp),
+                                };
+                            }
+                        }
+                        Err(reason) => {
+                            tracing::error!(partitions = ?assigned, %reason, "claiming partitions in the lake's ledger failed");
+                            *self.shared.fatal.lock().expect("lock") = Some(IngestError::Claim {
+                                partitions: format!("{assigned:?}"),
+                                reason,
+                            });
+                            let _ = consumer.unassign();
+                            self.shared.generation.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+                let starts = self.shared.start_offsets.lock().expect("lock");
                 for (t, p) in &assigned {
                     let off = match starts.get(&(t.clone(), *p)) {
                         Some(o) => Offset::Offset(*o),
@@ -224,6 +257,8 @@ pub struct PartitionProgress {
     pub max_ts_ms: Option<i64>,
     /// When the partition last delivered a message (or was assigned).
     pub last_active: Instant,
+    /// The first offset consumed since the last commit (-1: none yet).
+    pub from_offset: i64,
 }
 
 /// What one poll did.
@@ -304,6 +339,11 @@ impl KafkaSource {
     /// offsets follow them (for lag monitoring only).
     pub fn committed(&mut self, offsets: &HashMap<Tp, i64>) {
         self.shared.start_offsets.lock().expect("lock").extend(offsets.iter().map(|(k, v)| (k.clone(), *v)));
+        for ((t, p), o) in offsets {
+            if let Some(pp) = self.progress.get_mut(t).and_then(|ps| ps.get_mut(p)) {
+                pp.from_offset = *o;
+            }
+        }
         let mut tpl = TopicPartitionList::new();
         let assigned = self.assigned();
         for ((t, p), o) in offsets {
@@ -330,11 +370,46 @@ impl KafkaSource {
                 next_offset: next,
                 max_ts_ms: None,
                 last_active: now,
+                from_offset: next,
             });
             e.next_offset = next;
+            e.from_offset = next;
             // the discarded records' event times must not move the watermark ahead of the re-read
             e.max_ts_ms = None;
         }
+    }
+
+    /// In a lake shared by several members: claim each newly assigned partition in the lake's ledger.
+    pub fn set_claim(&self, claim: ClaimFn) {
+        *self.shared.claim.lock().expect("lock") = Some(claim);
+    }
+
+    /// The offsets consumed since the last commit: partition -> [from, to).
+    pub fn consumed_ranges(&self) -> BTreeMap<String, BTreeMap<i32, (i64, i64)>> {
+        let mut out: BTreeMap<String, BTreeMap<i32, (i64, i64)>> = BTreeMap::new();
+        for (t, parts) in &self.progress {
+            for (p, pp) in parts {
+                if pp.from_offset >= 0 && pp.next_offset > pp.from_offset {
+                    out.entry(t.clone()).or_default().insert(*p, (pp.from_offset, pp.next_offset));
+                }
+            }
+        }
+        out
+    }
+
+    /// Re-reads every assigned partition from its committed offset (after a commit was refused and the
+    /// pipeline rolled back without a rebalance).
+    pub fn rewind(&mut self, timeout: Duration) -> Result<(), IngestError> {
+        let starts = self.shared.start_offsets.lock().expect("lock").clone();
+        self.pending = None;
+        for (t, p) in self.assigned() {
+            let off = starts.get(&(t.clone(), p)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
+            self.consumer
+                .seek(&t, p, off, timeout)
+                .map_err(|e| IngestError::Kafka { context: format!("seeking {t}/{p} back to {off:?}"), source: e })?;
+        }
+        self.reset_progress();
+        Ok(())
     }
 
     /// Fails when the lake's committed offset of an assigned partition lies beyond the partition's end:
@@ -431,6 +506,9 @@ impl KafkaSource {
         now_ms: impl Fn() -> i64,
     ) -> Result<Poll, IngestError> {
         let mut poll = Poll::default();
+        if let Some(e) = self.shared.fatal.lock().expect("lock").take() {
+            return Err(e);
+        }
         let deadline = tokio::time::Instant::now() + max_wait;
         if let Some(m) = self.pending.take() {
             let ctx = (&self.formats, self.max_future_skew_ms, now_ms());
@@ -522,16 +600,10 @@ fn accept<M: Message>(
         Some(parts) => parts,
         None => progress.entry(topic.to_string()).or_default(),
     };
-    let p = parts.entry(partition).or_insert_with(|| PartitionProgress {
-        next_offset: shared
-            .start_offsets
-            .lock()
-            .expect("lock")
-            .get(&(topic.to_string(), partition))
-            .copied()
-            .unwrap_or(-1),
-        max_ts_ms: None,
-        last_active: Instant::now(),
+    let p = parts.entry(partition).or_insert_with(|| {
+        let next =
+            shared.start_offsets.lock().expect("lock").get(&(topic.to_string(), partition)).copied().unwrap_or(-1);
+        PartitionProgress { next_offset: next, max_ts_ms: None, last_active: Instant::now(), from_offset: next }
     });
     if offset < p.next_offset {
         poll.skipped += 1;
@@ -545,6 +617,9 @@ fn accept<M: Message>(
             got = offset,
             "offset gap (compaction or control records)"
         );
+    }
+    if p.from_offset < 0 {
+        p.from_offset = offset;
     }
     p.next_offset = offset + 1;
     p.last_active = Instant::now();

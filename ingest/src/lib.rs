@@ -35,6 +35,8 @@ pub enum IngestError {
     )]
     Position { topic: String, partition: i32, committed: i64, end: i64 },
     #[cfg(feature = "kafka")]
+    #[error("claiming {partitions} in the lake's ledger: {reason}")]
+    Claim { partitions: String, reason: String },
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,

@@ -18,6 +18,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aifinops_schemas::alert::alert_schema;
 use aifinops_schemas::dead_letter::dead_letter_schema;
@@ -31,10 +32,11 @@ use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use serde::{Deserialize, Serialize};
 
+use crate::ledger::{Ledger, Tp, segment_keys, valid_writer_name, writer_meta};
 use crate::parquet_io::write_parquet;
 use crate::{SinkError, fault, io_err};
 
-const META: &str = "_aifinops";
+pub(crate) const META: &str = "_aifinops";
 
 /// The commit record. Field names are part of the on-disk format.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,12 @@ pub struct Manifest {
     /// Running totals, for operators (`aifinops query` reads the Parquet; these are for logs).
     #[serde(default)]
     pub totals: BTreeMap<String, u64>,
+    /// The named writer of a shared lake that made this commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
+    /// Kafka: the offsets this commit consumed, topic -> partition -> [from, to).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
 }
 
 /// The open state carried from one commit to the next.
@@ -123,6 +131,9 @@ pub struct Commit {
     pub totals: BTreeMap<String, u64>,
     /// Whether alerts/dead letters must be published to Kafka after the commit.
     pub publish: bool,
+    /// Kafka: the offsets consumed since the previous commit, topic -> partition -> [from, to). In a shared
+    /// lake, the writer must still own each of these partitions at the commit point.
+    pub ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
 }
 
 /// What a commit wrote.
@@ -132,6 +143,9 @@ pub struct CommitInfo {
     pub files: usize,
     pub bytes: u64,
     pub rollup_rows: usize,
+    /// A shared lake: dedup entries other writers committed since this writer last looked, to merge into
+    /// its set.
+    pub foreign_dedup: Vec<u8>,
 }
 
 /// What `open` found: the last commit and its state.
@@ -141,17 +155,51 @@ pub struct Recovered {
     pub state: StateSnapshot,
 }
 
-/// A lake directory with its commit log. One writer at a time: the lake is locked while open.
+/// A lake directory with its commit log. One writer at a time per commit chain: a lake has one chain
+/// (`_aifinops/`), or one per named writer (`_aifinops/writers/<name>/`) when several members of a
+/// consumer group share it, coordinated by the [`Ledger`]. A chain is locked while open.
 pub struct Lake {
     root: PathBuf,
+    /// The commit chain's directory: `_aifinops`, or `_aifinops/writers/<name>`.
+    meta: PathBuf,
+    /// Data file names start with this (`<name>-` for a named writer), so writers never collide.
+    prefix: String,
+    ledger: Option<Arc<Ledger>>,
     last: Option<Manifest>,
-    /// Exclusive `flock` on `_aifinops/lock`, released when the lake is dropped (or the process dies).
+    /// Exclusive `flock` on the chain's `lock`, released when the lake is dropped (or the process dies).
     _lock: fs::File,
 }
 
-fn lock(root: &Path) -> Result<fs::File, SinkError> {
+/// The newest manifest of a commit chain.
+pub(crate) fn latest_manifest(meta: &Path) -> Result<Option<Manifest>, SinkError> {
+    let dir = meta.join("manifest");
+    for _ in 0..10 {
+        let seq = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()))
+                .max(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(SinkError::Io { context: format!("listing {}", dir.display()), source: e }),
+        };
+        let Some(seq) = seq else { return Ok(None) };
+        let p = dir.join(format!("{}.json", seq_name(seq)));
+        match fs::read_to_string(&p) {
+            Ok(text) => {
+                return serde_json::from_str(&text)
+                    .map(Some)
+                    .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // a newer one replaced it: list again
+            Err(e) => return Err(SinkError::Io { context: format!("reading {}", p.display()), source: e }),
+        }
+    }
+    Err(SinkError::Manifest { path: dir.display().to_string(), reason: "manifests keep disappearing".into() })
+}
+
+fn lock(meta: &Path, what: &str) -> Result<fs::File, SinkError> {
     use std::os::fd::AsRawFd;
-    let path = root.join(META).join("lock");
+    let path = meta.join("lock");
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -160,10 +208,7 @@ fn lock(root: &Path) -> Result<fs::File, SinkError> {
         .map_err(io_err(format!("opening {}", path.display())))?;
     // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel call.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(SinkError::Manifest {
-            path: path.display().to_string(),
-            reason: "the lake is in use by another aifinops process (one writer per lake)".into(),
-        });
+        return Err(SinkError::Manifest { path: path.display().to_string(), reason: what.into() });
     }
     Ok(f)
 }
@@ -176,7 +221,7 @@ fn fsync_dir(dir: &Path) -> Result<(), SinkError> {
     fs::File::open(dir).and_then(|f| f.sync_all()).map_err(io_err(format!("fsync directory {}", dir.display())))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SinkError> {
     let tmp = path.with_extension("tmp");
     {
         use std::io::Write;
@@ -212,20 +257,71 @@ fn by_date(batch: &RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatc
 impl Lake {
     /// Opens (creating) a lake, recovering from any interrupted commit.
     pub fn open(root: &Path) -> Result<(Lake, Option<Recovered>), SinkError> {
+        Lake::open_as(root, None)
+    }
+
+    /// Opens a lake as the named writer of a shared lake (`Some`), or as its only writer (`None`).
+    pub fn open_as(root: &Path, writer: Option<&str>) -> Result<(Lake, Option<Recovered>), SinkError> {
+        let shared = root.join(META).join("writers");
+        let single = root.join(META).join("manifest");
+        let has_entries = |d: &Path| fs::read_dir(d).map(|mut rd| rd.next().is_some()).unwrap_or(false);
+        let meta = match writer {
+            None => {
+                if has_entries(&shared) {
+                    return Err(SinkError::Manifest {
+                        path: shared.display().to_string(),
+                        reason: "this lake is shared by named writers: set lake.writer".into(),
+                    });
+                }
+                root.join(META)
+            }
+            Some(w) => {
+                if !valid_writer_name(w) {
+                    return Err(SinkError::Manifest {
+                        path: root.display().to_string(),
+                        reason: format!("lake.writer {w:?}: use 1-64 letters, digits, '-', '_' or '.'"),
+                    });
+                }
+                if single.join(format!("{}.json", seq_name(1))).exists() || has_entries(&single) {
+                    return Err(SinkError::Manifest {
+                        path: single.display().to_string(),
+                        reason: "this lake has a single writer (lake.writer unset); a lake shared by named writers \
+                                 must start as one"
+                            .into(),
+                    });
+                }
+                writer_meta(root, w)
+            }
+        };
         for d in ["manifest", "staging", "state", "dedup"] {
-            fs::create_dir_all(root.join(META).join(d))
-                .map_err(io_err(format!("creating {}", root.join(META).join(d).display())))?;
+            fs::create_dir_all(meta.join(d)).map_err(io_err(format!("creating {}", meta.join(d).display())))?;
         }
-        let mut lake = Lake { root: root.to_path_buf(), last: None, _lock: lock(root)? };
+        let what = match writer {
+            None => "the lake is in use by another aifinops process (one writer per lake unless lake.writer names each)"
+                .to_string(),
+            Some(w) => format!("writer {w} is already running on this lake"),
+        };
+        let _lock = lock(&meta, &what)?;
+        let mut lake = Lake {
+            root: root.to_path_buf(),
+            prefix: writer.map(|w| format!("{w}-")).unwrap_or_default(),
+            ledger: writer.map(|w| Arc::new(Ledger::new(root, w))),
+            meta,
+            last: None,
+            _lock,
+        };
         let recovered = lake.recover()?;
         Ok((lake, recovered))
+    }
+
+    /// The partition ledger of a lake shared by named writers.
+    pub fn ledger(&self) -> Option<Arc<Ledger>> {
+        self.ledger.clone()
     }
 
     /// Recovers from an interrupted commit and returns the last commit's state: on open, and to roll
     /// uncommitted work back.
     pub fn recover(&mut self) -> Result<Option<Recovered>, SinkError> {
-        let root = self.root.clone();
-        let root = root.as_path();
         let lake = self;
         lake.last = None;
         let manifests = lake.manifest_seqs()?;
@@ -238,7 +334,7 @@ impl Lake {
         // Anything newer than the last commit point was never committed: remove it.
         let last = last_seq.unwrap_or(0);
         for d in ["staging", "state"] {
-            let dir = root.join(META).join(d);
+            let dir = lake.meta.join(d);
             for e in fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))? {
                 let e = e.map_err(io_err(format!("listing {}", dir.display())))?;
                 let name = e.file_name().to_string_lossy().to_string();
@@ -255,21 +351,35 @@ impl Lake {
         // Dedup segments the last commit does not list are uncommitted or expired.
         let live: std::collections::BTreeSet<u64> =
             lake.last.as_ref().map(|m| m.dedup_segments.keys().copied().collect()).unwrap_or_default();
-        for e in fs::read_dir(root.join(META).join("dedup")).map_err(io_err("listing dedup segments"))?.flatten() {
+        for e in fs::read_dir(lake.meta.join("dedup")).map_err(io_err("listing dedup segments"))?.flatten() {
             let seq = e.file_name().to_string_lossy().strip_suffix(".bin").and_then(|s| s.parse::<u64>().ok());
             if seq.is_none_or(|s| !live.contains(&s)) {
                 let _ = fs::remove_file(e.path());
             }
         }
-        for e in fs::read_dir(root.join(META).join("manifest")).map_err(io_err("listing manifests"))?.flatten() {
+        for e in fs::read_dir(lake.meta.join("manifest")).map_err(io_err("listing manifests"))?.flatten() {
             if e.file_name().to_string_lossy().ends_with(".tmp") {
                 let _ = fs::remove_file(e.path());
             }
         }
-        Ok(match &lake.last {
+        let mut recovered = match &lake.last {
             None => None,
             Some(m) => Some(Recovered { manifest: m.clone(), state: lake.read_state(m)? }),
-        })
+        };
+        // a shared lake: the other writers' event ids join this writer's dedup set
+        if let Some(ledger) = &lake.ledger {
+            let _g = ledger.lock()?;
+            let (foreign, read) = ledger.foreign_segments(false)?;
+            ledger.mark_seen(read);
+            if !foreign.is_empty() {
+                let r = recovered.get_or_insert_with(|| Recovered {
+                    manifest: Manifest::default(),
+                    state: StateSnapshot::default(),
+                });
+                r.state.dedup.extend(foreign);
+            }
+        }
+        Ok(recovered)
     }
 
     pub fn root(&self) -> &Path {
@@ -281,7 +391,7 @@ impl Lake {
     }
 
     fn manifest_seqs(&self) -> Result<Vec<u64>, SinkError> {
-        let dir = self.root.join(META).join("manifest");
+        let dir = self.meta.join("manifest");
         let mut seqs: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
             .flatten()
@@ -292,14 +402,14 @@ impl Lake {
     }
 
     fn read_manifest(&self, seq: u64) -> Result<Manifest, SinkError> {
-        let p = self.root.join(META).join("manifest").join(format!("{}.json", seq_name(seq)));
+        let p = self.meta.join("manifest").join(format!("{}.json", seq_name(seq)));
         let text = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
         serde_json::from_str(&text)
             .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })
     }
 
     fn staged_path(&self, seq: u64, rel: &str) -> PathBuf {
-        self.root.join(META).join("staging").join(seq_name(seq)).join(format!("{}.staged", rel.replace('/', "__")))
+        self.meta.join("staging").join(seq_name(seq)).join(format!("{}.staged", rel.replace('/', "__")))
     }
 
     /// Moves a committed manifest's staged files to their final names (idempotent).
@@ -318,7 +428,7 @@ impl Lake {
                 }
             } else if !fin.exists() {
                 return Err(SinkError::Manifest {
-                    path: format!("{}/{}.json", META, seq_name(m.seq)),
+                    path: self.meta.join("manifest").join(format!("{}.json", seq_name(m.seq))).display().to_string(),
                     reason: format!(
                         "committed file {rel} is neither staged nor published; the lake was modified by hand"
                     ),
@@ -332,7 +442,7 @@ impl Lake {
     }
 
     fn state_dir(&self, seq: u64) -> PathBuf {
-        self.root.join(META).join("state").join(seq_name(seq))
+        self.meta.join("state").join(seq_name(seq))
     }
 
     fn read_state(&self, m: &Manifest) -> Result<StateSnapshot, SinkError> {
@@ -368,7 +478,7 @@ impl Lake {
     }
 
     fn dedup_path(&self, seq: u64) -> PathBuf {
-        self.root.join(META).join("dedup").join(format!("{}.bin", seq_name(seq)))
+        self.meta.join("dedup").join(format!("{}.bin", seq_name(seq)))
     }
 
     fn write_state(&self, seq: u64, st: &StateSnapshot, outbox: Option<&Outbox>) -> Result<(), SinkError> {
@@ -399,7 +509,7 @@ impl Lake {
     /// Commits: data files, state and offsets become visible together, or not at all.
     pub fn commit(&mut self, c: Commit) -> Result<CommitInfo, SinkError> {
         let seq = self.last.as_ref().map_or(1, |m| m.seq + 1);
-        let staging = self.root.join(META).join("staging").join(seq_name(seq));
+        let staging = self.meta.join("staging").join(seq_name(seq));
         fs::create_dir_all(&staging).map_err(io_err(format!("creating {}", staging.display())))?;
         let mut info = CommitInfo { seq, ..Default::default() };
         let mut added = Vec::new();
@@ -423,7 +533,7 @@ impl Lake {
             info.rollup_rows += all.num_rows();
             for (date, part) in by_date(&all, 0)? {
                 write(
-                    format!("rollups/window={label}/date={date}/part-{}-000.parquet", seq_name(seq)),
+                    format!("rollups/window={label}/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
                     &[part],
                     &mut info,
                 )?;
@@ -432,13 +542,13 @@ impl Lake {
         if !c.alerts.is_empty() {
             let b = alerts_batch(&c.alerts)?;
             for (date, part) in by_date(&b, 2)? {
-                write(format!("alerts/date={date}/part-{}-000.parquet", seq_name(seq)), &[part], &mut info)?;
+                write(format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)), &[part], &mut info)?;
             }
         }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
             for (date, part) in by_date(&b, 4)? {
-                write(format!("dead_letters/date={date}/part-{}-000.parquet", seq_name(seq)), &[part], &mut info)?;
+                write(format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)), &[part], &mut info)?;
             }
         }
         fsync_dir(&staging)?;
@@ -477,15 +587,52 @@ impl Lake {
             added,
             watermark_ms: c.watermark_ms,
             partition_max_ts: c.partition_max_ts,
-            state_dir: format!("{META}/state/{}", seq_name(seq)),
+            state_dir: self
+                .meta
+                .join("state")
+                .join(seq_name(seq))
+                .strip_prefix(&self.root)
+                .expect("the chain is inside the lake")
+                .to_string_lossy()
+                .to_string(),
             outbox: outbox.is_some(),
             dedup_segments,
             totals: c.totals,
+            writer: self.ledger.as_ref().map(|l| l.writer().to_string()),
+            ranges: c.ranges.clone(),
+        };
+        let path = self.meta.join("manifest").join(format!("{}.json", seq_name(seq)));
+        let guard = match &self.ledger {
+            None => None,
+            Some(ledger) => {
+                // the commit point of a shared lake is taken under the ledger lock, after checking ownership
+                // and the other writers' newly counted event ids
+                let g = ledger.lock()?;
+                let consumed: Vec<Tp> = c
+                    .ranges
+                    .iter()
+                    .flat_map(|(t, ps)| ps.iter().filter(|(_, r)| r.1 > r.0).map(move |(p, _)| (t.clone(), *p)))
+                    .collect();
+                ledger.check_owner(&ledger.read()?, &consumed)?;
+                let (foreign, read) = ledger.foreign_segments(true)?;
+                if !foreign.is_empty() && !c.state.dedup.is_empty() {
+                    let theirs: std::collections::HashSet<[u8; 16]> = segment_keys(&foreign).collect();
+                    let twice = segment_keys(&c.state.dedup).filter(|k| theirs.contains(k)).count();
+                    if twice > 0 {
+                        return Err(SinkError::DedupConflict { events: twice });
+                    }
+                }
+                info.foreign_dedup = foreign;
+                Some((g, read))
+            }
         };
         fault::point("before_manifest");
-        let path = self.root.join(META).join("manifest").join(format!("{}.json", seq_name(seq)));
         write_atomic(&path, serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
         // ---- commit point ----
+        if let (Some(ledger), Some((g, read))) = (&self.ledger, guard) {
+            ledger.mark_seen(read);
+            drop(g);
+        }
         fault::point("after_manifest");
         self.last = Some(m.clone());
         self.roll_forward(&m)?;
@@ -502,7 +649,7 @@ impl Lake {
     /// and any state whose outbox is not yet published).
     fn cleanup(&self, seq: u64) {
         let published = self.outbox_log().published_seq();
-        let states = self.root.join(META).join("state");
+        let states = self.meta.join("state");
         for e in fs::read_dir(&states).into_iter().flatten().flatten() {
             let Some(s) = e.file_name().to_string_lossy().parse::<u64>().ok() else { continue };
             // keep the last two states (recovery) and every state whose outbox is not yet published
@@ -511,13 +658,13 @@ impl Lake {
             }
         }
         for s in seq.saturating_sub(60)..seq.saturating_sub(20) {
-            let _ = fs::remove_file(self.root.join(META).join("manifest").join(format!("{}.json", seq_name(s))));
+            let _ = fs::remove_file(self.meta.join("manifest").join(format!("{}.json", seq_name(s))));
         }
     }
 
     /// The outboxes of this lake, for a publisher that runs beside the commit loop.
     pub fn outbox_log(&self) -> OutboxLog {
-        OutboxLog { root: self.root.clone() }
+        OutboxLog { meta: self.meta.clone() }
     }
 }
 
@@ -525,17 +672,18 @@ impl Lake {
 /// task than the one committing: it only reads committed state and writes the `published` marker.
 #[derive(Debug, Clone)]
 pub struct OutboxLog {
-    root: PathBuf,
+    /// The commit chain (`_aifinops` or a named writer's).
+    meta: PathBuf,
 }
 
 impl OutboxLog {
     /// The last seq whose outbox was fully published.
     pub fn published_seq(&self) -> u64 {
-        fs::read_to_string(self.root.join(META).join("published")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+        fs::read_to_string(self.meta.join("published")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
     }
 
     fn committed_seq(&self) -> Result<u64, SinkError> {
-        let dir = self.root.join(META).join("manifest");
+        let dir = self.meta.join("manifest");
         Ok(fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
             .flatten()
@@ -549,7 +697,7 @@ impl OutboxLog {
         let published = self.published_seq();
         let committed = self.committed_seq()?;
         let mut out = Vec::new();
-        let dir = self.root.join(META).join("state");
+        let dir = self.meta.join("state");
         let mut seqs: Vec<u64> = fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
             .flatten()
@@ -578,7 +726,7 @@ impl OutboxLog {
         if seq <= self.published_seq() {
             return Ok(());
         }
-        write_atomic(&self.root.join(META).join("published"), seq.to_string().as_bytes())
+        write_atomic(&self.meta.join("published"), seq.to_string().as_bytes())
     }
 }
 
@@ -672,6 +820,69 @@ mod tests {
         assert_eq!(rec.manifest.dedup_segments.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(rec.state.dedup, vec![2; 24]);
         assert!(!dir.path().join("_aifinops/dedup/0000000001.bin").exists());
+    }
+
+    fn entry(key: u8, ts: i64) -> Vec<u8> {
+        [[key; 16].as_slice(), &ts.to_le_bytes()].concat()
+    }
+
+    fn consumed(topic: &str, p: i32, from: i64, to: i64) -> Commit {
+        let mut c = Commit::default();
+        c.offsets.entry(topic.into()).or_default().insert(p, to);
+        c.ranges.entry(topic.into()).or_default().insert(p, (from, to));
+        c
+    }
+
+    #[test]
+    fn a_shared_lake_fences_a_writer_that_lost_its_partition_and_refuses_counting_an_event_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, _) = Lake::open_as(dir.path(), Some("a")).unwrap();
+        let (mut b, _) = Lake::open_as(dir.path(), Some("b")).unwrap();
+        assert!(Lake::open_as(dir.path(), Some("a")).is_err(), "one process per writer name");
+        assert!(Lake::open(dir.path()).is_err(), "a shared lake has no single writer");
+        assert!(Lake::open_as(dir.path(), Some("../x")).is_err(), "writer names are plain names");
+        let (la, lb) = (a.ledger().unwrap(), b.ledger().unwrap());
+        let t0 = ("t".to_string(), 0);
+        let t1 = ("t".to_string(), 1);
+        assert!(la.claim(std::slice::from_ref(&t0)).unwrap().is_empty(), "never committed: from the beginning");
+        let mut c = consumed("t", 0, 0, 10);
+        c.state.dedup = entry(1, 5);
+        c.state.dedup_max_ts = 5;
+        a.commit(c).unwrap();
+        assert!(dir.path().join("_aifinops/writers/a/manifest/0000000001.json").exists());
+
+        // b is assigned t/0: it starts where a committed, and a (a zombie now) can no longer commit it
+        assert_eq!(lb.claim(std::slice::from_ref(&t0)).unwrap()[&t0], 10);
+        let err = a.commit(consumed("t", 0, 10, 20)).unwrap_err();
+        assert!(matches!(&err, SinkError::Fenced { topic, partition: 0, owner, .. } if topic == "t" && owner == "b@2"), "{err}");
+        assert_eq!(a.recover().unwrap().unwrap().manifest.seq, 1, "the fenced commit left nothing");
+        // a commit that consumed no partition of b's still goes through
+        a.commit(Commit::default()).unwrap();
+
+        // b consumed the same event id from t/1 before it learnt of a's: refused, then known after rollback
+        lb.claim(std::slice::from_ref(&t1)).unwrap();
+        let mut c = consumed("t", 1, 0, 3);
+        c.state.dedup = [entry(1, 5), entry(2, 6)].concat();
+        c.state.dedup_max_ts = 6;
+        assert!(matches!(b.commit(c), Err(SinkError::DedupConflict { events: 1 })));
+        let rec = b.recover().unwrap().unwrap();
+        assert_eq!(rec.state.dedup, entry(1, 5), "the other writer's ids are loaded on recovery");
+        let mut c = consumed("t", 1, 0, 3);
+        c.state.dedup = entry(2, 6);
+        c.state.dedup_max_ts = 6;
+        assert!(b.commit(c).unwrap().foreign_dedup.is_empty(), "already known");
+        // ids a commits later reach b with b's next commit
+        let mut c = Commit::default();
+        c.state.dedup = entry(3, 7);
+        c.state.dedup_max_ts = 7;
+        a.commit(c).unwrap();
+        assert_eq!(b.commit(Commit::default()).unwrap().foreign_dedup, entry(3, 7));
+        // a takes t/0 back at b's position (b never consumed it: where its ownership began)
+        assert_eq!(la.claim(std::slice::from_ref(&t0)).unwrap()[&t0], 10);
+        let m: crate::ledger::LedgerFile =
+            serde_json::from_str(&fs::read_to_string(dir.path().join("_aifinops/ledger.json")).unwrap()).unwrap();
+        assert_eq!(m.partitions["t"][&0].epoch, 3);
+        assert_eq!(m.partitions["t"][&1].writer, "b");
     }
 
     #[test]

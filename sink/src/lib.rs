@@ -3,10 +3,12 @@
 
 pub mod fault;
 pub mod lake;
+pub mod ledger;
 pub mod parquet_io;
 pub mod publish;
 
 pub use lake::{Commit, CommitInfo, Lake, Manifest, Outbox, OutboxLog, Recovered, StateSnapshot};
+pub use ledger::Ledger;
 pub use publish::Publisher;
 
 /// Everything that can go wrong while writing, naming the file or topic.
@@ -32,6 +34,13 @@ pub enum SinkError {
     },
     #[error("manifest {path}: {reason}")]
     Manifest { path: String, reason: String },
+    #[error(
+        "fenced: {topic}/{partition} is now owned by {owner}, not by this writer ({writer}); this commit is \
+         discarded and its input re-read by the owner"
+    )]
+    Fenced { topic: String, partition: i32, owner: String, writer: String },
+    #[error("{events} event ids of this commit were counted by another writer meanwhile; rolling back to re-read")]
+    DedupConflict { events: usize },
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,
