@@ -102,8 +102,8 @@ impl Pipeline {
         std::fs::create_dir_all(&cfg.lake.dir)
             .with_context(|| format!("creating lake directory {}", cfg.lake.dir.display()))?;
         let writer = (!cfg.lake.writer.is_empty()).then_some(cfg.lake.writer.as_str());
-        let (lake, recovered) = Lake::open_as(&cfg.lake.dir, writer)
-            .with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
+        let (lake, recovered) =
+            Lake::open_as(&cfg.lake.dir, writer).with_context(|| format!("opening lake {}", cfg.lake.dir.display()))?;
         let owners = Arc::new(owners);
         let mut decoder = Decoder::new(
             Arc::new(catalog),

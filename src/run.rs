@@ -290,7 +290,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                     tracing::warn!(error = %e, "lake commit refused; rolling back to the last commit");
                     metrics::counter!("aifinops_commits_refused_total").increment(1);
                     p.rollback().await?;
-                    src.rewind(Duration::from_secs(10))?;
+                    src.rewind()?;
                     if finishing {
                         continue;
                     }

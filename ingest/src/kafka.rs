@@ -190,10 +190,8 @@ impl ConsumerContext for SourceContext {
                         }
                         Err(reason) => {
                             tracing::error!(partitions = ?assigned, %reason, "claiming partitions in the lake's ledger failed");
-                            *self.shared.fatal.lock().expect("lock") = Some(IngestError::Claim {
-                                partitions: format!("{assigned:?}"),
-                                reason,
-                            });
+                            *self.shared.fatal.lock().expect("lock") =
+                                Some(IngestError::Claim { partitions: format!("{assigned:?}"), reason });
                             let _ = consumer.unassign();
                             self.shared.generation.fetch_add(1, Ordering::SeqCst);
                             return;
@@ -399,15 +397,20 @@ impl KafkaSource {
 
     /// Re-reads every assigned partition from its committed offset (after a commit was refused and the
     /// pipeline rolled back without a rebalance).
-    pub fn rewind(&mut self, timeout: Duration) -> Result<(), IngestError> {
+    /// The assignment is re-applied at those offsets (which also drops what was fetched beyond them); a
+    /// rebalance that is under way replaces it with its own, claimed at the lake's offsets as usual.
+    pub fn rewind(&mut self) -> Result<(), IngestError> {
         let starts = self.shared.start_offsets.lock().expect("lock").clone();
         self.pending = None;
+        let mut tpl = TopicPartitionList::new();
         for (t, p) in self.assigned() {
             let off = starts.get(&(t.clone(), p)).map_or(Offset::Beginning, |o| Offset::Offset(*o));
-            self.consumer
-                .seek(&t, p, off, timeout)
-                .map_err(|e| IngestError::Kafka { context: format!("seeking {t}/{p} back to {off:?}"), source: e })?;
+            tpl.add_partition_offset(&t, p, off)
+                .map_err(|e| IngestError::Kafka { context: format!("rewinding {t}/{p} to {off:?}"), source: e })?;
         }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| IngestError::Kafka { context: "re-assigning at the lake's offsets".into(), source: e })?;
         self.reset_progress();
         Ok(())
     }

@@ -177,7 +177,9 @@ pub(crate) fn latest_manifest(meta: &Path) -> Result<Option<Manifest>, SinkError
         let seq = match fs::read_dir(&dir) {
             Ok(rd) => rd
                 .flatten()
-                .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()))
+                .filter_map(|e| {
+                    e.file_name().to_string_lossy().strip_suffix(".json").and_then(|s| s.parse::<u64>().ok())
+                })
                 .max(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(SinkError::Io { context: format!("listing {}", dir.display()), source: e }),
@@ -297,8 +299,10 @@ impl Lake {
             fs::create_dir_all(meta.join(d)).map_err(io_err(format!("creating {}", meta.join(d).display())))?;
         }
         let what = match writer {
-            None => "the lake is in use by another aifinops process (one writer per lake unless lake.writer names each)"
-                .to_string(),
+            None => {
+                "the lake is in use by another aifinops process (one writer per lake unless lake.writer names each)"
+                    .to_string()
+            }
             Some(w) => format!("writer {w} is already running on this lake"),
         };
         let _lock = lock(&meta, &what)?;
@@ -542,13 +546,21 @@ impl Lake {
         if !c.alerts.is_empty() {
             let b = alerts_batch(&c.alerts)?;
             for (date, part) in by_date(&b, 2)? {
-                write(format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)), &[part], &mut info)?;
+                write(
+                    format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
+                    &[part],
+                    &mut info,
+                )?;
             }
         }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
             for (date, part) in by_date(&b, 4)? {
-                write(format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)), &[part], &mut info)?;
+                write(
+                    format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
+                    &[part],
+                    &mut info,
+                )?;
             }
         }
         fsync_dir(&staging)?;
@@ -602,6 +614,9 @@ impl Lake {
             ranges: c.ranges.clone(),
         };
         let path = self.meta.join("manifest").join(format!("{}.json", seq_name(seq)));
+        if !c.ranges.is_empty() {
+            fault::stall("before_commit");
+        }
         let guard = match &self.ledger {
             None => None,
             Some(ledger) => {
@@ -854,7 +869,10 @@ mod tests {
         // b is assigned t/0: it starts where a committed, and a (a zombie now) can no longer commit it
         assert_eq!(lb.claim(std::slice::from_ref(&t0)).unwrap()[&t0], 10);
         let err = a.commit(consumed("t", 0, 10, 20)).unwrap_err();
-        assert!(matches!(&err, SinkError::Fenced { topic, partition: 0, owner, .. } if topic == "t" && owner == "b@2"), "{err}");
+        assert!(
+            matches!(&err, SinkError::Fenced { topic, partition: 0, owner, .. } if topic == "t" && owner == "b@2"),
+            "{err}"
+        );
         assert_eq!(a.recover().unwrap().unwrap().manifest.seq, 1, "the fenced commit left nothing");
         // a commit that consumed no partition of b's still goes through
         a.commit(Commit::default()).unwrap();

@@ -117,7 +117,10 @@ impl Ledger {
     }
 
     fn write(&self, f: &LedgerFile) -> Result<(), SinkError> {
-        write_atomic(&self.root.join(META).join("ledger.json"), serde_json::to_string_pretty(f).expect("json").as_bytes())
+        write_atomic(
+            &self.root.join(META).join("ledger.json"),
+            serde_json::to_string_pretty(f).expect("json").as_bytes(),
+        )
     }
 
     /// Writers of this lake other than this one.

@@ -1,0 +1,271 @@
+//! Several `run` members of one consumer group over one lake (issue 5, "Rebalance"): two members start,
+//! a third joins and one leaves mid-run (SIGTERM), while the input keeps arriving, with redeliveries that
+//! land in other partitions than their originals. At the end the lake's totals equal the input's exactly,
+//! and the commit chains of all writers together cover every partition's offsets exactly once: no offset
+//! range was committed by two members, none is missing. One member freezes in the middle of a commit
+//! (`AIFINOPS_STALL`, like a long stop-the-world pause) until the group evicts it and the others claim its
+//! partitions: when it wakes up its commit is fenced. A watcher thread reads every manifest of every
+//! writer as it appears (a chain keeps only its last 20).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::kafka::{create_topics, produce_to};
+use common::*;
+
+const DAY: i64 = 1_764_460_800_000; // 2025-11-30T00:00:00Z
+const PARTITIONS: i32 = 6;
+
+/// (writer, seq) -> the manifest.
+type Seen = Arc<Mutex<BTreeMap<(String, u64), serde_json::Value>>>;
+
+fn watch(lake: PathBuf, seen: Seen, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        loop {
+            let done = stop.load(Ordering::SeqCst);
+            collect(&lake, &seen);
+            if done {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    })
+}
+
+fn collect(lake: &Path, seen: &Seen) {
+    let Ok(writers) = std::fs::read_dir(lake.join("_aifinops/writers")) else { return };
+    for w in writers.flatten() {
+        let name = w.file_name().to_string_lossy().to_string();
+        let Ok(rd) = std::fs::read_dir(w.path().join("manifest")) else { continue };
+        for e in rd.flatten() {
+            let f = e.file_name().to_string_lossy().to_string();
+            let Some(seq) = f.strip_suffix(".json").and_then(|s| s.parse::<u64>().ok()) else { continue };
+            if seen.lock().unwrap().contains_key(&(name.clone(), seq)) {
+                continue;
+            }
+            // renamed into place whole: a failed read means cleanup removed it meanwhile
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            let m: serde_json::Value = serde_json::from_str(&text).expect("a manifest is whole");
+            seen.lock().unwrap().insert((name.clone(), seq), m);
+        }
+    }
+}
+
+/// Offsets committed so far: for each partition, its owner's (per the ledger) committed position.
+fn committed(lake: &Path) -> i64 {
+    let Ok(text) = std::fs::read_to_string(lake.join("_aifinops/ledger.json")) else { return 0 };
+    let ledger: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut total = 0;
+    for (topic, parts) in ledger["partitions"].as_object().unwrap() {
+        for (p, owner) in parts.as_object().unwrap() {
+            let w = owner["writer"].as_str().unwrap();
+            let dir = lake.join("_aifinops/writers").join(w).join("manifest");
+            let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+            names.retain(|p| p.extension().is_some_and(|e| e == "json"));
+            names.sort();
+            let own = names
+                .last()
+                .and_then(|f| std::fs::read_to_string(f).ok())
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|m| m["offsets"][topic][p].as_i64());
+            total += own.unwrap_or(0).max(owner["from"].as_i64().unwrap_or(0));
+        }
+    }
+    total
+}
+
+/// A member writing its log to `<lake>.<writer>.log` (a pipe nobody reads would block it).
+fn member(config: &Path, brokers: &str, topic: &str, group: &str, writer: &str, env: &[(&str, &str)]) -> Child {
+    let lake = config.parent().unwrap().join("lake");
+    let log = std::fs::File::create(lake.with_extension(format!("{writer}.log"))).unwrap();
+    Command::new(bin())
+        .envs(env.iter().copied())
+        .args(["run", "--config", config.to_str().unwrap(), "--brokers", brokers, "--topic", topic])
+        .args(["--group", group])
+        .env("AIFINOPS__LAKE__WRITER", writer)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn aifinops run")
+}
+
+/// Whether a process is stopped (SIGSTOP): state `T` in /proc/<pid>/stat.
+fn stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+        .unwrap_or(false)
+}
+
+/// The writers named as owners in the lake's ledger.
+fn owners(lake: &Path) -> String {
+    let text = std::fs::read_to_string(lake.join("_aifinops/ledger.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    let mut out = Vec::new();
+    for parts in v["partitions"].as_object().into_iter().flat_map(|t| t.values()) {
+        for o in parts.as_object().into_iter().flat_map(|p| p.values()) {
+            out.push(o["writer"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    out.join(",")
+}
+
+/// SIGTERM, then the exit status and the log.
+fn stop(mut c: Child, within: Duration, log: PathBuf) -> (bool, String) {
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + within;
+    while c.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = c.wait().unwrap();
+    (status.success(), std::fs::read_to_string(log).unwrap_or_default())
+}
+
+fn wait_for(lake: &Path, at_least: i64, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let n = committed(lake);
+        if n >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {n} of {at_least} offsets committed after {within:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn produce(brokers: &str, topic: &str, lines: &[(usize, String)]) {
+    for p in 0..PARTITIONS {
+        let part: Vec<String> =
+            lines.iter().filter(|(i, _)| *i as i32 % PARTITIONS == p).map(|(_, l)| l.clone()).collect();
+        produce_to(brokers, topic, p, &part);
+    }
+}
+
+#[test]
+fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_offset_committed_once() {
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("rebalance-in");
+    let alerts = unique("rebalance-alerts");
+    let group = unique("rebalance-group");
+    let dlq = unique("rebalance-dlq");
+    create_topics(&brokers, &[(&topic, PARTITIONS), (&alerts, 1), (&dlq, 1)]);
+    std::fs::write(dir.path().join("owners.toml"), OWNERS).unwrap();
+    let lake = dir.path().join("lake");
+    let config = dir.path().join("aifinops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ncommit_interval = \"1s\"\nbatch_max_wait = \"200ms\"\nbatch_max_events = 2000\nidle_timeout = \"5s\"\n\
+             [kafka]\nalert_topic = \"{alerts}\"\ndead_letter_topic = \"{dlq}\"\nsession_timeout = \"6s\"\nmax_poll_interval = \"10s\"\n[lake]\ndir = \"{}\"\n[owners]\nfile = \"{}\"\n",
+            lake.display(),
+            dir.path().join("owners.toml").display()
+        ),
+    )
+    .unwrap();
+    // 60,000 calls over a day, then 300 redeliveries (each in another partition than its original) and bad records
+    let (lines, e) = workload(60_000, DAY, 24, 300, 4242);
+    let mut lines: Vec<(usize, String)> = lines.into_iter().enumerate().collect();
+    // and 300 events of the last third sent twice at once, the copy in the next partition: two members read
+    // them concurrently, and whichever commits second must not count them again
+    let copies: Vec<(usize, String)> = lines[40_000..40_300].iter().map(|(i, l)| (i + 1, l.clone())).collect();
+    lines.extend(copies);
+    let total = lines.len() as i64;
+    let thirds = [&lines[..20_000], &lines[20_000..40_000], &lines[40_000..]];
+
+    let seen: Seen = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let watcher = watch(lake.clone(), seen.clone(), done.clone());
+
+    produce(&brokers, &topic, thirds[0]);
+    // member-a starts alone and stops (SIGSTOP, heartbeats included) in its 2nd commit that consumed offsets,
+    // its data and state written, its commit point not taken. b and c join; once a's session has timed out
+    // they own every partition. Then a continues: its commit must be fenced, and nothing of it visible.
+    let a = member(&config, &brokers, &topic, &group, "member-a", &[("AIFINOPS_STALL", "before_commit:2:stop")]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !stopped(a.id()) {
+        assert!(Instant::now() < deadline, "member-a never reached its second commit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let b = member(&config, &brokers, &topic, &group, "member-b", &[]);
+    let c = member(&config, &brokers, &topic, &group, "member-c", &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while owners(&lake).contains("member-a") {
+        assert!(Instant::now() < deadline, "b and c never took the partitions of the stopped member-a");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unsafe { libc::kill(a.id() as i32, libc::SIGCONT) };
+    wait_for(&lake, 20_000, Duration::from_secs(120), "b and c took over from member-a");
+    produce(&brokers, &topic, thirds[1]);
+    wait_for(&lake, 40_000, Duration::from_secs(120), "member-a is back");
+    let (ok_b, log_b) = stop(b, Duration::from_secs(60), lake.with_extension("member-b.log"));
+    assert!(ok_b, "member-b left with an error:\n{log_b}");
+    produce(&brokers, &topic, thirds[2]);
+    wait_for(&lake, total, Duration::from_secs(180), "member-b left");
+    let (ok_a, log_a) = stop(a, Duration::from_secs(60), lake.with_extension("member-a.log"));
+    let (ok_c, log_c) = stop(c, Duration::from_secs(60), lake.with_extension("member-c.log"));
+    assert!(ok_a, "member-a:\n{log_a}");
+    assert!(ok_c, "member-c:\n{log_c}");
+    assert!(log_a.contains("continuing at before_commit"), "member-a stopped and continued:\n{log_a}");
+    assert!(log_a.contains("fenced:"), "member-a's commit after its stop was fenced:\n{log_a}");
+    done.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+
+    // exact totals in every window size, per owner, and each dead letter once
+    assert_lake_totals(&lake, &e, &["1m", "1h", "1d"]);
+    let dl = query(&lake, "SELECT count(*) AS n FROM dead_letters");
+    assert_eq!(dl[0]["n"].as_i64(), Some(e.bad as i64), "each dead letter once");
+
+    // every offset of every partition committed by exactly one member, and partitions did change hands
+    let seen = seen.lock().unwrap();
+    let mut ranges: BTreeMap<i32, Vec<(i64, i64, String)>> = BTreeMap::new();
+    for ((writer, _), m) in seen.iter() {
+        if let Some(parts) = m["ranges"][&topic].as_object() {
+            for (p, r) in parts {
+                let (from, to) = (r[0].as_i64().unwrap(), r[1].as_i64().unwrap());
+                ranges.entry(p.parse().unwrap()).or_default().push((from, to, writer.clone()));
+            }
+        }
+    }
+    let mut handed_over = 0;
+    let mut covered = 0;
+    for (p, rs) in ranges.iter_mut() {
+        rs.sort();
+        let mut next = 0;
+        for (from, to, w) in rs.iter() {
+            assert_eq!(
+                *from, next,
+                "partition {p}: offsets [{next}, {from}) committed by nobody or twice ({w}): {rs:?}"
+            );
+            next = *to;
+        }
+        covered += next;
+        let writers: std::collections::BTreeSet<&String> = rs.iter().map(|r| &r.2).collect();
+        handed_over += (writers.len() > 1) as usize;
+    }
+    assert_eq!(ranges.len(), PARTITIONS as usize, "every partition was committed");
+    assert_eq!(covered, total, "the committed ranges cover the input");
+    assert!(handed_over >= 2, "partitions changed hands: {ranges:?}");
+    let writers: std::collections::BTreeSet<&String> = seen.keys().map(|k| &k.0).collect();
+    assert_eq!(writers.len(), 3, "three members committed");
+    let logs = [log_a, log_b, log_c].concat();
+    eprintln!(
+        "rebalance: {total} records, {} commits by {} members, {handed_over} of {PARTITIONS} partitions handed over, \
+         {} claims, {} commits refused (fenced or a duplicate counted by another member)",
+        seen.len(),
+        writers.len(),
+        logs.matches("partition claimed in the lake's ledger").count(),
+        logs.matches("lake commit refused").count(),
+    );
+}
