@@ -48,6 +48,9 @@ pub struct Pipeline {
     /// so state between commits is bounded by keys, not by the events of a commit interval.
     open_after_commit: usize,
     emitted: Vec<Emitted>,
+    /// A lake shared by several members: the finest partial rows since the last commit, for the alert rules,
+    /// which run at the commit point over the lake-wide rule state (see [`Pipeline::commit`]).
+    rule_rows: Vec<datafusion::arrow::array::RecordBatch>,
     alerts: Vec<Alert>,
     dead: Vec<DeadLetter>,
     watermark: Option<i64>,
@@ -144,6 +147,7 @@ impl Pipeline {
             live: false,
             open_after_commit: 0,
             emitted: vec![],
+            rule_rows: vec![],
             alerts: vec![],
             dead: vec![],
             watermark: None,
@@ -234,6 +238,7 @@ impl Pipeline {
     pub async fn rollback(&mut self) -> anyhow::Result<()> {
         let _ = self.decoder.finish();
         self.emitted.clear();
+        self.rule_rows.clear();
         self.alerts.clear();
         self.dead.clear();
         self.dirty = false;
@@ -309,9 +314,13 @@ impl Pipeline {
             let late: u64 = late_requests(&finest);
             self.totals.late_rows += late;
             metrics::counter!("aifinops_late_events_total").increment(late);
-            let mut alerts = self.rules.observe(&finest, self.watermark, now_ms());
-            alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
-            self.alerts.extend(alerts);
+            if self.shared_lake() {
+                self.rule_rows.push(finest);
+            } else {
+                let mut alerts = self.rules.observe(&finest, self.watermark, now_ms());
+                alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
+                self.alerts.extend(alerts);
+            }
         }
         if let Some(w) = watermark
             && self.watermark.is_none_or(|cur| w > cur)
@@ -359,7 +368,8 @@ impl Pipeline {
             }
             self.boundary = None;
         }
-        if let Some(w) = self.watermark {
+        let shared = self.shared_lake();
+        if !shared && let Some(w) = self.watermark {
             let mut alerts = self.rules.project(w, now_ms());
             alerts.iter_mut().for_each(|a| enrich(&self.owners, a));
             self.alerts.extend(alerts);
@@ -367,7 +377,9 @@ impl Pipeline {
         let dedup_cutoff = self.watermark.map(|w| w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
         if let (Some(w), Some(cut)) = (self.watermark, dedup_cutoff) {
             self.dedup.evict_before(cut);
-            self.rules.prune(w);
+            if !shared {
+                self.rules.prune(w);
+            }
         }
         let (dedup_segment, dedup_max_ts) = self.dedup.take_segment();
         let partials = self.windows.snapshot().await?;
@@ -406,8 +418,44 @@ impl Pipeline {
             publish,
             ranges,
         };
-        let n_alerts = commit.alerts.len() as u64;
-        let info = self.lake.commit(commit)?;
+        let mut n_alerts = commit.alerts.len() as u64;
+        // A lake shared by several members: budgets are over the whole lake's spend, so at the commit point
+        // (under the ledger lock) the rules continue from the lake's latest rule state, whoever committed it.
+        let hook: Option<aifinops_sink::RulesHook<'_>> = if shared {
+            let (rules, rule_rows, owners, watermark) =
+                (&mut self.rules, &mut self.rule_rows, &self.owners, self.watermark);
+            let detectors = commit.state.rules.get("detectors").cloned().unwrap_or_default();
+            let raised = &mut n_alerts;
+            Some(Box::new(move |latest: serde_json::Value| {
+                let latest = match latest {
+                    serde_json::Value::Object(mut o) if o.contains_key("detectors") => {
+                        o.remove("rules").unwrap_or_default()
+                    }
+                    other => other,
+                };
+                rules.restore(if latest.is_null() {
+                    RulesState::default()
+                } else {
+                    serde_json::from_value(latest).map_err(|e| format!("the lake's rule state: {e}"))?
+                });
+                let now = now_ms();
+                let mut alerts = Vec::new();
+                for rows in rule_rows.drain(..) {
+                    alerts.extend(rules.observe(&rows, watermark, now));
+                }
+                if let Some(w) = watermark {
+                    alerts.extend(rules.project(w, now));
+                    rules.prune(w);
+                }
+                alerts.iter_mut().for_each(|a| enrich(owners, a));
+                *raised += alerts.len() as u64;
+                let state = serde_json::to_value(rules.state()).map_err(|e| e.to_string())?;
+                Ok((alerts, serde_json::json!({"rules": state, "detectors": detectors})))
+            }))
+        } else {
+            None
+        };
+        let info = self.lake.commit_with(commit, hook)?;
         self.dedup.absorb(&info.foreign_dedup)?;
         self.totals.alerts += n_alerts;
         self.totals.commits += 1;

@@ -164,18 +164,23 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     std::fs::write(dir.path().join("owners.toml"), OWNERS).unwrap();
     let lake = dir.path().join("lake");
     let config = dir.path().join("aifinops.toml");
+    // 60,000 calls over a day, then 300 redeliveries (each in another partition than its original) and bad records
+    let (lines, e) = workload(60_000, DAY, 24, 300, 4242);
+    // a day budget of the search owner at 90 % of its day's spend: only the members' spend together crosses
+    // 100 %, and each threshold fires once for the lake, not once per member
+    let limit = Expected::cost_str(e.per_owner_cost_pico["search"] * 9 / 10);
     std::fs::write(
         &config,
         format!(
             "[pipeline]\ncommit_interval = \"1s\"\nbatch_max_wait = \"200ms\"\nbatch_max_events = 2000\nidle_timeout = \"5s\"\n\
-             [kafka]\nalert_topic = \"{alerts}\"\ndead_letter_topic = \"{dlq}\"\nsession_timeout = \"6s\"\nmax_poll_interval = \"10s\"\n[lake]\ndir = \"{}\"\n[owners]\nfile = \"{}\"\n",
+             [kafka]\nalert_topic = \"{alerts}\"\ndead_letter_topic = \"{dlq}\"\nsession_timeout = \"6s\"\nmax_poll_interval = \"10s\"\n\
+             [lake]\ndir = \"{}\"\n[owners]\nfile = \"{}\"\n\
+             [[budget]]\nname = \"search-daily\"\nowner = \"search\"\nperiod = \"day\"\nlimit_usd = \"{limit}\"\n",
             lake.display(),
             dir.path().join("owners.toml").display()
         ),
     )
     .unwrap();
-    // 60,000 calls over a day, then 300 redeliveries (each in another partition than its original) and bad records
-    let (lines, e) = workload(60_000, DAY, 24, 300, 4242);
     let mut lines: Vec<(usize, String)> = lines.into_iter().enumerate().collect();
     // and 300 events of the last third sent twice at once, the copy in the next partition: two members read
     // them concurrently, and whichever commits second must not count them again
@@ -226,6 +231,32 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     assert_lake_totals(&lake, &e, &["1m", "1h", "1d"]);
     let dl = query(&lake, "SELECT count(*) AS n FROM dead_letters");
     assert_eq!(dl[0]["n"].as_i64(), Some(e.bad as i64), "each dead letter once");
+
+    // each alert once in the lake and on the topic, the day budget's thresholds once each
+    let twice = query(&lake, "SELECT id, count(*) AS n FROM alerts GROUP BY id HAVING count(*) > 1");
+    assert!(twice.is_empty(), "alerts committed twice: {twice:?}");
+    let budget = query(
+        &lake,
+        "SELECT data FROM alerts WHERE type = 'aifinops.budget.threshold' AND subject LIKE '%search-daily%' ORDER BY time",
+    );
+    let fired: Vec<String> = budget
+        .iter()
+        .map(|r| {
+            let d: serde_json::Value = serde_json::from_str(r["data"].as_str().unwrap()).unwrap();
+            format!("{}@{}", d["threshold_percent"], d["period"]["key"].as_str().unwrap_or_default())
+        })
+        .collect();
+    assert_eq!(fired.len(), 3, "the 50, 80 and 100 % thresholds of the lake-wide spend, once each: {fired:?}");
+    let n_alerts = query(&lake, "SELECT count(*) AS n FROM alerts")[0]["n"].as_i64().unwrap() as usize;
+    let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for p in common::kafka::read_payloads(&brokers, &alerts, n_alerts, Duration::from_secs(60)) {
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        if let Some(prev) = by_id.insert(id.clone(), p.clone()) {
+            assert_eq!(prev, p, "alert {id} published with two different payloads");
+        }
+    }
+    assert_eq!(by_id.len(), n_alerts, "every alert of the lake reached the topic");
 
     // every offset of every partition committed by exactly one member, and partitions did change hands
     let seen = seen.lock().unwrap();

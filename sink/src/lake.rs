@@ -71,9 +71,16 @@ pub struct Manifest {
     /// The named writer of a shared lake that made this commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
+    /// A lake shared by named writers: the order of this commit among all writers' commits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lake_seq: u64,
     /// Kafka: the offsets this commit consumed, topic -> partition -> [from, to).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The open state carried from one commit to the next.
@@ -135,6 +142,10 @@ pub struct Commit {
     /// lake, the writer must still own each of these partitions at the commit point.
     pub ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
 }
+
+/// Runs the alert rules of a shared lake at the commit point: given the rule state of the lake's latest
+/// commit, returns the alerts raised and the rule state to commit.
+pub type RulesHook<'a> = Box<dyn FnOnce(serde_json::Value) -> Result<(Vec<Alert>, serde_json::Value), String> + 'a>;
 
 /// What a commit wrote.
 #[derive(Debug, Clone, Default)]
@@ -485,7 +496,8 @@ impl Lake {
         self.meta.join("dedup").join(format!("{}.bin", seq_name(seq)))
     }
 
-    fn write_state(&self, seq: u64, st: &StateSnapshot, outbox: Option<&Outbox>) -> Result<(), SinkError> {
+    /// The state snapshot's bulk: open windows and the new dedup segment.
+    fn write_state_data(&self, seq: u64, st: &StateSnapshot) -> Result<(), SinkError> {
         let dir = self.state_dir(seq);
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
         for (label, batch) in &st.partials {
@@ -503,7 +515,13 @@ impl Lake {
         if !st.dedup.is_empty() {
             write_atomic(&self.dedup_path(seq), &st.dedup)?;
         }
-        write_atomic(&dir.join("rules.json"), serde_json::to_string(&st.rules).expect("json").as_bytes())?;
+        Ok(())
+    }
+
+    /// The state snapshot's rule state and the commit's outbox (then the state directory is complete).
+    fn write_state_meta(&self, seq: u64, rules: &serde_json::Value, outbox: Option<&Outbox>) -> Result<(), SinkError> {
+        let dir = self.state_dir(seq);
+        write_atomic(&dir.join("rules.json"), serde_json::to_string(rules).expect("json").as_bytes())?;
         if let Some(o) = outbox {
             write_atomic(&dir.join("outbox.json"), serde_json::to_string(o).expect("json").as_bytes())?;
         }
@@ -512,6 +530,13 @@ impl Lake {
 
     /// Commits: data files, state and offsets become visible together, or not at all.
     pub fn commit(&mut self, c: Commit) -> Result<CommitInfo, SinkError> {
+        self.commit_with(c, None)
+    }
+
+    /// Commits; in a lake shared by named writers, `rules` runs under the ledger lock just before the commit
+    /// point with the rule state of the lake's latest commit (any writer's), and returns the alerts it raises
+    /// and the rule state to commit (budgets over the whole lake's spend).
+    pub fn commit_with(&mut self, mut c: Commit, rules: Option<RulesHook<'_>>) -> Result<CommitInfo, SinkError> {
         let seq = self.last.as_ref().map_or(1, |m| m.seq + 1);
         let staging = self.meta.join("staging").join(seq_name(seq));
         fs::create_dir_all(&staging).map_err(io_err(format!("creating {}", staging.display())))?;
@@ -543,21 +568,55 @@ impl Lake {
                 )?;
             }
         }
-        if !c.alerts.is_empty() {
-            let b = alerts_batch(&c.alerts)?;
-            for (date, part) in by_date(&b, 2)? {
-                write(
-                    format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
-                    &[part],
-                    &mut info,
-                )?;
-            }
-        }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
             for (date, part) in by_date(&b, 4)? {
                 write(
                     format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
+                    &[part],
+                    &mut info,
+                )?;
+            }
+        }
+        self.write_state_data(seq, &c.state)?;
+        if !c.ranges.is_empty() {
+            fault::stall("before_commit");
+        }
+        let guard = match &self.ledger {
+            None => None,
+            Some(ledger) => {
+                // the commit point of a shared lake is taken under the ledger lock, after checking ownership
+                // and the other writers' newly counted event ids, and after the rules saw the lake's spend
+                let g = ledger.lock()?;
+                let consumed: Vec<Tp> = c
+                    .ranges
+                    .iter()
+                    .flat_map(|(t, ps)| ps.iter().filter(|(_, r)| r.1 > r.0).map(move |(p, _)| (t.clone(), *p)))
+                    .collect();
+                ledger.check_owner(&ledger.read()?, &consumed)?;
+                let (foreign, read) = ledger.foreign_segments(true)?;
+                if !foreign.is_empty() && !c.state.dedup.is_empty() {
+                    let theirs: std::collections::HashSet<[u8; 16]> = segment_keys(&foreign).collect();
+                    let twice = segment_keys(&c.state.dedup).filter(|k| theirs.contains(k)).count();
+                    if twice > 0 {
+                        return Err(SinkError::DedupConflict { events: twice });
+                    }
+                }
+                info.foreign_dedup = foreign;
+                if let Some(hook) = rules {
+                    let (alerts, state) = hook(ledger.latest_rules()?)
+                        .map_err(|reason| SinkError::Manifest { path: "the lake's rule state".into(), reason })?;
+                    c.alerts.extend(alerts);
+                    c.state.rules = state;
+                }
+                Some((g, read, ledger.lake_seq()? + 1))
+            }
+        };
+        if !c.alerts.is_empty() {
+            let b = alerts_batch(&c.alerts)?;
+            for (date, part) in by_date(&b, 2)? {
+                write(
+                    format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
                     &[part],
                     &mut info,
                 )?;
@@ -578,7 +637,7 @@ impl Lake {
                 })
                 .collect(),
         });
-        self.write_state(seq, &c.state, outbox.as_ref())?;
+        self.write_state_meta(seq, &c.state.rules, outbox.as_ref())?;
         let mut dedup_segments = self.last.as_ref().map(|m| m.dedup_segments.clone()).unwrap_or_default();
         let expired: Vec<u64> = match c.state.dedup_cutoff_ms {
             Some(cut) => dedup_segments.iter().filter(|(_, max)| **max < cut).map(|(s, _)| *s).collect(),
@@ -611,40 +670,14 @@ impl Lake {
             dedup_segments,
             totals: c.totals,
             writer: self.ledger.as_ref().map(|l| l.writer().to_string()),
-            ranges: c.ranges.clone(),
+            lake_seq: guard.as_ref().map_or(0, |g| g.2),
+            ranges: c.ranges,
         };
         let path = self.meta.join("manifest").join(format!("{}.json", seq_name(seq)));
-        if !c.ranges.is_empty() {
-            fault::stall("before_commit");
-        }
-        let guard = match &self.ledger {
-            None => None,
-            Some(ledger) => {
-                // the commit point of a shared lake is taken under the ledger lock, after checking ownership
-                // and the other writers' newly counted event ids
-                let g = ledger.lock()?;
-                let consumed: Vec<Tp> = c
-                    .ranges
-                    .iter()
-                    .flat_map(|(t, ps)| ps.iter().filter(|(_, r)| r.1 > r.0).map(move |(p, _)| (t.clone(), *p)))
-                    .collect();
-                ledger.check_owner(&ledger.read()?, &consumed)?;
-                let (foreign, read) = ledger.foreign_segments(true)?;
-                if !foreign.is_empty() && !c.state.dedup.is_empty() {
-                    let theirs: std::collections::HashSet<[u8; 16]> = segment_keys(&foreign).collect();
-                    let twice = segment_keys(&c.state.dedup).filter(|k| theirs.contains(k)).count();
-                    if twice > 0 {
-                        return Err(SinkError::DedupConflict { events: twice });
-                    }
-                }
-                info.foreign_dedup = foreign;
-                Some((g, read))
-            }
-        };
         fault::point("before_manifest");
         write_atomic(&path, serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
         // ---- commit point ----
-        if let (Some(ledger), Some((g, read))) = (&self.ledger, guard) {
+        if let (Some(ledger), Some((g, read, _))) = (&self.ledger, guard) {
             ledger.mark_seen(read);
             drop(g);
         }

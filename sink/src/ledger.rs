@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lake::{META, latest_manifest, write_atomic};
+use crate::lake::{META, Manifest, latest_manifest, write_atomic};
 use crate::{SinkError, io_err};
 
 /// A topic partition.
@@ -58,10 +58,25 @@ pub struct Ledger {
     root: PathBuf,
     writer: String,
     inner: Mutex<Inner>,
+    /// The locked `ledger.lock` and how many guards hold it (the lock is re-entrant within this process:
+    /// the pipeline holds it across a whole commit, which takes it again at the commit point).
+    held: Mutex<Option<(fs::File, usize)>>,
 }
 
-/// The ledger lock, released on drop.
-pub(crate) struct Guard(#[allow(dead_code)] fs::File);
+/// The ledger lock, released when the last guard of this process is dropped.
+pub struct Guard<'a>(&'a Ledger);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.0.held.lock().expect("lock");
+        if let Some((_, depth)) = held.as_mut() {
+            *depth -= 1;
+            if *depth == 0 {
+                *held = None; // closing the file releases the flock
+            }
+        }
+    }
+}
 
 /// The directory of a writer's commit chain.
 pub(crate) fn writer_meta(root: &Path, writer: &str) -> PathBuf {
@@ -78,15 +93,21 @@ pub fn valid_writer_name(w: &str) -> bool {
 
 impl Ledger {
     pub(crate) fn new(root: &Path, writer: &str) -> Self {
-        Ledger { root: root.to_path_buf(), writer: writer.to_string(), inner: Mutex::default() }
+        Ledger { root: root.to_path_buf(), writer: writer.to_string(), inner: Mutex::default(), held: Mutex::default() }
     }
 
     pub fn writer(&self) -> &str {
         &self.writer
     }
 
-    pub(crate) fn lock(&self) -> Result<Guard, SinkError> {
+    /// Takes the lock that orders the commits and claims of all writers of the lake.
+    pub fn lock(&self) -> Result<Guard<'_>, SinkError> {
         use std::os::fd::AsRawFd;
+        let mut held = self.held.lock().expect("lock");
+        if let Some((_, depth)) = held.as_mut() {
+            *depth += 1;
+            return Ok(Guard(self));
+        }
         let path = self.root.join(META).join("ledger.lock");
         let f = fs::OpenOptions::new()
             .create(true)
@@ -97,7 +118,8 @@ impl Ledger {
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel call.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(Guard(f));
+                *held = Some((f, 1));
+                return Ok(Guard(self));
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
@@ -232,6 +254,38 @@ impl Ledger {
             read.insert(w, got);
         }
         Ok((bytes, read))
+    }
+
+    /// The lake-wide commit sequence: the largest `lake_seq` of all writers' last commits (call under the lock).
+    pub(crate) fn lake_seq(&self) -> Result<u64, SinkError> {
+        let mut max = 0;
+        for w in self.others()?.iter().map(String::as_str).chain([self.writer.as_str()]) {
+            if let Some(m) = latest_manifest(&writer_meta(&self.root, w))? {
+                max = max.max(m.lake_seq);
+            }
+        }
+        Ok(max)
+    }
+
+    /// The rule state (`rules.json`) of the lake's latest commit, by any writer: alert rules over the whole
+    /// lake's spend (budgets) continue from it. Call under the lock; `Null` before the first commit.
+    pub fn latest_rules(&self) -> Result<serde_json::Value, SinkError> {
+        let mut best: Option<Manifest> = None;
+        for w in self.others()?.iter().map(String::as_str).chain([self.writer.as_str()]) {
+            if let Some(m) = latest_manifest(&writer_meta(&self.root, w))?
+                && best.as_ref().is_none_or(|b| m.lake_seq > b.lake_seq)
+            {
+                best = Some(m);
+            }
+        }
+        let Some(m) = best else { return Ok(serde_json::Value::Null) };
+        let p = self.root.join(&m.state_dir).join("rules.json");
+        match fs::read_to_string(&p) {
+            Ok(t) => serde_json::from_str(&t)
+                .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Value::Null),
+            Err(e) => Err(SinkError::Io { context: format!("reading {}", p.display()), source: e }),
+        }
     }
 
     pub(crate) fn mark_seen(&self, read: HashMap<String, BTreeSet<u64>>) {
