@@ -35,6 +35,12 @@ pub enum IngestError {
     )]
     Position { topic: String, partition: i32, committed: i64, end: i64 },
     #[cfg(feature = "kafka")]
+    #[error(
+        "cannot connect to the Kafka brokers {brokers}: TLS/SASL failure: {reason}; check the security.protocol, \
+         ssl.* and sasl.* properties of [kafka.consumer] (and the broker's listener)"
+    )]
+    KafkaSecurity { brokers: String, reason: String },
+    #[cfg(feature = "kafka")]
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,
