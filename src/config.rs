@@ -490,6 +490,7 @@ sasl_mechanism = "SCRAM-SHA-512"
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
     fn librdkafka_properties_come_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

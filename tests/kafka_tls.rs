@@ -110,18 +110,24 @@ limit_usd = "1.00"
     (config, lake)
 }
 
-/// `aifinops run --until-caught-up` with `env`; killed (and failed) after `within`.
-fn run(
-    config: &Path,
-    brokers: &str,
-    t: &Topics,
-    env: &[(&str, &str)],
-    within: Duration,
-) -> (ExitStatus, String, Duration) {
+/// What a run did.
+struct Ran {
+    status: ExitStatus,
+    log: String,
+    took: Duration,
+    /// Every value of the `aifinops_kafka_connected` gauge scraped while it ran (every 100 ms).
+    connected: Vec<f64>,
+}
+
+/// `aifinops run --until-caught-up` with `env`, its metrics scraped while it runs; killed (and failed)
+/// after `within`.
+fn run(config: &Path, brokers: &str, t: &Topics, env: &[(&str, &str)], within: Duration) -> Ran {
+    let metrics_port = free_port();
     let mut cmd = Command::new(bin());
     cmd.args(["run", "--config", config.to_str().unwrap(), "--brokers", brokers, "--topic", &t.input])
         .args(["--group", &unique("tls-group"), "--alert-topic", &t.alerts, "--until-caught-up"])
         .env("RUST_LOG", "warn")
+        .env("AIFINOPS__METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
         .stdout(std::process::Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -131,10 +137,12 @@ fn run(
     cmd.stderr(std::fs::File::create(&log).unwrap());
     let started = Instant::now();
     let mut child = cmd.spawn().expect("spawn aifinops run");
+    let mut connected = Vec::new();
     let status = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
+        connected.extend(metric(&scrape(metrics_port), "aifinops_kafka_connected"));
         if started.elapsed() > within {
             let _ = child.kill();
             let _ = child.wait();
@@ -143,7 +151,24 @@ fn run(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    (status, std::fs::read_to_string(&log).unwrap_or_default(), started.elapsed())
+    Ran { status, log: std::fs::read_to_string(&log).unwrap_or_default(), took: started.elapsed(), connected }
+}
+
+/// The run failed with one `aifinops: error:` line naming `broker` and `what`, and wrote nothing.
+fn assert_refused(r: &Ran, lake: &Path, broker: &str, what: &[&str]) -> String {
+    let log = &r.log;
+    assert!(!r.status.success(), "the run must fail:\n{log}");
+    let err =
+        log.lines().find(|l| l.starts_with("aifinops: error:")).unwrap_or_else(|| panic!("no error line:\n{log}"));
+    assert!(err.contains(broker), "the error names the broker {broker}: {err}");
+    for w in what {
+        assert!(err.contains(w), "the error says {w}: {err}");
+    }
+    // the failure is logged as an error as it happens, too
+    assert!(log.lines().any(|l| l.contains("ERROR") && l.contains("TLS/SASL failure")), "{log}");
+    assert!(r.connected.iter().all(|v| *v == 0.0), "aifinops_kafka_connected must stay 0: {:?}", r.connected);
+    assert!(lake_files(lake).is_empty(), "nothing may be written: {:?}", lake_files(lake));
+    err.to_string()
 }
 
 /// Files under the lake directory (the run may create the directory; it must not commit anything).
@@ -225,8 +250,9 @@ fn kafka_tls_mutual_tls_end_to_end_with_secrets_from_the_environment() {
         env.push(("AIFINOPS__KAFKA__CONSUMER__SSL_KEY_PASSWORD", KEY_PASSWORD));
         env.push(("AIFINOPS__KAFKA__PRODUCER__SSL_KEY_PASSWORD", KEY_PASSWORD));
     }
-    let (status, log, took) = run(&config, &broker.addr(), &t, &env, Duration::from_secs(180));
+    let Ran { status, log, took, connected } = run(&config, &broker.addr(), &t, &env, Duration::from_secs(180));
     assert!(status.success(), "aifinops run over mutual TLS failed ({status}):\n{log}");
+    assert!(connected.contains(&1.0), "aifinops_kafka_connected reached 1 over TLS: {connected:?}");
     assert!(log.contains(&format!("run: {} records", lines.len())), "{}", &log[log.len().saturating_sub(2000)..]);
     assert!(!log.contains(KEY_PASSWORD), "ssl.key.password leaked into the logs");
     let handshakes = broker.proxy.stats.handshakes.load(std::sync::atomic::Ordering::SeqCst);
@@ -281,14 +307,9 @@ fn kafka_tls_wrong_ca_or_plaintext_broker_fails_at_startup_and_writes_nothing() 
     std::fs::create_dir_all(&case).unwrap();
     let security = format!("\"security.protocol\" = \"ssl\"\n\"ssl.ca.location\" = \"{}\"\n", pki.other_ca.display());
     let (config, lake) = write_config(&case, &t, &security);
-    let (status, log, took) = run(&config, &broker.addr(), &t, &[], Duration::from_secs(120));
-    assert!(!status.success(), "a run with the wrong CA must fail:\n{log}");
-    let err =
-        log.lines().find(|l| l.starts_with("aifinops: error:")).unwrap_or_else(|| panic!("no error line:\n{log}"));
-    assert!(err.contains(&broker.addr()), "the error names the broker: {err}");
-    assert!(err.contains("TLS") && err.contains("certificate"), "the error says TLS and certificate: {err}");
-    assert!(lake_files(&lake).is_empty(), "nothing may be written: {:?}", lake_files(&lake));
-    eprintln!("wrong CA: failed after {:.1} s: {err}", took.as_secs_f64());
+    let r = run(&config, &broker.addr(), &t, &[], Duration::from_secs(120));
+    let err = assert_refused(&r, &lake, &broker.addr(), &["TLS", "certificate verify failed"]);
+    eprintln!("wrong CA: failed after {:.1} s: {err}", r.took.as_secs_f64());
 
     // 2. TLS to a plaintext broker (the shared broker of scripts/test)
     let plain = brokers().unwrap();
@@ -300,14 +321,10 @@ fn kafka_tls_wrong_ca_or_plaintext_broker_fails_at_startup_and_writes_nothing() 
         pki.ca.display()
     );
     let (config, lake) = write_config(&case, &t, &security);
-    let (status, log, took) = run(&config, &plain, &t, &[], Duration::from_secs(120));
-    assert!(!status.success(), "TLS to a plaintext broker must fail:\n{log}");
-    let err =
-        log.lines().find(|l| l.starts_with("aifinops: error:")).unwrap_or_else(|| panic!("no error line:\n{log}"));
-    assert!(err.contains(&plain), "the error names the broker: {err}");
-    assert!(err.contains("TLS"), "the error says TLS: {err}");
-    assert!(lake_files(&lake).is_empty(), "nothing may be written: {:?}", lake_files(&lake));
-    eprintln!("plaintext broker: failed after {:.1} s: {err}", took.as_secs_f64());
+    let r = run(&config, &plain, &t, &[], Duration::from_secs(120));
+    let err = assert_refused(&r, &lake, &plain, &["TLS", "SSL_HANDSHAKE"]);
+    assert!(r.connected.contains(&0.0), "unhealthy while it waited: {:?}", r.connected);
+    eprintln!("plaintext broker: failed after {:.1} s: {err}", r.took.as_secs_f64());
 }
 
 #[test]
@@ -358,8 +375,9 @@ fn kafka_tls_sasl_ssl_scram_end_to_end_and_a_wrong_password_fails() {
         ("AIFINOPS__KAFKA__PRODUCER__SASL_PASSWORD", SASL_PASSWORD),
         ("RUST_LOG", "info,librdkafka=debug,aifinops=debug,aifinops_ingest=debug,aifinops_sink=debug"),
     ];
-    let (status, log, took) = run(&config, &broker.addr(), &t, &env, Duration::from_secs(180));
+    let Ran { status, log, took, connected } = run(&config, &broker.addr(), &t, &env, Duration::from_secs(180));
     assert!(status.success(), "aifinops run over SASL_SSL failed ({status}):\n{log}");
+    assert!(connected.contains(&1.0), "aifinops_kafka_connected reached 1 over SASL_SSL: {connected:?}");
     assert!(!log.contains(SASL_PASSWORD), "sasl.password leaked into the logs");
     assert_delivered(&lake, &e, &broker.addr(), &client, &t);
 
@@ -371,13 +389,10 @@ fn kafka_tls_sasl_ssl_scram_end_to_end_and_a_wrong_password_fails() {
         ("AIFINOPS__KAFKA__CONSUMER__SASL_PASSWORD", "not-the-password"),
         ("AIFINOPS__KAFKA__PRODUCER__SASL_PASSWORD", "not-the-password"),
     ];
-    let (status, log, failed_after) = run(&config, &broker.addr(), &t, &wrong, Duration::from_secs(120));
-    assert!(!status.success(), "a run with a wrong SASL password must fail:\n{log}");
-    let err =
-        log.lines().find(|l| l.starts_with("aifinops: error:")).unwrap_or_else(|| panic!("no error line:\n{log}"));
-    assert!(err.contains(&broker.addr()) && err.contains("SASL"), "the error names the broker and SASL: {err}");
-    assert!(!log.contains("not-the-password"), "the wrong password leaked into the logs");
-    assert!(lake_files(&lake).is_empty(), "nothing may be written: {:?}", lake_files(&lake));
+    let r = run(&config, &broker.addr(), &t, &wrong, Duration::from_secs(120));
+    let err = assert_refused(&r, &lake, &broker.addr(), &["SASL authentication", "SCRAM"]);
+    assert!(!r.log.contains("not-the-password"), "the wrong password leaked into the logs");
+    let failed_after = r.took;
     eprintln!(
         "SASL_SSL (SCRAM-SHA-512): {} events in {:.1} s; wrong password failed after {:.1} s: {err}; test {:.1} s",
         lines.len(),

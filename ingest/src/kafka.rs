@@ -189,7 +189,12 @@ impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         // a handshake that times out (TLS to a plaintext listener) is only logged, never an error event
         if fac == "FAIL" && is_security_failure_text(log_message) {
-            self.security_failure(log_message);
+            // without librdkafka's thread tag: "[thrd:ssl://host:port/bootstrap]: ssl://host:port/bootstrap: ..."
+            let text = match log_message.strip_prefix("[thrd:").and_then(|rest| rest.split_once("]: ")) {
+                Some((_, text)) => text,
+                None => log_message,
+            };
+            self.security_failure(text);
             return;
         }
         match level {
