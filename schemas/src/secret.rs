@@ -128,7 +128,6 @@ pub fn is_secret_kafka_property(key: &str) -> bool {
         || k.contains("jaas")
         || k.contains("token")
         || k == "ssl.key.pem"
-        || k == "ssl_key"
         || k == "sasl.oauthbearer.config"
         || k == "sasl.oauthbearer.assertion.private.key.pem"
         || k == "sasl.oauthbearer.assertion.private.key.passphrase"
