@@ -170,12 +170,13 @@ enum PropertyValue {
 
 /// librdkafka properties: `"security.protocol" = "ssl"` (quoted), `security.protocol = "ssl"` (nested)
 /// and, for environment variables whose names cannot hold dots, `security_protocol` all name
-/// `security.protocol` (librdkafka's settable properties have no underscores). Values may be numbers or
-/// booleans; librdkafka gets their text.
+/// `security.protocol` (librdkafka's properties settable as text have no underscores, but `log_level` and
+/// `enabled_events`). Values may be numbers or booleans; librdkafka gets their text.
 fn librdkafka_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     fn flatten(prefix: &str, table: BTreeMap<String, PropertyValue>, out: &mut BTreeMap<String, String>) {
+        const UNDERSCORED: [&str; 2] = ["log_level", "enabled_events"];
         for (k, v) in table {
-            let key = k.replace('_', ".");
+            let key = if UNDERSCORED.contains(&k.as_str()) { k } else { k.replace('_', ".") };
             let key = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
             let text = match v {
                 PropertyValue::Table(t) => {
@@ -467,6 +468,7 @@ mod tests {
 ssl.ca.location = "/etc/aifinops/ca.pem"
 "ssl.key.password" = "hunter2"
 "session.timeout.ms" = 6000
+log_level = 7
 [kafka.producer]
 sasl_mechanism = "SCRAM-SHA-512"
 "enable.idempotence" = false
@@ -478,6 +480,7 @@ sasl_mechanism = "SCRAM-SHA-512"
         assert_eq!(c["security.protocol"], "ssl");
         assert_eq!(c["ssl.ca.location"], "/etc/aifinops/ca.pem");
         assert_eq!(c["session.timeout.ms"], "6000");
+        assert_eq!(c["log_level"], "7", "librdkafka's own underscored names stay");
         let p = &cfg.kafka.producer;
         assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-512");
         assert_eq!(p["enable.idempotence"], "false");
