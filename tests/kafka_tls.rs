@@ -280,7 +280,6 @@ fn kafka_tls_mutual_tls_end_to_end_with_secrets_from_the_environment() {
         if encrypted.is_some() { "from the environment, not logged" } else { "not used (no openssl command)" },
         started.elapsed().as_secs_f64()
     );
-    drop(broker.tansu);
 }
 
 #[test]
