@@ -103,7 +103,7 @@ impl Default for PipelineConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     pub brokers: String,
@@ -125,10 +125,76 @@ pub struct KafkaConfig {
     /// (how long a rebalance waits for a member that died), so keep it short. At least `session_timeout`.
     #[serde(with = "humantime_serde")]
     pub max_poll_interval: Duration,
-    /// Extra librdkafka consumer properties (security, `queued.max.messages.kbytes`, ...).
+    /// Extra librdkafka consumer properties (security, `queued.max.messages.kbytes`, ...). See
+    /// [`librdkafka_properties`] for the accepted spellings.
+    #[serde(deserialize_with = "librdkafka_properties")]
     pub consumer: BTreeMap<String, String>,
-    /// Extra librdkafka producer properties.
+    /// Extra librdkafka producer properties (alerts and dead letters).
+    #[serde(deserialize_with = "librdkafka_properties")]
     pub producer: BTreeMap<String, String>,
+}
+
+/// Credentials (`ssl.key.password`, `sasl.password`, ...) are never printed: the configuration is
+/// debug-printed in errors and logs with those values redacted.
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use aifinops_schemas::secret::redact_kafka_properties;
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topics", &self.topics)
+            .field("formats", &self.formats)
+            .field("group", &self.group)
+            .field("alert_topic", &self.alert_topic)
+            .field("alert_format", &self.alert_format)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("session_timeout", &self.session_timeout)
+            .field("max_poll_interval", &self.max_poll_interval)
+            .field("consumer", &redact_kafka_properties(&self.consumer))
+            .field("producer", &redact_kafka_properties(&self.producer))
+            .finish()
+    }
+}
+
+/// A librdkafka property value as a config source may spell it: TOML and environment values may be
+/// numbers or booleans (`AIFINOPS__KAFKA__CONSUMER__SESSION_TIMEOUT_MS=6000`), and an unquoted dotted TOML
+/// key (`security.protocol = "ssl"`) or a dotted environment name is a nested table.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PropertyValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Table(BTreeMap<String, PropertyValue>),
+}
+
+/// librdkafka properties: `"security.protocol" = "ssl"` (quoted), `security.protocol = "ssl"` (nested)
+/// and, for environment variables whose names cannot hold dots, `security_protocol` all name
+/// `security.protocol` (librdkafka's properties settable as text have no underscores, but `log_level` and
+/// `enabled_events`). Values may be numbers or booleans; librdkafka gets their text.
+fn librdkafka_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    fn flatten(prefix: &str, table: BTreeMap<String, PropertyValue>, out: &mut BTreeMap<String, String>) {
+        const UNDERSCORED: [&str; 2] = ["log_level", "enabled_events"];
+        for (k, v) in table {
+            let key = if UNDERSCORED.contains(&k.as_str()) { k } else { k.replace('_', ".") };
+            let key = if prefix.is_empty() { key } else { format!("{prefix}.{key}") };
+            let text = match v {
+                PropertyValue::Table(t) => {
+                    flatten(&key, t, out);
+                    continue;
+                }
+                PropertyValue::Bool(b) => b.to_string(),
+                PropertyValue::Int(i) => i.to_string(),
+                PropertyValue::Float(x) => x.to_string(),
+                PropertyValue::Text(s) => s,
+            };
+            out.insert(key, text);
+        }
+    }
+    let table = BTreeMap::<String, PropertyValue>::deserialize(d)?;
+    let mut out = BTreeMap::new();
+    flatten("", table, &mut out);
+    Ok(out)
 }
 
 impl Default for KafkaConfig {
@@ -395,6 +461,62 @@ mod tests {
         assert!(format!("{e:#}").contains("broker"), "{e:#}");
         let e = Config::from_toml_str("[pipeline]\nwindows = [\"7m\"]\n").unwrap_err();
         assert!(format!("{e:#}").contains("divide a day"), "{e:#}");
+    }
+
+    #[test]
+    fn librdkafka_properties_are_read_in_every_spelling() {
+        let cfg = Config::from_toml_str(
+            r#"
+[kafka.consumer]
+"security.protocol" = "ssl"
+ssl.ca.location = "/etc/aifinops/ca.pem"
+"ssl.key.password" = "hunter2"
+"session.timeout.ms" = 6000
+log_level = 7
+[kafka.producer]
+sasl_mechanism = "SCRAM-SHA-512"
+"enable.idempotence" = false
+"sasl.password" = "s3cr3t"
+"#,
+        )
+        .unwrap();
+        let c = &cfg.kafka.consumer;
+        assert_eq!(c["security.protocol"], "ssl");
+        assert_eq!(c["ssl.ca.location"], "/etc/aifinops/ca.pem");
+        assert_eq!(c["session.timeout.ms"], "6000");
+        assert_eq!(c["log_level"], "7", "librdkafka's own underscored names stay");
+        let p = &cfg.kafka.producer;
+        assert_eq!(p["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(p["enable.idempotence"], "false");
+        // the credentials are in the config, but never in its debug print (logs, error messages)
+        assert_eq!(c["ssl.key.password"], "hunter2");
+        let shown = format!("{cfg:?} {cfg:#?}");
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("ssl.key.password") && shown.contains("<redacted>"), "{shown}");
+        assert!(shown.contains("/etc/aifinops/ca.pem"), "{shown}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
+    fn librdkafka_properties_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "aifinops.toml",
+                "[kafka]\nbrokers = \"kafka-1:9093\"\n[kafka.consumer]\n\"security.protocol\" = \"plaintext\"\n",
+            )?;
+            jail.set_env("AIFINOPS__KAFKA__CONSUMER__SECURITY_PROTOCOL", "ssl");
+            jail.set_env("AIFINOPS__KAFKA__CONSUMER__SSL_CA_LOCATION", "/run/secrets/ca.pem");
+            jail.set_env("AIFINOPS__KAFKA__CONSUMER__SESSION_TIMEOUT_MS", "6000");
+            jail.set_env("AIFINOPS__KAFKA__PRODUCER__SASL_PASSWORD", "s3cr3t");
+            let cfg = Config::load(Some(Path::new("aifinops.toml"))).expect("config");
+            assert_eq!(cfg.kafka.brokers, "kafka-1:9093");
+            assert_eq!(cfg.kafka.consumer["security.protocol"], "ssl", "the environment wins over the file");
+            assert_eq!(cfg.kafka.consumer["ssl.ca.location"], "/run/secrets/ca.pem");
+            assert_eq!(cfg.kafka.consumer["session.timeout.ms"], "6000");
+            assert_eq!(cfg.kafka.producer["sasl.password"], "s3cr3t");
+            assert!(!format!("{cfg:?}").contains("s3cr3t"));
+            Ok(())
+        });
     }
 
     #[test]

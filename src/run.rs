@@ -209,6 +209,10 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                 .poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms)
                 .await?;
             health.update(src.connected());
+            if let Some(e) = src.security_failure(&cfg.kafka.brokers) {
+                // a configuration error at startup, not an outage: fail instead of retrying forever
+                return Err(e.into());
+            }
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
                     p.rollback().await?;

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::kafka::create_topics;
+use common::kafka::{Tansu, create_topics, free_port, tansu_bin};
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -390,10 +390,6 @@ fn scrape(port: u16) -> Option<String> {
 fn gauge(port: u16, name: &str) -> Option<f64> {
     let body = scrape(port)?;
     body.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1004,65 +1000,6 @@ fn reliability_crash_anywhere() {
 
 // ---------------------------------------------------------------------------------------------------
 // 2. Broker loss
-
-/// A Tansu broker of this test, on its own port and sqlite file (so a restart keeps the data).
-struct Tansu {
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-fn tansu_bin() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
-    std::env::split_paths(&path).chain(home).map(|d| d.join("tansu")).find(|p| p.is_file())
-}
-
-impl Tansu {
-    fn start(dir: PathBuf) -> Tansu {
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut t = Tansu { dir, port: free_port(), child: None };
-        t.restart();
-        t
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let url = format!("tcp://{}", self.addr());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
-        let child = Command::new(tansu_bin().expect("tansu"))
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn tansu");
-        self.child = Some(child);
-        let t = Instant::now();
-        while std::net::TcpStream::connect(self.addr()).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "tansu did not listen on {}", self.addr());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the broker (SIGKILL: no goodbye to its clients).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            sigkill(&mut c);
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// Polls `f` every 100 ms until it holds or `within` passes; returns when it held.
 fn until(within: Duration, mut f: impl FnMut() -> bool) -> Option<Instant> {

@@ -7,7 +7,7 @@
 //! Group offsets are committed after each lake commit, for lag monitoring only.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Str
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 
 use crate::IngestError;
 use crate::decode::Decoder;
@@ -32,7 +32,7 @@ pub type Tp = (String, i32);
 pub type ClaimFn = Box<dyn Fn(&[Tp]) -> Result<HashMap<Tp, i64>, String> + Send + Sync>;
 
 /// Connection and group settings of the consumer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     pub brokers: String,
     pub group: String,
@@ -45,6 +45,22 @@ pub struct KafkaSettings {
     pub properties: BTreeMap<String, String>,
     /// Events dated further than this ahead of the wall clock are counted in [`Poll::future_events`].
     pub max_future_skew_ms: i64,
+}
+
+/// Credentials among the properties (`ssl.key.password`, `sasl.password`, ...) are never printed.
+impl std::fmt::Debug for KafkaSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .field("formats", &self.formats)
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("max_poll_interval_ms", &self.max_poll_interval_ms)
+            .field("properties", &aifinops_schemas::secret::redact_kafka_properties(&self.properties))
+            .field("max_future_skew_ms", &self.max_future_skew_ms)
+            .finish()
+    }
 }
 
 struct Shared {
@@ -63,6 +79,11 @@ struct Shared {
     claim: Mutex<Option<ClaimFn>>,
     /// A claim that failed: the source stops with this error.
     fatal: Mutex<Option<IngestError>>,
+    /// A broker connection has been up at least once.
+    ever_up: AtomicBool,
+    /// The last TLS or SASL failure librdkafka reported (names the broker): a configuration error, not
+    /// an outage, while no connection has ever come up.
+    security_failure: Mutex<Option<String>>,
 }
 
 impl Default for Shared {
@@ -75,6 +96,8 @@ impl Default for Shared {
             ends: Mutex::default(),
             claim: Mutex::default(),
             fatal: Mutex::default(),
+            ever_up: AtomicBool::new(false),
+            security_failure: Mutex::default(),
         }
     }
 }
@@ -137,6 +160,32 @@ fn parse_stats(stats: &[u8]) -> Option<StatsView> {
     })
 }
 
+impl SourceContext {
+    /// A TLS or SASL failure: logged as an error, and kept for [`KafkaSource::security_failure`]. librdkafka's
+    /// text names the broker (`ssl://host:port/id: ...`).
+    fn security_failure(&self, text: &str) {
+        tracing::error!(
+            target: "librdkafka",
+            "TLS/SASL failure: {text} (check the security.protocol, ssl.* and sasl.* properties of [kafka.consumer])"
+        );
+        *self.shared.security_failure.lock().expect("lock") = Some(text.to_string());
+    }
+}
+
+/// Whether a librdkafka error or log text is a TLS or SASL failure (a certificate that does not verify, a
+/// handshake with a broker that does not speak TLS, rejected credentials) rather than a broker being away.
+fn is_security_failure_text(text: &str) -> bool {
+    [
+        "SSL handshake failed",
+        "in state SSL_HANDSHAKE",
+        "SASL authentication",
+        "in state AUTH_",
+        "certificate verify failed",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}
+
 /// Offsets between a partition's high watermark and the consumer's position that do not make it "behind":
 /// transaction markers (and aborted records) at a partition's end are never delivered.
 const BACKLOG_SLACK: i64 = 16;
@@ -148,6 +197,16 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        // a handshake that times out (TLS to a plaintext listener) is only logged, never an error event
+        if fac == "FAIL" && is_security_failure_text(log_message) {
+            // without librdkafka's thread tag: "[thrd:ssl://host:port/bootstrap]: ssl://host:port/bootstrap: ..."
+            let text = match log_message.strip_prefix("[thrd:").and_then(|rest| rest.split_once("]: ")) {
+                Some((_, text)) => text,
+                None => log_message,
+            };
+            self.security_failure(text);
+            return;
+        }
         match level {
             RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
                 tracing::error!(target: "librdkafka", facility = fac, "{log_message}")
@@ -159,10 +218,19 @@ impl ClientContext for SourceContext {
         }
     }
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, "{reason}");
+        let security =
+            matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication));
+        if security || is_security_failure_text(reason) {
+            self.security_failure(reason);
+        } else {
+            tracing::warn!(target: "librdkafka", %error, "{reason}");
+        }
     }
     fn stats_raw(&self, statistics: &[u8]) {
         if let Some(v) = parse_stats(statistics) {
+            if v.brokers_up > 0 {
+                self.shared.ever_up.store(true, Ordering::SeqCst);
+            }
             self.shared.brokers_up.store(v.brokers_up, Ordering::SeqCst);
             self.shared.ends.lock().expect("lock").extend(v.ends);
         }
@@ -439,6 +507,18 @@ impl KafkaSource {
             n if n < 0 => None,
             n => Some(n > 0),
         }
+    }
+
+    /// A TLS or SASL failure while no broker connection has ever come up: the security settings (or the
+    /// broker's) are wrong, and waiting will not help. After a first connection the same failures count as an
+    /// outage (unhealthy, retried), since credentials and certificates can be rotated under a running
+    /// pipeline.
+    pub fn security_failure(&self, brokers: &str) -> Option<IngestError> {
+        if self.shared.ever_up.load(Ordering::SeqCst) || self.shared.brokers_up.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let reason = self.shared.security_failure.lock().expect("lock").clone()?;
+        Some(IngestError::KafkaSecurity { brokers: brokers.to_string(), reason })
     }
 
     /// Partitions currently assigned to this member.

@@ -37,6 +37,12 @@ pub enum IngestError {
     #[cfg(feature = "kafka")]
     #[error("claiming {partitions} in the lake's ledger: {reason}")]
     Claim { partitions: String, reason: String },
+    #[error(
+        "cannot connect to the Kafka brokers {brokers}: TLS/SASL failure: {reason}; check the security.protocol, \
+         ssl.* and sasl.* properties of [kafka.consumer] (and the broker's listener)"
+    )]
+    KafkaSecurity { brokers: String, reason: String },
+    #[cfg(feature = "kafka")]
     #[error("kafka: {context}: {source}")]
     Kafka {
         context: String,

@@ -118,6 +118,32 @@ pub fn redact_text(text: &str) -> String {
     out
 }
 
+/// True when a librdkafka property's value is a credential (`ssl.key.password`, `sasl.password`,
+/// `ssl.keystore.password`, `sasl.oauthbearer.client.secret`, inline keys such as `ssl.key.pem`, ...):
+/// such values are never logged or printed (see [`redact_kafka_properties`]).
+pub fn is_secret_kafka_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.contains("jaas")
+        || k.contains("token")
+        || k == "ssl.key.pem"
+        || k == "sasl.oauthbearer.config"
+        || k == "sasl.oauthbearer.assertion.private.key.pem"
+        || k == "sasl.oauthbearer.assertion.private.key.passphrase"
+}
+
+/// librdkafka properties as they may be logged or debug-printed: credential values replaced by
+/// `<redacted>`.
+pub fn redact_kafka_properties<'a>(
+    props: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    props
+        .into_iter()
+        .map(|(k, v)| (k.as_str(), if is_secret_kafka_property(k) { "<redacted>" } else { v.as_str() }))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +192,28 @@ mod tests {
         assert!(!r.contains("sk-proj"), "{r}");
         assert!(!r.contains("abcdefghijklmnop1234xyz"), "{r}");
         assert!(r.contains("\"api_key\""));
+    }
+
+    #[test]
+    fn kafka_credentials_are_redacted() {
+        let props: std::collections::BTreeMap<String, String> = [
+            ("security.protocol", "sasl_ssl"),
+            ("ssl.ca.location", "/etc/ca.pem"),
+            ("ssl.key.password", "hunter2"),
+            ("sasl.password", "s3cr3t"),
+            ("sasl.username", "aifinops"),
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----"),
+            ("sasl.oauthbearer.client.secret", "cs"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let shown = format!("{:?}", super::redact_kafka_properties(&props));
+        for secret in ["hunter2", "s3cr3t", "BEGIN PRIVATE KEY", "\"cs\""] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        for visible in ["sasl_ssl", "/etc/ca.pem", "aifinops"] {
+            assert!(shown.contains(visible), "{visible} not in {shown}");
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! Kafka helpers for the end-to-end tests (the broker is the real test broker from scripts/test).
+//! Kafka helpers for the end-to-end tests (the broker is the real test broker from scripts/test, or a
+//! [`Tansu`] of the test's own). The `_with` variants take extra librdkafka properties (TLS, SASL).
 
+use std::path::PathBuf;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -10,8 +13,21 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    create_topics_with(brokers, &[], topics)
+}
+
+/// A client configuration: the bootstrap servers plus `props`.
+pub fn client_config(brokers: &str, props: &[(&str, &str)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c
+}
+
+pub fn create_topics_with(brokers: &str, props: &[(&str, &str)], topics: &[(&str, i32)]) {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers, props).create().unwrap();
     let new: Vec<NewTopic> = topics.iter().map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1))).collect();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let res = rt
@@ -26,8 +42,11 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
 
 /// Produces raw payloads (key `k<i % 7>`) and waits for every acknowledgement.
 pub fn produce_bytes(brokers: &str, topic: &str, payloads: &[Vec<u8>]) {
-    let p: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    produce_bytes_with(brokers, &[], topic, payloads)
+}
+
+pub fn produce_bytes_with(brokers: &str, props: &[(&str, &str)], topic: &str, payloads: &[Vec<u8>]) {
+    let p: BaseProducer = client_config(brokers, props)
         .set("enable.idempotence", "true")
         .set("message.max.bytes", "20000000")
         .create()
@@ -42,8 +61,17 @@ pub fn produce_bytes(brokers: &str, topic: &str, payloads: &[Vec<u8>]) {
 
 /// Every payload of `topic` from the beginning, read until `expect_at_least` arrived and 2 s passed quietly.
 pub fn read_payloads(brokers: &str, topic: &str, expect_at_least: usize, within: Duration) -> Vec<Vec<u8>> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    read_payloads_with(brokers, &[], topic, expect_at_least, within)
+}
+
+pub fn read_payloads_with(
+    brokers: &str,
+    props: &[(&str, &str)],
+    topic: &str,
+    expect_at_least: usize,
+    within: Duration,
+) -> Vec<Vec<u8>> {
+    let c: BaseConsumer = client_config(brokers, props)
         .set("group.id", super::unique("reader"))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -74,4 +102,84 @@ pub fn produce_to(brokers: &str, topic: &str, partition: i32, payloads: &[String
         p.poll(Duration::ZERO);
     }
     p.flush(Duration::from_secs(60)).expect("flush");
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `tansu` binary scripts/test installs (on PATH, or in ~/.cargo/bin).
+pub fn tansu_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin"));
+    std::env::split_paths(&path).chain(home).map(|d| d.join("tansu")).find(|p| p.is_file())
+}
+
+/// A Tansu broker of a test, on its own port and sqlite file (so a restart keeps the data).
+pub struct Tansu {
+    pub dir: PathBuf,
+    pub port: u16,
+    /// The port advertised in metadata (a proxy's, in front of the broker); the broker's own by default.
+    pub advertised_port: u16,
+    /// Extra `tansu broker` arguments (e.g. `--authentication`), used from the next (re)start on.
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    pub fn start(dir: PathBuf) -> Tansu {
+        Tansu::start_with(dir, None, &[])
+    }
+
+    /// A broker that advertises `advertised_port` (a TLS proxy's) and runs with `args`.
+    pub fn start_with(dir: PathBuf, advertised_port: Option<u16>, args: &[&str]) -> Tansu {
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let advertised_port = advertised_port.unwrap_or(port);
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut t = Tansu { dir, port, advertised_port, args, child: None };
+        t.restart();
+        t
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let listen = format!("tcp://{}", self.addr());
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised_port);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        let child = Command::new(tansu_bin().expect("tansu"))
+            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &advertised])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tansu");
+        self.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(self.addr()).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "tansu did not listen on {}", self.addr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the broker (SIGKILL: no goodbye to its clients).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling a child process we spawned and have not reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
