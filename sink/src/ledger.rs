@@ -45,6 +45,9 @@ pub struct LedgerFile {
     pub partitions: BTreeMap<String, BTreeMap<i32, Owner>>,
 }
 
+/// Writer -> the dedup segments of its read.
+pub(crate) type SegmentsRead = HashMap<String, BTreeSet<u64>>;
+
 #[derive(Default)]
 struct Inner {
     /// Epochs this writer claimed.
@@ -228,7 +231,7 @@ impl Ledger {
     pub(crate) fn foreign_segments(
         &self,
         only_new: bool,
-    ) -> Result<(Vec<u8>, HashMap<String, BTreeSet<u64>>), SinkError> {
+    ) -> Result<(Vec<u8>, SegmentsRead), SinkError> {
         let mut bytes = Vec::new();
         let mut read = HashMap::new();
         let inner = self.inner.lock().expect("lock");
@@ -288,7 +291,7 @@ impl Ledger {
         }
     }
 
-    pub(crate) fn mark_seen(&self, read: HashMap<String, BTreeSet<u64>>) {
+    pub(crate) fn mark_seen(&self, read: SegmentsRead) {
         self.inner.lock().expect("lock").seen = read;
     }
 }
