@@ -53,6 +53,8 @@ pub struct Pipeline {
     rule_rows: Vec<datafusion::arrow::array::RecordBatch>,
     alerts: Vec<Alert>,
     dead: Vec<DeadLetter>,
+    /// A shared lake: the departed writer, seq and unsent outbox the next commit adopts.
+    adoption: Option<(String, u64, aifinops_sink::Outbox)>,
     watermark: Option<i64>,
     dirty: bool,
     last_commit: Instant,
@@ -150,6 +152,7 @@ impl Pipeline {
             rule_rows: vec![],
             alerts: vec![],
             dead: vec![],
+            adoption: None,
             watermark: None,
             dirty: false,
             last_commit: Instant::now(),
@@ -256,6 +259,32 @@ impl Pipeline {
 
     pub fn lake(&self) -> &Lake {
         &self.lake
+    }
+
+    /// A lake shared by several members: takes over the open windows and unsent alerts that members which are
+    /// gone (killed, never restarted under their name) left in their last commit, one commit each. Call
+    /// with nothing uncommitted (at start, after a rollback). Returns how many were adopted.
+    pub async fn adopt_orphans(&mut self, offsets: BTreeMap<String, BTreeMap<i32, i64>>) -> anyhow::Result<usize> {
+        let orphans = self.lake.orphans()?;
+        let n = orphans.len();
+        for mut o in orphans {
+            let rows: usize = o.partials.iter().map(|(_, b)| b.num_rows()).sum();
+            tracing::info!(
+                writer = %o.writer, seq = o.seq, open_rows = rows, alerts = o.outbox.alerts.len(),
+                dead_letters = o.outbox.dead_letters.len(),
+                "adopting the open windows and unsent alerts of a member that is gone"
+            );
+            self.windows.absorb(std::mem::take(&mut o.partials))?;
+            self.adoption = Some((o.writer.clone(), o.seq, std::mem::take(&mut o.outbox)));
+            self.dirty = true;
+            self.commit(offsets.clone(), BTreeMap::new(), BTreeMap::new(), true, false)
+                .await
+                .with_context(|| format!("adopting the last commit of writer {}", o.writer))?;
+            self.adoption = None;
+            self.lake.retire(o)?;
+            metrics::counter!("aifinops_writers_adopted_total").increment(1);
+        }
+        Ok(n)
     }
 
     /// Whether this pipeline is one named writer of a lake shared by several members.
@@ -417,6 +446,8 @@ impl Pipeline {
             ]),
             publish,
             ranges,
+            adopt: self.adoption.as_ref().map(|a| (a.0.clone(), a.1)),
+            handover: self.adoption.as_mut().map(|a| std::mem::take(&mut a.2)).unwrap_or_default(),
         };
         let mut n_alerts = commit.alerts.len() as u64;
         // A lake shared by several members: budgets are over the whole lake's spend, so at the commit point

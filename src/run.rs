@@ -193,6 +193,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
         // a lake shared by several members: every assignment is claimed in the lake's ledger, which fences the
         // previous owner and tells where the partition starts
         src.set_claim(Box::new(move |tps| ledger.claim(tps).map_err(|e| e.to_string())));
+        p.adopt_orphans(BTreeMap::new()).await?;
     }
     tracing::info!(brokers = %cfg.kafka.brokers, topics = ?cfg.kafka.topics, group = %cfg.kafka.group, lake = %cfg.lake.dir.display(), "consuming");
     let delay = cfg.pipeline.watermark_delay.as_millis() as i64;
@@ -221,6 +222,16 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                 }
                 src.reset_progress();
                 src.check_positions(Duration::from_secs(10))?;
+                // a member that left without emitting its open windows (killed) is adopted here
+                if p.shared_lake() && p.adopt_orphans(offsets_map(&src)).await? > 0 {
+                    src.committed(
+                        &offsets_map(&src)
+                            .into_iter()
+                            .flat_map(|(t, ps)| ps.into_iter().map(move |(pp, o)| ((t.clone(), pp), o)))
+                            .collect(),
+                    );
+                    outbox.notify();
+                }
                 continue;
             }
             if poll.skipped > 0 {

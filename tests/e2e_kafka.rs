@@ -214,8 +214,13 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
         assert!(t0.elapsed() < Duration::from_secs(120), "run did not consume {total} records in 120 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // the Prometheus endpoint reports what happened
-    let m = scrape(s.metrics_port);
+    // the Prometheus endpoint reports what happened (the commit counter moves just after the commit point)
+    let mut m = scrape(s.metrics_port);
+    let t1 = Instant::now();
+    while !m.contains("aifinops_lake_commits_total") && t1.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        m = scrape(s.metrics_port);
+    }
     assert!(m.contains("aifinops_events_decoded_total"), "{m}");
     assert!(m.contains("aifinops_dead_letters_total"), "{m}");
     assert!(m.contains("aifinops_lake_commits_total"), "{m}");

@@ -1,11 +1,16 @@
-//! Several `run` members of one consumer group over one lake (issue 5, "Rebalance"): two members start,
-//! a third joins and one leaves mid-run (SIGTERM), while the input keeps arriving, with redeliveries that
-//! land in other partitions than their originals. At the end the lake's totals equal the input's exactly,
-//! and the commit chains of all writers together cover every partition's offsets exactly once: no offset
-//! range was committed by two members, none is missing. One member freezes in the middle of a commit
-//! (`AIFINOPS_STALL`, like a long stop-the-world pause) until the group evicts it and the others claim its
-//! partitions: when it wakes up its commit is fenced. A watcher thread reads every manifest of every
-//! writer as it appears (a chain keeps only its last 20).
+//! Several `run` members of one consumer group over one lake (issue 5, "Rebalance"), while the input keeps
+//! arriving, with redeliveries that land in other partitions than their originals and events sent into two
+//! partitions at once:
+//! - member-a starts alone and freezes in the middle of a commit (`AIFINOPS_STALL=…:stop`, SIGSTOP: a long
+//!   stop-the-world pause); b and c join and claim its partitions; when a continues, its commit is fenced;
+//! - b leaves (SIGTERM); d joins, consumes, commits and is killed for good (SIGKILL); e, under another name,
+//!   joins, and the members adopt d's open windows.
+//!
+//! At the end the lake's totals equal the input's exactly, every alert id is committed and published once,
+//! a budget over all members' spend fires each threshold once, and the commit chains of all writers together
+//! cover every partition's offsets exactly once: no offset range committed by two members, none missing. A
+//! watcher thread reads every manifest of every writer as it appears (a chain keeps only its last 20).
+//! `AIFINOPS_REBALANCE_KEEP=1` keeps the work directory (the lake and each member's log).
 
 mod common;
 
@@ -96,6 +101,16 @@ fn member(config: &Path, brokers: &str, topic: &str, group: &str, writer: &str, 
         .expect("spawn aifinops run")
 }
 
+/// Whether a chain has a commit that consumed offsets.
+fn consumed_by(manifests: &Path) -> bool {
+    std::fs::read_dir(manifests).into_iter().flatten().flatten().any(|e| {
+        std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|m| m["ranges"].as_object().is_some_and(|r| !r.is_empty()))
+    })
+}
+
 /// Whether a process is stopped (SIGSTOP): state `T` in /proc/<pid>/stat.
 fn stopped(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -155,7 +170,11 @@ fn produce(brokers: &str, topic: &str, lines: &[(usize, String)]) {
 #[test]
 fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_offset_committed_once() {
     let Some(brokers) = brokers() else { return };
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var("AIFINOPS_REBALANCE_KEEP").is_ok() {
+        dir.disable_cleanup(true);
+        eprintln!("rebalance: work directory kept: {}", dir.path().display());
+    }
     let topic = unique("rebalance-in");
     let alerts = unique("rebalance-alerts");
     let group = unique("rebalance-group");
@@ -187,7 +206,7 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     let copies: Vec<(usize, String)> = lines[40_000..40_300].iter().map(|(i, l)| (i + 1, l.clone())).collect();
     lines.extend(copies);
     let total = lines.len() as i64;
-    let thirds = [&lines[..20_000], &lines[20_000..40_000], &lines[40_000..]];
+    let thirds = [&lines[..20_000], &lines[20_000..40_000], &lines[40_000..50_000], &lines[50_000..]];
 
     let seen: Seen = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
@@ -216,12 +235,36 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     wait_for(&lake, 40_000, Duration::from_secs(120), "member-a is back");
     let (ok_b, log_b) = stop(b, Duration::from_secs(60), lake.with_extension("member-b.log"));
     assert!(ok_b, "member-b left with an error:\n{log_b}");
+    // member-d joins, consumes and commits (its open windows are in its last commit), and is killed for good;
+    // member-e (another name, like a replacement pod) joins: the members adopt d's open windows
+    let mut d = member(&config, &brokers, &topic, &group, "member-d", &[]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !owners(&lake).contains("member-d") {
+        assert!(Instant::now() < deadline, "member-d never got a partition");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     produce(&brokers, &topic, thirds[2]);
-    wait_for(&lake, total, Duration::from_secs(180), "member-b left");
+    let d_chain = lake.join("_aifinops/writers/member-d/manifest");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !consumed_by(&d_chain) {
+        assert!(Instant::now() < deadline, "member-d never committed what it consumed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let e_member = member(&config, &brokers, &topic, &group, "member-e", &[]);
+    produce(&brokers, &topic, thirds[3]);
+    wait_for(&lake, total, Duration::from_secs(180), "member-d was killed");
     let (ok_a, log_a) = stop(a, Duration::from_secs(60), lake.with_extension("member-a.log"));
     let (ok_c, log_c) = stop(c, Duration::from_secs(60), lake.with_extension("member-c.log"));
+    let (ok_e, log_e) = stop(e_member, Duration::from_secs(60), lake.with_extension("member-e.log"));
     assert!(ok_a, "member-a:\n{log_a}");
     assert!(ok_c, "member-c:\n{log_c}");
+    assert!(ok_e, "member-e:\n{log_e}");
+    let adoptions =
+        [&log_a, &log_c, &log_e].iter().map(|l| l.matches("adopting the open windows").count()).sum::<usize>();
+    assert_eq!(adoptions, 1, "the killed member-d was adopted once");
+    assert!(lake.join("_aifinops/writers/member-d/retired").exists(), "member-d's chain is retired");
     assert!(log_a.contains("continuing at before_commit"), "member-a stopped and continued:\n{log_a}");
     assert!(log_a.contains("fenced:"), "member-a's commit after its stop was fenced:\n{log_a}");
     done.store(true, Ordering::SeqCst);
@@ -289,8 +332,8 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     assert_eq!(covered, total, "the committed ranges cover the input");
     assert!(handed_over >= 2, "partitions changed hands: {ranges:?}");
     let writers: std::collections::BTreeSet<&String> = seen.keys().map(|k| &k.0).collect();
-    assert_eq!(writers.len(), 3, "three members committed");
-    let logs = [log_a, log_b, log_c].concat();
+    assert_eq!(writers.len(), 5, "five members committed");
+    let logs = [log_a, log_b, log_c, log_e].concat();
     eprintln!(
         "rebalance: {total} records, {} commits by {} members, {handed_over} of {PARTITIONS} partitions handed over, \
          {} claims, {} commits refused (fenced or a duplicate counted by another member)",

@@ -319,26 +319,41 @@ impl WindowEngine {
             s.open = None;
         }
         for (label, batch) in snapshot {
-            let want = rollup_schema();
-            let names = |s: &datafusion::arrow::datatypes::Schema| -> Vec<String> {
-                s.fields().iter().map(|f| f.name().clone()).collect()
-            };
-            if names(&batch.schema()) != names(&want) {
-                return Err(AggregateError::State(format!(
-                    "the lake's window state has columns {:?}, this aifinops writes {:?}: the lake was written by \
-                     another version; replay into a new lake directory",
-                    names(&batch.schema()),
-                    names(&want)
-                )));
-            }
-            let s = self
-                .series
-                .iter_mut()
-                .find(|s| s.size.label == label)
-                .ok_or_else(|| AggregateError::Config(format!("state has window size {label} that is no longer configured; keep it in `windows` or start a new lake")))?;
-            s.open = Some(conform(vec![batch])?);
+            let i = self.series_of(&label, &batch)?;
+            self.series[i].open = Some(conform(vec![batch])?);
         }
         Ok(())
+    }
+
+    /// Adds open window rows of another pipeline's snapshot (a member of a shared lake that left without
+    /// emitting them) to this one's: they are merged with the open state at the next close or snapshot.
+    pub fn absorb(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
+        for (label, batch) in snapshot {
+            let i = self.series_of(&label, &batch)?;
+            self.series[i].pending.push(conform(vec![batch])?);
+        }
+        Ok(())
+    }
+
+    /// The series of a snapshot's window label, after checking the snapshot's columns.
+    fn series_of(&self, label: &str, batch: &RecordBatch) -> Result<usize, AggregateError> {
+        let want = rollup_schema();
+        let names = |s: &datafusion::arrow::datatypes::Schema| -> Vec<String> {
+            s.fields().iter().map(|f| f.name().clone()).collect()
+        };
+        if names(&batch.schema()) != names(&want) {
+            return Err(AggregateError::State(format!(
+                "the lake's window state has columns {:?}, this aifinops writes {:?}: the lake was written by \
+                 another version; replay into a new lake directory",
+                names(&batch.schema()),
+                names(&want)
+            )));
+        }
+        self.series.iter().position(|s| s.size.label == label).ok_or_else(|| {
+            AggregateError::Config(format!(
+                "state has window size {label} that is no longer configured; keep it in `windows` or start a new lake"
+            ))
+        })
     }
 
     /// Number of open (window, key) rows held, for metrics.

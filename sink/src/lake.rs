@@ -77,6 +77,10 @@ pub struct Manifest {
     /// Kafka: the offsets this commit consumed, topic -> partition -> [from, to).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
+    /// A shared lake: chains of departed writers this writer adopted, writer -> the seq adopted (kept in every
+    /// later manifest of this chain).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub adopted: BTreeMap<String, u64>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -141,6 +145,10 @@ pub struct Commit {
     /// Kafka: the offsets consumed since the previous commit, topic -> partition -> [from, to). In a shared
     /// lake, the writer must still own each of these partitions at the commit point.
     pub ranges: BTreeMap<String, BTreeMap<i32, (i64, i64)>>,
+    /// A shared lake: the departed writer and seq whose open windows this commit takes over.
+    pub adopt: Option<(String, u64)>,
+    /// Alerts and dead letters committed by a departed writer and not yet sent: published with this commit's.
+    pub handover: Outbox,
 }
 
 /// Runs the alert rules of a shared lake at the commit point: given the rule state of the lake's latest
@@ -181,6 +189,11 @@ pub struct Lake {
     _lock: fs::File,
 }
 
+/// The seq of a chain's last commit that another member adopted (`retired`), if any.
+fn retired_seq(meta: &Path) -> Option<u64> {
+    fs::read_to_string(meta.join("retired")).ok().and_then(|s| s.trim().parse().ok())
+}
+
 /// The newest manifest of a commit chain.
 pub(crate) fn latest_manifest(meta: &Path) -> Result<Option<Manifest>, SinkError> {
     let dir = meta.join("manifest");
@@ -210,7 +223,8 @@ pub(crate) fn latest_manifest(meta: &Path) -> Result<Option<Manifest>, SinkError
     Err(SinkError::Manifest { path: dir.display().to_string(), reason: "manifests keep disappearing".into() })
 }
 
-fn lock(meta: &Path, what: &str) -> Result<fs::File, SinkError> {
+/// The exclusive lock of a commit chain, or `None` when another process holds it.
+fn try_lock(meta: &Path) -> Result<Option<fs::File>, SinkError> {
     use std::os::fd::AsRawFd;
     let path = meta.join("lock");
     let f = fs::OpenOptions::new()
@@ -221,9 +235,57 @@ fn lock(meta: &Path, what: &str) -> Result<fs::File, SinkError> {
         .map_err(io_err(format!("opening {}", path.display())))?;
     // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel call.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(SinkError::Manifest { path: path.display().to_string(), reason: what.into() });
+        return Ok(None);
     }
-    Ok(f)
+    Ok(Some(f))
+}
+
+/// The chain's lock; a named writer waits up to 10 s for it (another member may be adopting the chain).
+fn lock(meta: &Path, what: &str, wait: bool) -> Result<fs::File, SinkError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(if wait { 10 } else { 0 });
+    loop {
+        if let Some(f) = try_lock(meta)? {
+            return Ok(f);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(SinkError::Manifest { path: meta.join("lock").display().to_string(), reason: what.into() });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Open window rows of a state directory (`partials-<window>.arrow`).
+fn read_partials(dir: &Path) -> Result<Vec<(String, RecordBatch)>, SinkError> {
+    let rd = fs::read_dir(dir).map_err(io_err(format!("listing state {}", dir.display())))?;
+    let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    names.sort();
+    let mut out = Vec::new();
+    for p in names {
+        let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let Some(label) = name.strip_prefix("partials-").and_then(|s| s.strip_suffix(".arrow")) else { continue };
+        let ae = |e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e };
+        let f = fs::File::open(&p).map_err(io_err(format!("opening {}", p.display())))?;
+        let r = FileReader::try_new(f, None).map_err(ae)?;
+        let schema = r.schema();
+        let batches = r.collect::<Result<Vec<_>, _>>().map_err(ae)?;
+        let b = datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(ae)?;
+        out.push((label.to_string(), b));
+    }
+    Ok(out)
+}
+
+/// A commit chain of a shared lake whose writer is gone (its lock is free) and that holds open windows or
+/// unsent alerts: a running member adopts them in its next commit ([`Lake::orphans`]).
+pub struct Orphan {
+    pub writer: String,
+    /// The orphan's last commit, which the adoption takes over.
+    pub seq: u64,
+    /// Its open window rows.
+    pub partials: Vec<(String, RecordBatch)>,
+    /// Its committed alerts and dead letters not yet published.
+    pub outbox: Outbox,
+    /// The orphan's chain lock, held until the adoption is committed and recorded.
+    _lock: fs::File,
 }
 
 fn seq_name(seq: u64) -> String {
@@ -316,7 +378,7 @@ impl Lake {
             }
             Some(w) => format!("writer {w} is already running on this lake"),
         };
-        let _lock = lock(&meta, &what)?;
+        let _lock = lock(&meta, &what, writer.is_some())?;
         let mut lake = Lake {
             root: root.to_path_buf(),
             prefix: writer.map(|w| format!("{w}-")).unwrap_or_default(),
@@ -381,6 +443,24 @@ impl Lake {
             None => None,
             Some(m) => Some(Recovered { manifest: m.clone(), state: lake.read_state(m)? }),
         };
+        // a writer of a shared lake whose last commit another member adopted (it was gone): its open windows
+        // and unsent alerts were taken over, so it goes on without them
+        let adopted = match (retired_seq(&lake.meta), &lake.ledger, &recovered) {
+            (Some(r), _, _) => Some(r),
+            // the adopter committed but died before recording it here
+            (None, Some(l), Some(r)) => l.adopted_by(l.writer(), r.manifest.seq)?.map(|_| r.manifest.seq),
+            _ => None,
+        };
+        if let (Some(r), Some(adopted)) = (recovered.as_mut(), adopted)
+            && adopted == r.manifest.seq
+        {
+            tracing::info!(
+                seq = adopted,
+                "this writer's last commit was adopted by another member: its open windows went with it"
+            );
+            r.state.partials.clear();
+            lake.outbox_log().mark_published(adopted)?;
+        }
         // a shared lake: the other writers' event ids join this writer's dedup set
         if let Some(ledger) = &lake.ledger {
             let _g = ledger.lock()?;
@@ -462,28 +542,15 @@ impl Lake {
 
     fn read_state(&self, m: &Manifest) -> Result<StateSnapshot, SinkError> {
         let dir = self.root.join(&m.state_dir);
-        let mut st = StateSnapshot::default();
-        let rd = fs::read_dir(&dir).map_err(io_err(format!("listing state {}", dir.display())))?;
-        let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        names.sort();
-        for p in names {
-            let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
-            if let Some(label) = name.strip_prefix("partials-").and_then(|s| s.strip_suffix(".arrow")) {
-                let f = fs::File::open(&p).map_err(io_err(format!("opening {}", p.display())))?;
-                let r = FileReader::try_new(f, None)
-                    .map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
-                let schema = r.schema();
-                let batches: Result<Vec<_>, _> = r.collect();
-                let batches =
-                    batches.map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
-                let b = datafusion::arrow::compute::concat_batches(&schema, &batches)
-                    .map_err(|e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e })?;
-                st.partials.push((label.to_string(), b));
-            } else if name == "rules.json" {
-                let t = fs::read_to_string(&p).map_err(io_err(format!("reading {}", p.display())))?;
+        let mut st = StateSnapshot { partials: read_partials(&dir)?, ..Default::default() };
+        let p = dir.join("rules.json");
+        match fs::read_to_string(&p) {
+            Ok(t) => {
                 st.rules = serde_json::from_str(&t)
-                    .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })?;
+                    .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() })?
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SinkError::Io { context: format!("reading {}", p.display()), source: e }),
         }
         for seq in m.dedup_segments.keys() {
             let p = self.dedup_path(*seq);
@@ -623,20 +690,16 @@ impl Lake {
             }
         }
         fsync_dir(&staging)?;
-        let outbox = (c.publish && (!c.alerts.is_empty() || !c.dead_letters.is_empty())).then(|| Outbox {
-            alerts: c.alerts.clone(),
-            dead_letters: c
-                .dead_letters
-                .iter()
-                .map(|d| OutboxDeadLetter {
-                    source: d.source.clone(),
-                    kind: d.kind.to_string(),
-                    reason: d.reason.clone(),
-                    raw_hex: d.raw.iter().map(|b| format!("{b:02x}")).collect(),
-                    received_at_ms: d.received_at_ms,
-                })
-                .collect(),
-        });
+        let mut outbox = std::mem::take(&mut c.handover);
+        outbox.alerts.extend(c.alerts.iter().cloned());
+        outbox.dead_letters.extend(c.dead_letters.iter().map(|d| OutboxDeadLetter {
+            source: d.source.clone(),
+            kind: d.kind.to_string(),
+            reason: d.reason.clone(),
+            raw_hex: d.raw.iter().map(|b| format!("{b:02x}")).collect(),
+            received_at_ms: d.received_at_ms,
+        }));
+        let outbox = (c.publish && (!outbox.alerts.is_empty() || !outbox.dead_letters.is_empty())).then_some(outbox);
         self.write_state_meta(seq, &c.state.rules, outbox.as_ref())?;
         let mut dedup_segments = self.last.as_ref().map(|m| m.dedup_segments.clone()).unwrap_or_default();
         let expired: Vec<u64> = match c.state.dedup_cutoff_ms {
@@ -672,6 +735,11 @@ impl Lake {
             writer: self.ledger.as_ref().map(|l| l.writer().to_string()),
             lake_seq: guard.as_ref().map_or(0, |g| g.2),
             ranges: c.ranges,
+            adopted: {
+                let mut a = self.last.as_ref().map(|m| m.adopted.clone()).unwrap_or_default();
+                a.extend(c.adopt);
+                a
+            },
         };
         let path = self.meta.join("manifest").join(format!("{}.json", seq_name(seq)));
         fault::point("before_manifest");
@@ -691,6 +759,47 @@ impl Lake {
         self.last = Some(m);
         self.cleanup(seq);
         Ok(info)
+    }
+
+    /// Writers of a shared lake that are gone (their chain lock is free) and left open windows or unsent
+    /// alerts in their last commit, each returned with its chain locked until [`Lake::retire`].
+    pub fn orphans(&self) -> Result<Vec<Orphan>, SinkError> {
+        let Some(ledger) = &self.ledger else { return Ok(vec![]) };
+        let _g = ledger.lock()?;
+        let mut out = Vec::new();
+        for w in ledger.others()? {
+            let meta = writer_meta(&self.root, &w);
+            let Some(lock) = try_lock(&meta)? else { continue }; // running
+            let Some(m) = latest_manifest(&meta)? else { continue };
+            if retired_seq(&meta).is_some_and(|r| r >= m.seq) {
+                continue;
+            }
+            if let Some(by) = ledger.adopted_by(&w, m.seq)? {
+                // adopted, but the adopter died before recording it: record it now
+                tracing::info!(writer = %w, seq = m.seq, adopter = %by, "recording an earlier adoption");
+                write_atomic(&meta.join("retired"), m.seq.to_string().as_bytes())?;
+                continue;
+            }
+            let partials = read_partials(&self.root.join(&m.state_dir))?;
+            let mut outbox = Outbox::default();
+            for (_, o) in (OutboxLog { meta: meta.clone() }).pending()? {
+                outbox.alerts.extend(o.alerts);
+                outbox.dead_letters.extend(o.dead_letters);
+            }
+            if partials.iter().all(|(_, b)| b.num_rows() == 0)
+                && outbox.alerts.is_empty()
+                && outbox.dead_letters.is_empty()
+            {
+                continue;
+            }
+            out.push(Orphan { writer: w, seq: m.seq, partials, outbox, _lock: lock });
+        }
+        Ok(out)
+    }
+
+    /// Records that an orphan's last commit was adopted (after the adopting commit), and releases its chain.
+    pub fn retire(&self, orphan: Orphan) -> Result<(), SinkError> {
+        write_atomic(&writer_meta(&self.root, &orphan.writer).join("retired"), orphan.seq.to_string().as_bytes())
     }
 
     /// Removes state and manifests no longer needed (keeps the last 2 states, the last 20 manifests,

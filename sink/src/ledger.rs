@@ -149,7 +149,7 @@ impl Ledger {
     }
 
     /// Writers of this lake other than this one.
-    fn others(&self) -> Result<Vec<String>, SinkError> {
+    pub(crate) fn others(&self) -> Result<Vec<String>, SinkError> {
         let dir = self.root.join(META).join("writers");
         let mut out: Vec<String> = fs::read_dir(&dir)
             .map_err(io_err(format!("listing {}", dir.display())))?
@@ -228,10 +228,7 @@ impl Ledger {
 
     /// Other writers' live dedup segments (only those not merged yet when `only_new`), concatenated, and
     /// the segment seqs read, to pass to [`Ledger::mark_seen`] once they are merged.
-    pub(crate) fn foreign_segments(
-        &self,
-        only_new: bool,
-    ) -> Result<(Vec<u8>, SegmentsRead), SinkError> {
+    pub(crate) fn foreign_segments(&self, only_new: bool) -> Result<(Vec<u8>, SegmentsRead), SinkError> {
         let mut bytes = Vec::new();
         let mut read = HashMap::new();
         let inner = self.inner.lock().expect("lock");
@@ -289,6 +286,21 @@ impl Ledger {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::Value::Null),
             Err(e) => Err(SinkError::Io { context: format!("reading {}", p.display()), source: e }),
         }
+    }
+
+    /// The writer whose chain records the adoption of `writer`'s commit `seq` or later, if any.
+    pub(crate) fn adopted_by(&self, writer: &str, seq: u64) -> Result<Option<String>, SinkError> {
+        for w in self.others()?.iter().map(String::as_str).chain([self.writer.as_str()]) {
+            if w == writer {
+                continue;
+            }
+            if let Some(m) = latest_manifest(&writer_meta(&self.root, w))?
+                && m.adopted.get(writer).is_some_and(|s| *s >= seq)
+            {
+                return Ok(Some(w.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     pub(crate) fn mark_seen(&self, read: SegmentsRead) {

@@ -7,7 +7,7 @@ pub mod ledger;
 pub mod parquet_io;
 pub mod publish;
 
-pub use lake::{Commit, CommitInfo, Lake, Manifest, Outbox, OutboxLog, Recovered, RulesHook, StateSnapshot};
+pub use lake::{Commit, CommitInfo, Lake, Manifest, Orphan, Outbox, OutboxLog, Recovered, RulesHook, StateSnapshot};
 pub use ledger::Ledger;
 pub use publish::Publisher;
 
