@@ -1046,6 +1046,47 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_is_gone_is_adopted_once_even_when_the_adopter_dies_before_recording_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, _) = Lake::open_as(dir.path(), Some("a")).unwrap();
+        let mut c = Commit::default();
+        c.dead_letters.push(DeadLetter {
+            source: "t/0@1".into(),
+            reason: "bad".into(),
+            kind: "not_json",
+            raw: b"x".to_vec(),
+            received_at_ms: 0,
+        });
+        c.publish = true;
+        a.commit(c).unwrap();
+        let (mut b, _) = Lake::open_as(dir.path(), Some("b")).unwrap();
+        assert!(b.orphans().unwrap().is_empty(), "a is running: not an orphan");
+        drop(a); // a is gone with an unsent dead letter
+        let mut orphans = b.orphans().unwrap();
+        assert_eq!(orphans.len(), 1);
+        let o = orphans.pop().unwrap();
+        assert_eq!((o.writer.as_str(), o.seq, o.outbox.dead_letters.len()), ("a", 1, 1));
+        assert!(Lake::open_as(dir.path(), Some("a")).is_err(), "a cannot start while it is being adopted");
+        let c = Commit {
+            adopt: Some(("a".into(), o.seq)),
+            handover: o.outbox.clone(),
+            publish: true,
+            ..Default::default()
+        };
+        b.commit(c).unwrap();
+        let pending = b.outbox_log().pending().unwrap();
+        assert_eq!(pending[0].1.dead_letters[0].raw(), b"x", "b sends what a could not");
+        drop(o); // b dies before writing `retired`
+        let (c_lake, _) = Lake::open_as(dir.path(), Some("c")).unwrap();
+        assert!(c_lake.orphans().unwrap().is_empty(), "adopted already (b's manifest says so)");
+        assert!(dir.path().join("_aifinops/writers/a/retired").exists(), "and now recorded");
+        let (a, rec) = Lake::open_as(dir.path(), Some("a")).unwrap();
+        assert_eq!(rec.unwrap().manifest.seq, 1);
+        assert!(a.outbox_log().pending().unwrap().is_empty(), "a does not send it again");
+        assert_eq!(b.last_manifest().unwrap().adopted["a"], 1);
+    }
+
+    #[test]
     fn uncommitted_staging_is_discarded_and_committed_staging_rolled_forward() {
         let dir = tempfile::tempdir().unwrap();
         let (mut lake, _) = Lake::open(dir.path()).unwrap();
