@@ -769,9 +769,13 @@ impl Lake {
         let mut out = Vec::new();
         for w in ledger.others()? {
             let meta = writer_meta(&self.root, &w);
-            let Some(lock) = try_lock(&meta)? else { continue }; // running
+            let Some(lock) = try_lock(&meta)? else {
+                tracing::debug!(writer = %w, "not an orphan: running");
+                continue;
+            };
             let Some(m) = latest_manifest(&meta)? else { continue };
             if retired_seq(&meta).is_some_and(|r| r >= m.seq) {
+                tracing::debug!(writer = %w, seq = m.seq, "not an orphan: adopted already");
                 continue;
             }
             if let Some(by) = ledger.adopted_by(&w, m.seq)? {
@@ -790,6 +794,7 @@ impl Lake {
                 && outbox.alerts.is_empty()
                 && outbox.dead_letters.is_empty()
             {
+                tracing::debug!(writer = %w, seq = m.seq, "gone, with nothing to adopt");
                 continue;
             }
             out.push(Orphan { writer: w, seq: m.seq, partials, outbox, _lock: lock });
