@@ -306,10 +306,9 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                     metrics::counter!("aifinops_commits_refused_total").increment(1);
                     p.rollback().await?;
                     src.rewind()?;
-                    if finishing {
-                        continue;
+                    if !finishing {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
                 Err(e) => return Err(e),
