@@ -3,7 +3,9 @@
 
 mod config;
 mod demo;
+mod focus;
 mod forecast;
+mod lake_read;
 mod pipeline;
 mod prices;
 mod query;
@@ -123,6 +125,11 @@ enum Command {
     Forecast(forecast::Args),
     /// Re-price a month of real usage under other models, service tiers, or a self-hosted option.
     Whatif(whatif::Args),
+    /// Export the lake in other shapes (FOCUS cost and usage data).
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
     /// Price catalog tools.
     Prices {
         #[command(subcommand)]
@@ -168,6 +175,12 @@ enum PricesAction {
         #[arg(required = true)]
         files: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ExportWhat {
+    /// A month as FOCUS-shaped Parquet: one row per charge period × owner × model × token class (docs/report.md).
+    Focus(focus::Args),
 }
 
 #[derive(Subcommand)]
@@ -297,6 +310,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Forecast(args) => forecast::run(args).await,
         Command::Whatif(args) => whatif::run(args).await,
+        Command::Export { what: ExportWhat::Focus(args) } => focus::run(args).await,
         Command::Produce { brokers, topic, partitions, files } => {
             let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
             eprintln!("produced {n} records to {topic}");
