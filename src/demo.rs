@@ -193,6 +193,25 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     })
     .await?;
     let abs = std::fs::canonicalize(&lake)?;
+    let month = crate::lake_read::month_of(day);
+    let report = dir.join("report.html");
+    crate::report::run(crate::report::Args {
+        lake: lake.clone(),
+        out: report.clone(),
+        month: Some(month.clone()),
+        config: Some(dir.join("aifinops.toml")),
+    })
+    .await?;
+    let report = std::fs::canonicalize(&report)?;
+    println!("\nThe month's spend report (spend per owner with the spike circled, forecast and budget, token mix):");
+    println!("  open {}   # one HTML file, no network needed", report.display());
+    println!(
+        "  aifinops report --lake {} --month {month} --config {} --out report.html",
+        abs.display(),
+        dir.join("aifinops.toml").display()
+    );
+    println!("FOCUS cost and usage export of the month (Parquet):");
+    println!("  aifinops export focus --lake {} --month {month} --out ./focus", abs.display());
     println!("\nQuery the lake yourself:");
     println!(
         "  duckdb -c \"SELECT owner, sum(cost_usd) AS usd FROM read_parquet('{}/rollups/**/*.parquet', hive_partitioning=true) WHERE \\\"window\\\"='1d' GROUP BY owner ORDER BY usd DESC\"",

@@ -10,7 +10,9 @@ mod pipeline;
 mod prices;
 mod query;
 mod replay;
+mod report;
 mod run;
+mod svg;
 mod traffic;
 mod whatif;
 
@@ -125,6 +127,9 @@ enum Command {
     Forecast(forecast::Args),
     /// Re-price a month of real usage under other models, service tiers, or a self-hosted option.
     Whatif(whatif::Args),
+    /// One self-contained HTML report of a month: spend per owner with spikes, forecast and budget, top
+    /// models and identities, token mix, unattributed and unpriced spend, retry cost (docs/report.md).
+    Report(report::Args),
     /// Export the lake in other shapes (FOCUS cost and usage data).
     Export {
         #[command(subcommand)]
@@ -310,6 +315,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Forecast(args) => forecast::run(args).await,
         Command::Whatif(args) => whatif::run(args).await,
+        Command::Report(args) => report::run(args).await,
         Command::Export { what: ExportWhat::Focus(args) } => focus::run(args).await,
         Command::Produce { brokers, topic, partitions, files } => {
             let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
