@@ -5,6 +5,7 @@ mod config;
 mod demo;
 mod focus;
 mod forecast;
+mod health;
 mod lake_read;
 mod pipeline;
 mod prices;
@@ -257,15 +258,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 cfg.kafka.alert_topic = t;
             }
             init_logging(&cfg);
-            if !cfg.metrics.listen.is_empty() {
-                let addr: std::net::SocketAddr =
-                    cfg.metrics.listen.parse().with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .with_context(|| format!("starting the Prometheus endpoint on {addr}"))?;
-                tracing::info!(%addr, "Prometheus metrics on /metrics");
-            }
+            health::start(&cfg).await?;
             let stop = run::shutdown_signal();
             let summary = run::run(&cfg, stop, until_caught_up).await?;
             eprintln!("{summary}");
@@ -290,17 +283,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             ConfigAction::Check { file } => {
-                let cfg = Config::load(Some(&file))?;
-                let (catalog, owners) = pipeline::load_reference(&cfg)?;
-                println!(
-                    "{}: ok ({} windows, {} budgets, {} priced models, {} ignored cost fields, {} owners)",
-                    file.display(),
-                    cfg.pipeline.windows.len(),
-                    cfg.budgets.len(),
-                    catalog.stats.priced_models,
-                    catalog.stats.ignored_cost_fields,
-                    owners.owners().len()
-                );
+                print!("{}", config::check(&file)?);
                 Ok(())
             }
         },

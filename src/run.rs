@@ -196,6 +196,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                 .poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms)
                 .await?;
             health.update(src.connected());
+            crate::health::observe(&src, &poll, src.connected());
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
                     p.rollback().await?;
