@@ -197,11 +197,26 @@ enum ConfigAction {
     Check { file: PathBuf },
 }
 
+/// Set when logs are JSON: the final summary and a fatal error are then log events too, so standard error
+/// stays one JSON object per line.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let json = cfg.log.format == "json";
+    let ok = if json { builder.json().try_init() } else { builder.try_init() }.is_ok();
+    JSON_LOGS.store(json && ok, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The one-line summary of `run` / `replay` on standard error (an `info` event with JSON logs).
+fn print_summary(text: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!(summary = text, "finished");
+    } else {
+        eprintln!("{text}");
+    }
 }
 
 fn apply(o: &Overrides) -> anyhow::Result<Config> {
@@ -230,7 +245,11 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aifinops: error: {e:#}");
+            if JSON_LOGS.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::error!(error = format!("{e:#}"), "aifinops failed");
+            } else {
+                eprintln!("aifinops: error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -261,7 +280,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             health::start(&cfg).await?;
             let stop = run::shutdown_signal();
             let summary = run::run(&cfg, stop, until_caught_up).await?;
-            eprintln!("{summary}");
+            print_summary(&summary);
             Ok(())
         }
         Command::Replay { o, force, format, files } => {
@@ -269,7 +288,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(&cfg);
             let files: Vec<(PathBuf, Format)> = files.iter().map(|f| split_format(f, format)).collect();
             let summary = replay::run(&cfg, &files, force).await?;
-            eprintln!("{summary}");
+            print_summary(&summary);
             Ok(())
         }
         Command::Query { lake, format, sql } => {

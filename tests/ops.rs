@@ -239,7 +239,8 @@ level = "info"
         }
     }
     assert_eq!(dead_lines, 6, "{log}");
-    assert!(log.lines().filter(|l| !l.trim().is_empty()).all(|l| l.starts_with('{') || l.starts_with("run:")), "{log}");
+    assert!(log.lines().filter(|l| !l.trim().is_empty()).all(|l| l.starts_with('{')), "only JSON lines:\n{log}");
+    assert!(log.contains("\"summary\":\"run: "), "the summary is a log event too:\n{log}");
 }
 
 #[test]
