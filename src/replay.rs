@@ -59,7 +59,7 @@ pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyh
     let bar = if std::io::stderr().is_terminal() && total_bytes > 0 {
         let b = indicatif::ProgressBar::new(total_bytes);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {per_sec} {msg}")
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:24}] {bytes}/{total_bytes} {msg}")
                 .expect("template")
                 .progress_chars("=> "),
         );

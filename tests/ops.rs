@@ -309,3 +309,46 @@ fn ops_config_example_is_fully_commented_and_config_check_says_precisely_what_is
     let err = String::from_utf8_lossy(&e.stderr);
     assert!(!e.status.success() && err.contains("metrics.listen"), "{err}");
 }
+
+#[test]
+fn ops_replay_shows_a_progress_bar_with_events_per_second_on_a_terminal_and_no_escapes_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.ndjson");
+    ok(&aifinops(&["gen", "--events", "30000", "--day", "2026-10-01", "--out", input.to_str().unwrap()]));
+    // standard error on a pseudo-terminal: the indicatif bar with events/s
+    let script = r#"
+import os, pty, subprocess, sys
+m, s = pty.openpty()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=s)
+os.close(s)
+out = b""
+while True:
+    try:
+        d = os.read(m, 65536)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(p.wait())
+"#;
+    let tty_lake = dir.path().join("tty-lake");
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(bin())
+        .args(["replay", "--lake", tty_lake.to_str().unwrap(), input.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("events/s") && tty.contains("[="), "a progress bar with events/s:\n{tty}");
+    assert!(tty.contains("replay: 30000 records"), "then the summary:\n{tty}");
+    // piped: plain text, no terminal escapes
+    let piped =
+        aifinops(&["replay", "--lake", dir.path().join("pipe-lake").to_str().unwrap(), input.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert!(piped.status.success() && err.contains("replay: 30000 records"), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains("events/s,"), "no bar when not on a terminal:\n{err}");
+}
