@@ -141,6 +141,13 @@ async fn load(ctx: &SessionContext, args: &Args) -> anyhow::Result<Data> {
             }
         }
     }
+    anyhow::ensure!(
+        !per_owner.is_empty(),
+        "{} has no usage in {month} ({source} rollups from {} to {})",
+        args.lake.display(),
+        rfc3339(extent.0),
+        rfc3339(extent.1)
+    );
     let mut owner_totals: Vec<(String, i128)> = per_owner.iter().map(|(o, (c, _))| (o.clone(), *c)).collect();
     owner_totals.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     let mut owners: Vec<(String, Vec<f64>)> = Vec::new();
@@ -444,6 +451,42 @@ fn html(d: &Data, cfg: &Config) -> String {
         &x_labels,
         &markers,
     ));
+    if d.slot_ms == HOUR_MS {
+        // the same spend per day: the month's trend, which the hourly scale of a spike can flatten
+        let day_slots = (d.slots as u64 * d.slot_ms as u64).div_ceil(DAY_MS as u64) as usize;
+        let per = (DAY_MS / d.slot_ms) as usize;
+        let daily: Vec<(String, Vec<f64>)> = d
+            .owners
+            .iter()
+            .map(|(o, v)| (o.clone(), (0..day_slots).map(|i| v.iter().skip(i * per).take(per).sum()).collect()))
+            .collect();
+        let labels: Vec<(usize, String)> = (0..day_slots)
+            .step_by((day_slots / 10).max(1))
+            .map(|i| {
+                let t = d.start + i as i64 * DAY_MS;
+                (i, chrono::DateTime::from_timestamp_millis(t).unwrap_or_default().format("%b %d").to_string())
+            })
+            .collect();
+        let markers: Vec<Marker> = d
+            .spikes
+            .iter()
+            .map(|s| Marker {
+                slot: ((s.start_ms - d.start) / DAY_MS) as usize,
+                label: format!("spike day: {}", s.owner),
+                class: "spike-day-marker",
+            })
+            .filter(|m| m.slot < day_slots)
+            .collect();
+        h.push_str("<h2>Spend per owner per day</h2>");
+        h.push_str(&svg::stacked_area(
+            "spend-per-owner-daily",
+            "Spend per owner per day (stacked)",
+            day_slots,
+            &daily,
+            &labels,
+            &markers,
+        ));
+    }
     if !d.spikes.is_empty() {
         h.push_str("<table><tr><th>spike</th><th>owner</th><th class=\"n\">actual</th><th class=\"n\">expected</th><th>state</th><th>what</th></tr>");
         for s in &d.spikes {

@@ -236,8 +236,16 @@ fn report_is_one_offline_html_file_whose_charts_render_in_a_browser() {
     for needle in ["http://", "https://", " src=", "<link", "@import", "url("] {
         assert!(!text.contains(needle), "the report references {needle:?}: it must open offline");
     }
-    assert_eq!(text.matches("<svg ").count(), 6, "six charts");
-    for id in ["spend-per-owner", "forecast", "top-models", "top-identities", "token-mix", "retry-cost"] {
+    assert_eq!(text.matches("<svg ").count(), 7, "seven charts");
+    for id in [
+        "spend-per-owner",
+        "spend-per-owner-daily",
+        "forecast",
+        "top-models",
+        "top-identities",
+        "token-mix",
+        "retry-cost",
+    ] {
         assert!(text.contains(&format!("<svg id=\"{id}\"")), "chart {id}");
     }
     for owner in ["search", "support-bot", "research-agents", "growth", "unattributed"] {
@@ -251,10 +259,22 @@ fn report_is_one_offline_html_file_whose_charts_render_in_a_browser() {
     assert!(text.contains("AI spend report, 2026-10"));
     let nov = dir.path().join("nov.html");
     ok(&aifinops(&["report", "--lake", lake.to_str().unwrap(), "--out", nov.to_str().unwrap()]));
-    let nov = std::fs::read_to_string(&nov).unwrap();
-    assert!(nov.contains("AI spend report, 2026-11"), "default: the latest month");
+    let nov_html = std::fs::read_to_string(&nov).unwrap();
+    assert!(nov_html.contains("AI spend report, 2026-11"), "default: the latest month");
     // November has one complete day: month to date, and the forecast of the rest with its interval
-    assert!(nov.contains("class=\"forecast-band\"") && nov.contains("class=\"forecast-line\""), "forecast drawn");
-    assert!(nov.contains("Month to date (through 2026-11-01)"), "as of the last complete day");
-    assert_report_renders(&html, 6);
+    assert!(
+        nov_html.contains("class=\"forecast-band\"") && nov_html.contains("class=\"forecast-line\""),
+        "forecast drawn"
+    );
+    assert!(nov_html.contains("Month to date (through 2026-11-01)"), "as of the last complete day");
+    // a month without usage is an error that says so, not an empty report
+    let e =
+        aifinops(&["report", "--lake", lake.to_str().unwrap(), "--month", "2026-01", "--out", nov.to_str().unwrap()]);
+    assert!(!e.status.success());
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("no usage in 2026-01"),
+        "{}",
+        String::from_utf8_lossy(&e.stderr)
+    );
+    assert_report_renders(&html, 7);
 }
