@@ -9,7 +9,7 @@
 //! list price for the model); log-derived figures are estimates, so `BilledCost` = `EffectiveCost` until
 //! reconciled with an invoice. Unpriced calls have no cost (null, never $0) and set `x_Unpriced`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -318,6 +318,7 @@ pub async fn export(args: &Args) -> anyhow::Result<Export> {
     );
     let batches = collect(&ctx, &sql).await?;
     let mut acc: BTreeMap<Key, Acc> = BTreeMap::new();
+    let mut prices: HashMap<(String, String, i64), Option<Arc<ModelPrice>>> = HashMap::new();
     let mut total: i128 = 0;
     for b in &batches {
         let s = ints(b, "s")?;
@@ -354,7 +355,11 @@ pub async fn export(args: &Args) -> anyhow::Result<Export> {
                 audio_output: ao[i],
                 web_search: ws[i],
             };
-            let price = catalog_price(&catalog, &provider[i], &model[i], s[i]);
+            // one lookup per model and day (prices are dated by day)
+            let price = prices
+                .entry((provider[i].clone(), model[i].clone(), s[i].div_euclid(DAY_MS)))
+                .or_insert_with(|| catalog_price(&catalog, &provider[i], &model[i], s[i]))
+                .clone();
             let tr = tier_of(&tier[i]);
             let quantities: Vec<i128> = Meter::ALL.iter().map(|m| t.quantity(*m) as i128).collect();
             let lists: Vec<Option<i128>> =
@@ -396,8 +401,8 @@ pub async fn export(args: &Args) -> anyhow::Result<Export> {
     Ok(Export { path, rows: acc.len(), effective_cost: total })
 }
 
-fn catalog_price(catalog: &PriceCatalog, provider: &str, model: &str, ts: i64) -> Option<ModelPrice> {
-    catalog.lookup(provider, model, ts).map(|p| (*p).clone())
+fn catalog_price(catalog: &PriceCatalog, provider: &str, model: &str, ts: i64) -> Option<Arc<ModelPrice>> {
+    catalog.lookup(provider, model, ts).map(|p| Arc::new((*p).clone()))
 }
 
 fn join(set: &BTreeSet<String>) -> String {
