@@ -26,7 +26,7 @@ pub fn yesterday_ms() -> i64 {
     (today - chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis()
 }
 
-pub async fn run(dir: &Path) -> anyhow::Result<()> {
+pub async fn run(dir: &Path, metrics: Option<std::net::SocketAddr>, hold: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let lake = dir.join("lake");
     if lake.exists() {
@@ -221,7 +221,34 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         "  aifinops query --lake {} \"SELECT owner, model, sum(cost_usd) FROM rollups WHERE \\\"window\\\"='1h' GROUP BY owner, model\"",
         abs.display()
     );
+    if let (Some(addr), Some(scrape)) = (metrics, crate::health::render()) {
+        println!("\nMetrics of the live run (curl -s http://{addr}/metrics; docs/operations.md), an excerpt:");
+        let keep = [
+            "aifinops_input_records_total",
+            "aifinops_input_events_priced_total",
+            "aifinops_dead_letters_total",
+            "aifinops_unpriced_requests_total",
+            "aifinops_consumer_lag_messages",
+            "aifinops_alerts_published_total",
+            "aifinops_lake_commits_total",
+        ];
+        for l in scrape.lines().filter(|l| keep.iter().any(|k| l.starts_with(k))) {
+            println!("  {l}");
+        }
+    }
     println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
+    if let (true, Some(addr)) = (hold, metrics) {
+        println!(
+            "serving http://{addr}/metrics, /healthz and /readyz until Ctrl-C (try: curl -s http://{addr}/metrics)"
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
     drop(consumer);
     drop(cluster);
     Ok(())

@@ -38,6 +38,13 @@ static READY: Readiness = Readiness {
     partitions: Mutex::new(BTreeSet::new()),
 };
 
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// The current scrape, when the recorder is installed (the demo prints an excerpt).
+pub fn render() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
+}
+
 /// Installs the Prometheus recorder and serves `/metrics`, `/healthz`, `/readyz` on `metrics.listen`
 /// (nothing when it is empty). Returns the bound address (`:0` picks a free port).
 pub async fn start(cfg: &Config) -> anyhow::Result<Option<SocketAddr>> {
@@ -50,6 +57,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Option<SocketAddr>> {
         .parse()
         .with_context(|| format!("metrics.listen {:?} is not host:port", cfg.metrics.listen))?;
     let handle = PrometheusBuilder::new().install_recorder().context("installing the Prometheus recorder")?;
+    let _ = HANDLE.set(handle.clone());
     describe();
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -61,6 +61,12 @@ enum Command {
         /// Where the demo writes its lake and inputs.
         #[arg(long, default_value = "./aifinops-demo")]
         dir: PathBuf,
+        /// Where the live run serves /metrics, /healthz and /readyz ("" = off; a busy port is skipped).
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        metrics_listen: String,
+        /// Keep serving /metrics, /healthz and /readyz after the demo until Ctrl-C (to try curl).
+        #[arg(long)]
+        hold: bool,
     },
     /// Consume the input topics in a consumer group until SIGINT/SIGTERM (flush, commit, exit 0).
     Run {
@@ -257,10 +263,22 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { dir } => {
-            let cfg = Config::default();
-            init_logging(&Config { log: config::LogConfig { level: "error".into(), ..cfg.log.clone() }, ..cfg });
-            demo::run(&dir).await
+        Command::Demo { dir, metrics_listen, hold } => {
+            let mut cfg = Config::default();
+            init_logging(&Config {
+                log: config::LogConfig { level: "error".into(), ..cfg.log.clone() },
+                ..cfg.clone()
+            });
+            cfg.metrics.listen = metrics_listen;
+            cfg.lake.dir = dir.join("lake");
+            let served = match health::start(&cfg).await {
+                Ok(a) => a,
+                Err(e) => {
+                    println!("(not serving /metrics: {e:#})");
+                    None
+                }
+            };
+            demo::run(&dir, served, hold).await
         }
         Command::Run { o, brokers, topics, group, alert_topic, until_caught_up } => {
             let mut cfg = apply(&o)?;

@@ -8,7 +8,41 @@ use common::*;
 fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_duckdb() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
-    let out = ok(&aifinops(&["demo", "--dir", demo.to_str().unwrap()]));
+    // as a newcomer would: the demo, then curl its /metrics, /healthz, /readyz (held until Ctrl-C / SIGTERM)
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = dir.path().join("demo.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "--dir", demo.to_str().unwrap(), "--metrics-listen", &format!("127.0.0.1:{port}"), "--hold"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            out.push_str(&line);
+            out.push('\n');
+            if line.starts_with("serving http://") {
+                break;
+            }
+        }
+    }
+    assert!(
+        out.contains(&format!("serving http://127.0.0.1:{port}/metrics")),
+        "{out}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let metrics = scrape(port);
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("aifinops_input_records_total{topic=\"llm-usage\",format=\"auto\"}"), "{metrics}");
+    assert!(metrics.contains("aifinops_alerts_published_total{type=\"aifinops.spend.spike\"} 1"), "{metrics}");
+    assert!(metrics.contains("aifinops_consumer_lag_messages{topic=\"llm-usage\",partition=\"0\"}"), "{metrics}");
+    assert!(out.contains("Metrics of the live run") && out.contains("aifinops_dead_letters_total"), "{out}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "the held demo exits 0 on SIGTERM");
     // the spend table names every owner, including the one that belongs to nobody
     for owner in ["search", "support-bot", "research-agents", "growth", "unattributed"] {
         assert!(out.contains(owner), "spend table lacks {owner}:\n{out}");
