@@ -426,6 +426,17 @@ impl Config {
                  (avro.schema_registry_url or avro.schema_files)"
             );
         }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            anyhow::bail!(
+                "metrics.listen {:?} is not an address with a port (e.g. \"127.0.0.1:9898\", or \"\" for off)",
+                self.metrics.listen
+            );
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            anyhow::bail!("log.format {:?} must be \"text\" or \"json\"", self.log.format);
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level {:?} is not a tracing filter: {e}", self.log.level))?;
         self.drift.thresholds().context("drift")?;
         self.retry_storm.thresholds(&self.pipeline.windows).context("retry_storm")?;
         if self.spike.enabled {
@@ -440,6 +451,55 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `aifinops config check FILE`: the file parses and validates, and every file it names can be read
+/// (price catalogs, owner map, Avro schemas) and the lake directory can be written. One line per check;
+/// the first failure is the error, naming the setting and the file.
+pub fn check(file: &Path) -> anyhow::Result<String> {
+    let cfg = Config::load(Some(file))?;
+    let mut out = String::new();
+    let (catalog, owners) = crate::pipeline::load_reference(&cfg)?;
+    out.push_str(&format!(
+        "prices: {} priced models ({} cost fields not priced yet) from {} file(s){}\n",
+        catalog.stats.priced_models,
+        catalog.stats.ignored_cost_fields,
+        cfg.prices.files.len(),
+        if cfg.prices.builtin { " and the built-in catalog" } else { "" }
+    ));
+    match &cfg.owners.file {
+        Some(f) => out.push_str(&format!("owners: {} owners from {}\n", owners.owners().len(), f.display())),
+        None => out.push_str("owners: no owner map (every call is unattributed)\n"),
+    }
+    for f in &cfg.avro.schema_files {
+        anyhow::ensure!(f.exists(), "avro.schema_files: {} does not exist", f.display());
+    }
+    let lake = &cfg.lake.dir;
+    let probe_dir = if lake.exists() {
+        lake.clone()
+    } else {
+        let parent = lake.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        anyhow::ensure!(
+            parent.is_dir(),
+            "lake.dir {}: its parent directory {} does not exist",
+            lake.display(),
+            parent.display()
+        );
+        parent.to_path_buf()
+    };
+    let probe = probe_dir.join(format!(".aifinops-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("lake.dir {}: not writable", lake.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    out.push_str(&format!("lake: {} is writable\n", lake.display()));
+    out.push_str(&format!(
+        "{}: ok ({} windows, {} budgets, {} input topics, metrics {})\n",
+        file.display(),
+        cfg.pipeline.windows.len(),
+        cfg.budgets.len(),
+        cfg.kafka.topics.len(),
+        if cfg.metrics.listen.is_empty() { "off".to_string() } else { format!("on {}", cfg.metrics.listen) }
+    ));
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ pub fn yesterday_ms() -> i64 {
     (today - chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_millis()
 }
 
-pub async fn run(dir: &Path) -> anyhow::Result<()> {
+pub async fn run(dir: &Path, metrics: Option<std::net::SocketAddr>, hold: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let lake = dir.join("lake");
     if lake.exists() {
@@ -193,6 +193,25 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     })
     .await?;
     let abs = std::fs::canonicalize(&lake)?;
+    let month = crate::lake_read::month_of(day);
+    let report = dir.join("report.html");
+    crate::report::run(crate::report::Args {
+        lake: lake.clone(),
+        out: report.clone(),
+        month: Some(month.clone()),
+        config: Some(dir.join("aifinops.toml")),
+    })
+    .await?;
+    let report = std::fs::canonicalize(&report)?;
+    println!("\nThe month's spend report (spend per owner with the spike circled, forecast and budget, token mix):");
+    println!("  open {}   # one HTML file, no network needed", report.display());
+    println!(
+        "  aifinops report --lake {} --month {month} --config {} --out report.html",
+        abs.display(),
+        dir.join("aifinops.toml").display()
+    );
+    println!("FOCUS cost and usage export of the month (Parquet):");
+    println!("  aifinops export focus --lake {} --month {month} --out ./focus", abs.display());
     println!("\nQuery the lake yourself:");
     println!(
         "  duckdb -c \"SELECT owner, sum(cost_usd) AS usd FROM read_parquet('{}/rollups/**/*.parquet', hive_partitioning=true) WHERE \\\"window\\\"='1d' GROUP BY owner ORDER BY usd DESC\"",
@@ -202,7 +221,34 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         "  aifinops query --lake {} \"SELECT owner, model, sum(cost_usd) FROM rollups WHERE \\\"window\\\"='1h' GROUP BY owner, model\"",
         abs.display()
     );
+    if let (Some(addr), Some(scrape)) = (metrics, crate::health::render()) {
+        println!("\nMetrics of the live run (curl -s http://{addr}/metrics; docs/operations.md), an excerpt:");
+        let keep = [
+            "aifinops_input_records_total",
+            "aifinops_input_events_priced_total",
+            "aifinops_dead_letters_total",
+            "aifinops_unpriced_requests_total",
+            "aifinops_consumer_lag_messages",
+            "aifinops_alerts_published_total",
+            "aifinops_lake_commits_total",
+        ];
+        for l in scrape.lines().filter(|l| keep.iter().any(|k| l.starts_with(k))) {
+            println!("  {l}");
+        }
+    }
     println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
+    if let (true, Some(addr)) = (hold, metrics) {
+        println!(
+            "serving http://{addr}/metrics, /healthz and /readyz until Ctrl-C (try: curl -s http://{addr}/metrics)"
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
     drop(consumer);
     drop(cluster);
     Ok(())

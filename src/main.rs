@@ -3,12 +3,17 @@
 
 mod config;
 mod demo;
+mod focus;
 mod forecast;
+mod health;
+mod lake_read;
 mod pipeline;
 mod prices;
 mod query;
 mod replay;
+mod report;
 mod run;
+mod svg;
 mod traffic;
 mod whatif;
 
@@ -56,6 +61,12 @@ enum Command {
         /// Where the demo writes its lake and inputs.
         #[arg(long, default_value = "./aifinops-demo")]
         dir: PathBuf,
+        /// Where the live run serves /metrics, /healthz and /readyz ("" = off; a busy port is skipped).
+        #[arg(long, default_value = "127.0.0.1:9898")]
+        metrics_listen: String,
+        /// Keep serving /metrics, /healthz and /readyz after the demo until Ctrl-C (to try curl).
+        #[arg(long)]
+        hold: bool,
     },
     /// Consume the input topics in a consumer group until SIGINT/SIGTERM (flush, commit, exit 0).
     Run {
@@ -123,6 +134,14 @@ enum Command {
     Forecast(forecast::Args),
     /// Re-price a month of real usage under other models, service tiers, or a self-hosted option.
     Whatif(whatif::Args),
+    /// One self-contained HTML report of a month: spend per owner with spikes, forecast and budget, top
+    /// models and identities, token mix, unattributed and unpriced spend, retry cost (docs/report.md).
+    Report(report::Args),
+    /// Export the lake in other shapes (FOCUS cost and usage data).
+    Export {
+        #[command(subcommand)]
+        what: ExportWhat,
+    },
     /// Price catalog tools.
     Prices {
         #[command(subcommand)]
@@ -171,6 +190,12 @@ enum PricesAction {
 }
 
 #[derive(Subcommand)]
+enum ExportWhat {
+    /// A month as FOCUS-shaped Parquet: one row per charge period × owner × model × token class (docs/report.md).
+    Focus(focus::Args),
+}
+
+#[derive(Subcommand)]
 enum ConfigAction {
     /// Print the example configuration.
     Example,
@@ -178,11 +203,26 @@ enum ConfigAction {
     Check { file: PathBuf },
 }
 
+/// Set when logs are JSON: the final summary and a fatal error are then log events too, so standard error
+/// stays one JSON object per line.
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn init_logging(cfg: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if cfg.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let json = cfg.log.format == "json";
+    let ok = if json { builder.json().try_init() } else { builder.try_init() }.is_ok();
+    JSON_LOGS.store(json && ok, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The one-line summary of `run` / `replay` on standard error (an `info` event with JSON logs).
+fn print_summary(text: &str) {
+    if JSON_LOGS.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!(summary = text, "finished");
+    } else {
+        eprintln!("{text}");
+    }
 }
 
 fn apply(o: &Overrides) -> anyhow::Result<Config> {
@@ -211,7 +251,11 @@ fn main() -> std::process::ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aifinops: error: {e:#}");
+            if JSON_LOGS.load(std::sync::atomic::Ordering::SeqCst) {
+                tracing::error!(error = format!("{e:#}"), "aifinops failed");
+            } else {
+                eprintln!("aifinops: error: {e:#}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
@@ -219,10 +263,22 @@ fn main() -> std::process::ExitCode {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo { dir } => {
-            let cfg = Config::default();
-            init_logging(&Config { log: config::LogConfig { level: "error".into(), ..cfg.log.clone() }, ..cfg });
-            demo::run(&dir).await
+        Command::Demo { dir, metrics_listen, hold } => {
+            let mut cfg = Config::default();
+            init_logging(&Config {
+                log: config::LogConfig { level: "error".into(), ..cfg.log.clone() },
+                ..cfg.clone()
+            });
+            cfg.metrics.listen = metrics_listen;
+            cfg.lake.dir = dir.join("lake");
+            let served = match health::start(&cfg).await {
+                Ok(a) => a,
+                Err(e) => {
+                    println!("(not serving /metrics: {e:#})");
+                    None
+                }
+            };
+            demo::run(&dir, served, hold).await
         }
         Command::Run { o, brokers, topics, group, alert_topic, until_caught_up } => {
             let mut cfg = apply(&o)?;
@@ -239,18 +295,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 cfg.kafka.alert_topic = t;
             }
             init_logging(&cfg);
-            if !cfg.metrics.listen.is_empty() {
-                let addr: std::net::SocketAddr =
-                    cfg.metrics.listen.parse().with_context(|| format!("metrics.listen {:?}", cfg.metrics.listen))?;
-                metrics_exporter_prometheus::PrometheusBuilder::new()
-                    .with_http_listener(addr)
-                    .install()
-                    .with_context(|| format!("starting the Prometheus endpoint on {addr}"))?;
-                tracing::info!(%addr, "Prometheus metrics on /metrics");
-            }
+            health::start(&cfg).await?;
             let stop = run::shutdown_signal();
             let summary = run::run(&cfg, stop, until_caught_up).await?;
-            eprintln!("{summary}");
+            print_summary(&summary);
             Ok(())
         }
         Command::Replay { o, force, format, files } => {
@@ -258,7 +306,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_logging(&cfg);
             let files: Vec<(PathBuf, Format)> = files.iter().map(|f| split_format(f, format)).collect();
             let summary = replay::run(&cfg, &files, force).await?;
-            eprintln!("{summary}");
+            print_summary(&summary);
             Ok(())
         }
         Command::Query { lake, format, sql } => {
@@ -272,17 +320,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             ConfigAction::Check { file } => {
-                let cfg = Config::load(Some(&file))?;
-                let (catalog, owners) = pipeline::load_reference(&cfg)?;
-                println!(
-                    "{}: ok ({} windows, {} budgets, {} priced models, {} ignored cost fields, {} owners)",
-                    file.display(),
-                    cfg.pipeline.windows.len(),
-                    cfg.budgets.len(),
-                    catalog.stats.priced_models,
-                    catalog.stats.ignored_cost_fields,
-                    owners.owners().len()
-                );
+                print!("{}", config::check(&file)?);
                 Ok(())
             }
         },
@@ -297,6 +335,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Forecast(args) => forecast::run(args).await,
         Command::Whatif(args) => whatif::run(args).await,
+        Command::Report(args) => report::run(args).await,
+        Command::Export { what: ExportWhat::Focus(args) } => focus::run(args).await,
         Command::Produce { brokers, topic, partitions, files } => {
             let n = demo::produce_files(&brokers, &topic, partitions, &files).await?;
             eprintln!("produced {n} records to {topic}");

@@ -412,6 +412,7 @@ impl Pipeline {
         }
         let (dedup_segment, dedup_max_ts) = self.dedup.take_segment();
         let partials = self.windows.snapshot().await?;
+        crate::health::window_state(&partials);
         let state = StateSnapshot {
             partials: partials.into_iter().map(|(s, b)| (s.label, b)).collect(),
             dedup: dedup_segment,

@@ -65,7 +65,7 @@ pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyh
     let bar = if std::io::stderr().is_terminal() && total_bytes > 0 {
         let b = indicatif::ProgressBar::new(total_bytes);
         b.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} [{bar:30}] {per_sec} {msg}")
+            indicatif::ProgressStyle::with_template("{spinner} [{bar:24}] {bytes}/{total_bytes} {msg}")
                 .expect("template")
                 .progress_chars("=> "),
         );
@@ -86,11 +86,20 @@ pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyh
         // record dated far ahead of the wall clock must not drag the watermark (and close every window).
         let wm = compute(&[PartitionClock { max_ts_ms: clock, idle: false }], delay, Some((now_ms(), skew)));
         p.process(chunk.records, wm.watermark_ms).await?;
+        // events/s since the start: on a terminal in the bar, otherwise a log line every 10 s (text or JSON)
+        let rate = p.totals.accepted as f64 / started.elapsed().as_secs_f64().max(1e-3);
         if let Some(b) = &bar {
             b.set_position(src.bytes_read());
-            b.set_message(format!("{} events", p.totals.accepted));
+            b.set_message(format!("{} events, {rate:.0} events/s", p.totals.accepted));
         } else if last_report.elapsed().as_secs() >= 10 {
-            tracing::info!(events = p.totals.accepted, dead_letters = p.totals.dead_letters, "replay progress");
+            let done = if total_bytes > 0 { src.bytes_read() as f64 / total_bytes as f64 * 100.0 } else { 0.0 };
+            tracing::info!(
+                percent = format!("{done:.1}"),
+                events = p.totals.accepted,
+                events_per_sec = rate.round() as u64,
+                dead_letters = p.totals.dead_letters,
+                "replay progress"
+            );
             last_report = Instant::now();
         }
         if chunk.done {

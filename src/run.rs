@@ -214,6 +214,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
                 // a configuration error at startup, not an outage: fail instead of retrying forever
                 return Err(e.into());
             }
+            crate::health::observe(&src, &poll, src.connected());
             if poll.rebalanced {
                 if p.is_dirty() || !p.decoder.is_empty() {
                     p.rollback().await?;

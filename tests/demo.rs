@@ -8,7 +8,41 @@ use common::*;
 fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_duckdb() {
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
-    let out = ok(&aifinops(&["demo", "--dir", demo.to_str().unwrap()]));
+    // as a newcomer would: the demo, then curl its /metrics, /healthz, /readyz (held until Ctrl-C / SIGTERM)
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = dir.path().join("demo.log");
+    let mut child = std::process::Command::new(bin())
+        .args(["demo", "--dir", demo.to_str().unwrap(), "--metrics-listen", &format!("127.0.0.1:{port}"), "--hold"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            out.push_str(&line);
+            out.push('\n');
+            if line.starts_with("serving http://") {
+                break;
+            }
+        }
+    }
+    assert!(
+        out.contains(&format!("serving http://127.0.0.1:{port}/metrics")),
+        "{out}\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let metrics = scrape(port);
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("aifinops_input_records_total{topic=\"llm-usage\",format=\"auto\"}"), "{metrics}");
+    assert!(metrics.contains("aifinops_alerts_published_total{type=\"aifinops.spend.spike\"} 1"), "{metrics}");
+    assert!(metrics.contains("aifinops_consumer_lag_messages{topic=\"llm-usage\",partition=\"0\"}"), "{metrics}");
+    assert!(out.contains("Metrics of the live run") && out.contains("aifinops_dead_letters_total"), "{out}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success(), "the held demo exits 0 on SIGTERM");
     // the spend table names every owner, including the one that belongs to nobody
     for owner in ["search", "support-bot", "research-agents", "growth", "unattributed"] {
         assert!(out.contains(owner), "spend table lacks {owner}:\n{out}");
@@ -30,6 +64,17 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
     assert!(out.contains("gpt-9-preview"), "unpriced model alert:\n{out}");
     assert!(out.contains("duckdb -c"), "DuckDB one-liner:\n{out}");
     assert!(!out.contains("sk-proj-Zx81"), "the leaked key must appear only as a fingerprint:\n{out}");
+    // the month's HTML report: the planted spike circled on the spend chart, the forecast against the budget
+    let report = demo.join("report.html");
+    assert!(out.contains(&format!("open {}", std::fs::canonicalize(&report).unwrap().display())), "{out}");
+    assert!(out.contains("aifinops export focus --lake"), "{out}");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches("class=\"spike-marker\"").count(), 1, "one spike marked");
+    assert!(html.contains("spike: research-agents $119.14 (expected $2.62)"), "the planted spike");
+    assert!(html.contains("class=\"forecast-band\"") && html.contains("class=\"budget-line\""));
+    assert!(html.contains("budget all-ai-monthly") && html.contains("projected to be exceeded"), "budget line");
+    assert!(!html.contains("sk-proj-Zx81"), "no raw key in the report");
+    assert_report_renders(&report, 7);
     // the lake it wrote agrees with its input: every valid, unique record is counted once
     let lake = demo.join("lake");
     let lines = std::fs::read_to_string(demo.join("traffic.ndjson")).unwrap();
@@ -74,4 +119,31 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
          sum(output_tokens) AS o, CAST(sum(cost_usd) AS VARCHAR) AS c FROM rollups WHERE date = '{day}' GROUP BY 1, 2 ORDER BY 1, 2"
     );
     assert_eq!(query(&lake, &totals), query(&replayed, &totals), "run and replay agree");
+
+    // the FOCUS export of the demo month adds up to the rollups' cost of the month, exactly
+    let month = &day[..7];
+    let focus = dir.path().join("focus");
+    ok(&aifinops(&[
+        "export",
+        "focus",
+        "--lake",
+        lake.to_str().unwrap(),
+        "--month",
+        month,
+        "--out",
+        focus.to_str().unwrap(),
+    ]));
+    let t = read_parquet_py(&focus.join(format!("focus-{month}.parquet")));
+    let cents = |s: &str| -> i128 {
+        let (i, f) = s.split_once('.').unwrap_or((s, ""));
+        i.parse::<i128>().unwrap() * 10i128.pow(18) + format!("{f:0<18}").parse::<i128>().unwrap()
+    };
+    let sum: i128 = t["rows"].as_array().unwrap().iter().filter_map(|r| r["EffectiveCost"].as_str()).map(cents).sum();
+    let r = query(
+        &lake,
+        &format!(
+            "SELECT CAST(sum(cost_usd) AS VARCHAR) AS c FROM rollups WHERE \"window\" = '1h' AND date LIKE '{month}-%'"
+        ),
+    );
+    assert_eq!(sum, cents(r[0]["c"].as_str().unwrap()));
 }

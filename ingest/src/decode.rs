@@ -594,6 +594,11 @@ impl Decoder {
         self.len() == 0
     }
 
+    /// Counts of the records pushed since the last [`Decoder::finish`].
+    pub fn stats(&self) -> &DecodeStats {
+        &self.stats
+    }
+
     /// Decodes one record of `format`. `source` is only rendered when the record is rejected.
     /// Returns the latest event time of the calls it carried; `None` for a dead letter or a record
     /// without calls.

@@ -327,8 +327,36 @@ pub struct PartitionProgress {
     pub from_offset: i64,
 }
 
+/// Records of one topic in a poll, for the per-topic metrics.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TopicCounts {
+    pub topic: String,
+    /// The topic's configured format (`auto` when none).
+    pub format: Format,
+    /// Messages consumed.
+    pub records: u64,
+    /// Model calls decoded (accepted).
+    pub decoded: u64,
+    /// Decoded calls with a cost (not unpriced, usage not missing).
+    pub priced: u64,
+}
+
+/// Where an assigned partition stands, for the lag and watermark metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub topic: String,
+    pub partition: i32,
+    /// Next offset to consume; -1 before the first message of a partition the lake has never seen.
+    pub next_offset: i64,
+    /// The partition's low and high watermarks from librdkafka's last statistics, if known.
+    pub low_watermark: Option<i64>,
+    pub high_watermark: Option<i64>,
+    /// Largest event time read from the partition since the last rollback.
+    pub max_ts_ms: Option<i64>,
+}
+
 /// What one poll did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Poll {
     pub records: u64,
     pub bytes: u64,
@@ -339,6 +367,8 @@ pub struct Poll {
     /// Events dated beyond wall clock + `max_future_skew` (a producer with a bad clock): counted in their
     /// windows, but their partition's clock is capped for the watermark.
     pub future_events: u64,
+    /// Per topic: records consumed, calls decoded and priced.
+    pub per_topic: Vec<TopicCounts>,
 }
 
 /// The consumer plus the progress the pipeline needs for its commit and watermark.
@@ -548,6 +578,27 @@ impl KafkaSource {
         })
     }
 
+    /// Each assigned partition's position, high watermark and event-time clock (for metrics).
+    pub fn partition_status(&self) -> Vec<PartitionStatus> {
+        let ends = self.shared.ends.lock().expect("lock").clone();
+        let starts = self.shared.start_offsets.lock().expect("lock").clone();
+        self.assigned()
+            .into_iter()
+            .map(|(topic, partition)| {
+                let pp = self.progress.get(&topic).and_then(|parts| parts.get(&partition));
+                let tp = (topic.clone(), partition);
+                PartitionStatus {
+                    next_offset: pp.map(|p| p.next_offset).or_else(|| starts.get(&tp).copied()).unwrap_or(-1),
+                    low_watermark: ends.get(&tp).map(|e| e.0),
+                    high_watermark: ends.get(&tp).map(|e| e.1),
+                    max_ts_ms: pp.and_then(|p| p.max_ts_ms),
+                    topic,
+                    partition,
+                }
+            })
+            .collect()
+    }
+
     /// For each partition of the consumed topics that the lake has offsets for but that is not assigned to
     /// this member, how long it has been away (a killed member keeps its partitions until its session
     /// times out).
@@ -710,9 +761,23 @@ fn accept<M: Message>(
     poll.records += 1;
     poll.bytes += payload.len() as u64;
     let format = if formats.is_empty() { Format::Auto } else { formats.get(topic).copied().unwrap_or_default() };
-    if let Some(ts) =
-        decoder.push(payload, format, || SourceRef::Kafka { topic: topic.to_string(), partition, offset }, now_ms)
-    {
+    let before = *decoder.stats();
+    let pushed =
+        decoder.push(payload, format, || SourceRef::Kafka { topic: topic.to_string(), partition, offset }, now_ms);
+    let after = decoder.stats();
+    let i = match poll.per_topic.iter().position(|c| c.topic == topic) {
+        Some(i) => i,
+        None => {
+            poll.per_topic.push(TopicCounts { topic: topic.to_string(), format, ..Default::default() });
+            poll.per_topic.len() - 1
+        }
+    };
+    let c = &mut poll.per_topic[i];
+    c.records += 1;
+    let decoded = after.accepted - before.accepted;
+    c.decoded += decoded;
+    c.priced += decoded.saturating_sub(after.unpriced - before.unpriced + after.usage_missing - before.usage_missing);
+    if let Some(ts) = pushed {
         p.max_ts_ms = Some(p.max_ts_ms.map_or(ts, |x| x.max(ts)));
         if ts > now_ms.saturating_add(max_future_skew_ms) {
             poll.future_events += 1;

@@ -269,3 +269,100 @@ pub fn scrape(port: u16) -> String {
 pub fn metric(body: &str, name: &str) -> Option<f64> {
     body.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
+
+/// Headless Chromium (Debian package `chromium`), or `None` when it is not installed. `./scripts/test`
+/// installs it and sets `AIFINOPS_REQUIRE_CHROMIUM=1`, so there a missing browser fails the test.
+pub fn chromium() -> Option<PathBuf> {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = Command::new("which").arg(c).output()
+            && out.status.success()
+        {
+            return Some(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string()));
+        }
+    }
+    assert!(
+        std::env::var_os("AIFINOPS_REQUIRE_CHROMIUM").is_none(),
+        "chromium is required (apt-get install -y chromium)"
+    );
+    eprintln!("chromium not installed: the browser checks of this test are skipped");
+    None
+}
+
+/// What a headless browser made of an HTML file: the DOM after its scripts ran, and statistics of a
+/// screenshot (`{"width", "height", "non_white", "colors"}`, sampled pixels).
+pub struct Rendered {
+    pub dom: String,
+    pub shot: serde_json::Value,
+}
+
+pub fn render_in_chromium(browser: &Path, html: &Path) -> Rendered {
+    let profile = tempfile::tempdir().unwrap();
+    let shot = profile.path().join("shot.png");
+    let url = format!("file://{}", std::fs::canonicalize(html).unwrap().display());
+    let run = |extra: &[&str]| {
+        let mut c = Command::new(browser);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1100,2400",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().join("profile").display()))
+        .args(extra)
+        .arg(&url);
+        let out = c.output().expect("run chromium");
+        assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let dom = String::from_utf8_lossy(&run(&["--dump-dom"]).stdout).to_string();
+    run(&[&format!("--screenshot={}", shot.display())]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/png_stats.py");
+    let out = Command::new("python3").arg(script).arg(&shot).output().expect("python3");
+    assert!(out.status.success(), "png_stats: {}", String::from_utf8_lossy(&out.stderr));
+    let shot = serde_json::from_slice(&out.stdout).expect("png stats json");
+    Rendered { dom, shot }
+}
+
+/// Checks a report's charts in a headless browser: every `svg.chart` was laid out with a size and shapes
+/// (the report's script writes `data-rendered="WxH:shapes"`), and the screenshot is not blank.
+pub fn assert_report_renders(html: &Path, charts: usize) {
+    let Some(browser) = chromium() else { return };
+    let r = render_in_chromium(&browser, html);
+    assert!(r.dom.contains(&format!("data-charts=\"{charts}\"")), "{charts} charts rendered:\n{}", r.dom);
+    let sizes: Vec<&str> = r.dom.split("data-rendered=\"").skip(1).map(|s| &s[..s.find('"').unwrap()]).collect();
+    assert_eq!(sizes.len(), charts, "{sizes:?}");
+    for s in &sizes {
+        let (wh, shapes) = s.split_once(':').unwrap();
+        let (w, h) = wh.split_once('x').unwrap();
+        let (w, h, shapes): (u32, u32, u32) = (w.parse().unwrap(), h.parse().unwrap(), shapes.parse().unwrap());
+        assert!(w > 300 && h > 40 && shapes > 0, "a chart rendered empty: {sizes:?}");
+    }
+    let non_white = r.shot["non_white"].as_u64().unwrap();
+    let colors = r.shot["colors"].as_u64().unwrap();
+    assert!(non_white > 5_000 && colors > 20, "the screenshot is (nearly) blank: {}", r.shot);
+}
+
+/// Reads a Parquet file's schema and rows with pyarrow (an independent reader), as JSON:
+/// `{"schema": [[name, type], ...], "rows": [{...}]}` with decimals as strings.
+pub fn read_parquet_py(path: &Path) -> serde_json::Value {
+    let script = r#"
+import json, sys, decimal, datetime
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+def conv(v):
+    if isinstance(v, decimal.Decimal): return str(v)
+    if isinstance(v, datetime.datetime): return v.isoformat()
+    return v
+rows = [{k: conv(v) for k, v in r.items()} for r in t.to_pylist()]
+print(json.dumps({"schema": [[f.name, str(f.type)] for f in t.schema], "rows": rows}))
+"#;
+    let out = Command::new("python3").arg("-c").arg(script).arg(path).output().expect("python3");
+    assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("json")
+}
