@@ -55,7 +55,7 @@ struct Data {
     slots: usize,
     owners: Vec<(String, Vec<f64>)>,
     owner_totals: Vec<(String, i128)>,
-    models: Vec<(String, i128, i64)>,
+    models: Vec<(String, i128, i64, i64)>,
     identities: Vec<(String, String, i128, i64)>,
     mix: Vec<(String, Vec<f64>)>,
     spikes: Vec<Spike>,
@@ -167,7 +167,8 @@ async fn load(ctx: &SessionContext, args: &Args) -> anyhow::Result<Data> {
     let models = collect(
         ctx,
         &format!(
-            "SELECT provider, model, sum(cost_usd) AS cost, sum(requests) AS requests FROM rollups WHERE {in_month} \
+            "SELECT provider, model, sum(cost_usd) AS cost, sum(requests) AS requests, \
+             sum(unpriced_requests) AS unpriced FROM rollups WHERE {in_month} \
              GROUP BY provider, model ORDER BY cost DESC NULLS LAST, requests DESC LIMIT {TOP_ITEMS}"
         ),
     )
@@ -175,8 +176,9 @@ async fn load(ctx: &SessionContext, args: &Args) -> anyhow::Result<Data> {
     let mut top_models = Vec::new();
     for b in &models {
         let (p, m, c, r) = (strings(b, "provider")?, strings(b, "model")?, costs(b, "cost")?, ints(b, "requests")?);
+        let u = ints(b, "unpriced")?;
         for i in 0..b.num_rows() {
-            top_models.push((format!("{}/{}", p[i], m[i]), cost_of(c[i]), r[i]));
+            top_models.push((format!("{}/{}", p[i], m[i]), cost_of(c[i]), r[i], u[i]));
         }
     }
     let ids = collect(
@@ -568,7 +570,15 @@ fn html(d: &Data, cfg: &Config) -> String {
     let items: Vec<(String, f64, String)> = d
         .models
         .iter()
-        .map(|(m, c, r)| (m.clone(), usd(*c), format!("${} · {} calls", format_usd_rounded(*c, 2), r)))
+        .map(|(m, c, r, u)| {
+            // an unpriced model's cost is unknown, never $0
+            let label = match (*u, *r) {
+                (0, _) => format!("${} · {r} calls", format_usd_rounded(*c, 2)),
+                (u, r) if u == r => format!("cost unknown (unpriced) · {r} calls"),
+                (u, r) => format!("${} + {u} calls of unknown cost · {r} calls", format_usd_rounded(*c, 2)),
+            };
+            (m.clone(), usd(*c), label)
+        })
         .collect();
     h.push_str(&svg::hbars("top-models", "Top models by spend", &items));
     let items: Vec<(String, f64, String)> = d

@@ -74,6 +74,10 @@ fn demo_runs_the_pipeline_through_an_embedded_broker_and_shows_spend_alerts_and_
     assert!(html.contains("class=\"forecast-band\"") && html.contains("class=\"budget-line\""));
     assert!(html.contains("budget all-ai-monthly") && html.contains("projected to be exceeded"), "budget line");
     assert!(!html.contains("sk-proj-Zx81"), "no raw key in the report");
+    assert!(
+        html.contains("cost unknown (unpriced) · 36 calls") && !html.contains("$0.00 · 36 calls"),
+        "the unpriced model's cost is unknown in the top models, never $0"
+    );
     assert_report_renders(&report, 7);
     // the lake it wrote agrees with its input: every valid, unique record is counted once
     let lake = demo.join("lake");
