@@ -238,14 +238,16 @@ pub async fn run(dir: &Path, metrics: Option<std::net::SocketAddr>, hold: bool) 
     }
     println!("\ndemo finished in {:.1}s", started.elapsed().as_secs_f64());
     if let (true, Some(addr)) = (hold, metrics) {
+        // the handlers are in place before the line that tells a script it may stop us
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
         println!(
             "serving http://{addr}/metrics, /healthz and /readyz until Ctrl-C (try: curl -s http://{addr}/metrics)"
         );
         use std::io::Write as _;
         let _ = std::io::stdout().flush();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = interrupt.recv() => {}
             _ = term.recv() => {}
         }
     }

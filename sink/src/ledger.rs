@@ -1,5 +1,5 @@
 //! Partition ownership in a lake shared by several members of one consumer group (DESIGN.md, "Several
-//! instances over one lake").
+//! members over one lake").
 //!
 //! ```text
 //! <lake>/_aifinops/ledger.json     topic -> partition -> {writer, epoch, from}: who may commit it
@@ -13,7 +13,9 @@
 //! session timeout) is fenced: its commit fails, nothing of it becomes visible, and it rolls back. Under
 //! the lock the commit also reads the dedup segments other writers committed since it last looked: an
 //! event id that another writer already counted makes the commit fail (and the writer roll back and
-//! re-read with those ids known), so a duplicate consumed by two members is counted once.
+//! re-read with those ids known), so a duplicate consumed by two members is counted once; and the alert
+//! rules continue from the rule state of the lake's latest commit by any writer (`lake_seq`), so budgets see
+//! every member's spend. Writers that are gone are adopted by a running member (`Lake::orphans`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -53,7 +55,7 @@ struct Inner {
     /// Epochs this writer claimed.
     epochs: HashMap<Tp, u64>,
     /// Other writers' dedup segments already merged into this writer's set.
-    seen: HashMap<String, BTreeSet<u64>>,
+    seen: SegmentsRead,
 }
 
 /// This writer's view of the shared ledger.
@@ -61,8 +63,8 @@ pub struct Ledger {
     root: PathBuf,
     writer: String,
     inner: Mutex<Inner>,
-    /// The locked `ledger.lock` and how many guards hold it (the lock is re-entrant within this process:
-    /// the pipeline holds it across a whole commit, which takes it again at the commit point).
+    /// The locked `ledger.lock` and how many guards of this process hold it (re-entrant: an operation under
+    /// the lock may call another that takes it).
     held: Mutex<Option<(fs::File, usize)>>,
 }
 
