@@ -3,8 +3,8 @@
 //! partitions at once:
 //! - member-a starts alone and freezes in the middle of a commit (`AIFINOPS_STALL=…:stop`, SIGSTOP: a long
 //!   stop-the-world pause); b and c join and claim its partitions; when a continues, its commit is fenced;
-//! - b leaves (SIGTERM); d joins, consumes, commits and is killed for good (SIGKILL); e, under another name,
-//!   joins, and the members adopt d's open windows.
+//! - b leaves (SIGTERM); d joins, consumes, commits and is killed for good (SIGKILL); a and c leave, and e,
+//!   under another name and in a new group, adopts d's open windows and claims every partition.
 //!
 //! At the end the lake's totals equal the input's exactly, every alert id is committed and published once,
 //! a budget over all members' spend fires each threshold once, and the commit chains of all writers together
@@ -216,7 +216,19 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     // member-a starts alone and stops (SIGSTOP, heartbeats included) in its 2nd commit that consumed offsets,
     // its data and state written, its commit point not taken. b and c join; once a's session has timed out
     // they own every partition. Then a continues: its commit must be fenced, and nothing of it visible.
-    let a = member(&config, &brokers, &topic, &group, "member-a", &[("AIFINOPS_STALL", "before_commit:2:stop")]);
+    // (small batches, a commit after each: its second commit comes before it has read everything)
+    let a = member(
+        &config,
+        &brokers,
+        &topic,
+        &group,
+        "member-a",
+        &[
+            ("AIFINOPS_STALL", "before_commit:2:stop"),
+            ("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "500"),
+            ("AIFINOPS__PIPELINE__COMMIT_INTERVAL", "0s"),
+        ],
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     while !stopped(a.id()) {
         assert!(Instant::now() < deadline, "member-a never reached its second commit");
@@ -235,8 +247,10 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     wait_for(&lake, 40_000, Duration::from_secs(120), "member-a is back");
     let (ok_b, log_b) = stop(b, Duration::from_secs(60), lake.with_extension("member-b.log"));
     assert!(ok_b, "member-b left with an error:\n{log_b}");
-    // member-d joins, consumes and commits (its open windows are in its last commit), and is killed for good;
-    // member-e (another name, like a replacement pod) joins: the members adopt d's open windows
+    // member-d joins, consumes and commits (its open windows are in its last commit), and is killed for good.
+    // Then the group is redeployed: a and c leave (SIGTERM), and member-e (another name, like a replacement
+    // pod) starts in a new consumer group (positions live in the lake; Tansu 0.6 also keeps a killed member's
+    // partitions assigned to it for minutes), adopts d's open windows and claims every partition.
     let mut d = member(&config, &brokers, &topic, &group, "member-d", &[]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !owners(&lake).contains("member-d") {
@@ -252,11 +266,11 @@ fn rebalance_members_join_and_leave_over_one_lake_with_exact_totals_and_each_off
     }
     d.kill().unwrap();
     d.wait().unwrap();
-    let e_member = member(&config, &brokers, &topic, &group, "member-e", &[]);
-    produce(&brokers, &topic, thirds[3]);
-    wait_for(&lake, total, Duration::from_secs(180), "member-d was killed");
     let (ok_a, log_a) = stop(a, Duration::from_secs(60), lake.with_extension("member-a.log"));
     let (ok_c, log_c) = stop(c, Duration::from_secs(60), lake.with_extension("member-c.log"));
+    let e_member = member(&config, &brokers, &topic, &unique("rebalance-group-2"), "member-e", &[]);
+    produce(&brokers, &topic, thirds[3]);
+    wait_for(&lake, total, Duration::from_secs(180), "member-d was killed");
     let (ok_e, log_e) = stop(e_member, Duration::from_secs(60), lake.with_extension("member-e.log"));
     assert!(ok_a, "member-a:\n{log_a}");
     assert!(ok_c, "member-c:\n{log_c}");

@@ -189,6 +189,11 @@ pub struct Lake {
     _lock: fs::File,
 }
 
+/// Where a data file of commit `seq` of the chain in `meta` is staged.
+fn staged_in(meta: &Path, seq: u64, rel: &str) -> PathBuf {
+    meta.join("staging").join(seq_name(seq)).join(format!("{}.staged", rel.replace('/', "__")))
+}
+
 /// The seq of a chain's last commit that another member adopted (`retired`), if any.
 fn retired_seq(meta: &Path) -> Option<u64> {
     fs::read_to_string(meta.join("retired")).ok().and_then(|s| s.trim().parse().ok())
@@ -504,14 +509,19 @@ impl Lake {
     }
 
     fn staged_path(&self, seq: u64, rel: &str) -> PathBuf {
-        self.meta.join("staging").join(seq_name(seq)).join(format!("{}.staged", rel.replace('/', "__")))
+        staged_in(&self.meta, seq, rel)
     }
 
     /// Moves a committed manifest's staged files to their final names (idempotent).
     fn roll_forward(&self, m: &Manifest) -> Result<(), SinkError> {
+        self.roll_forward_in(&self.meta, m)
+    }
+
+    /// The roll-forward of a commit of the chain in `meta` (this writer's, or an orphan's under its lock).
+    fn roll_forward_in(&self, meta: &Path, m: &Manifest) -> Result<(), SinkError> {
         let mut dirs = std::collections::BTreeSet::new();
         for (i, rel) in m.added.iter().enumerate() {
-            let staged = self.staged_path(m.seq, rel);
+            let staged = staged_in(meta, m.seq, rel);
             let fin = self.root.join(rel);
             if staged.exists() {
                 let parent = fin.parent().expect("parent");
@@ -523,7 +533,7 @@ impl Lake {
                 }
             } else if !fin.exists() {
                 return Err(SinkError::Manifest {
-                    path: self.meta.join("manifest").join(format!("{}.json", seq_name(m.seq))).display().to_string(),
+                    path: meta.join("manifest").join(format!("{}.json", seq_name(m.seq))).display().to_string(),
                     reason: format!(
                         "committed file {rel} is neither staged nor published; the lake was modified by hand"
                     ),
@@ -762,7 +772,8 @@ impl Lake {
     }
 
     /// Writers of a shared lake that are gone (their chain lock is free) and left open windows or unsent
-    /// alerts in their last commit, each returned with its chain locked until [`Lake::retire`].
+    /// alerts in their last commit, each returned with its chain locked until [`Lake::retire`]. The
+    /// roll-forward of every gone writer's last commit is finished on the way.
     pub fn orphans(&self) -> Result<Vec<Orphan>, SinkError> {
         let Some(ledger) = &self.ledger else { return Ok(vec![]) };
         let _g = ledger.lock()?;
@@ -774,6 +785,9 @@ impl Lake {
                 continue;
             };
             let Some(m) = latest_manifest(&meta)? else { continue };
+            // a writer killed between its commit point and the renames of its files: finish them, or its
+            // committed rows would stay invisible until it starts again (which it may never do)
+            self.roll_forward_in(&meta, &m)?;
             if retired_seq(&meta).is_some_and(|r| r >= m.seq) {
                 tracing::debug!(writer = %w, seq = m.seq, "not an orphan: adopted already");
                 continue;
@@ -1066,8 +1080,14 @@ mod tests {
         a.commit(c).unwrap();
         let (mut b, _) = Lake::open_as(dir.path(), Some("b")).unwrap();
         assert!(b.orphans().unwrap().is_empty(), "a is running: not an orphan");
-        drop(a); // a is gone with an unsent dead letter
+        // a is killed after its commit point, before renaming its file, with an unsent dead letter
+        let rel = "dead_letters/date=1970-01-01/part-a-0000000001-000.parquet";
+        let (fin, staged) = (dir.path().join(rel), a.staged_path(1, rel));
+        fs::create_dir_all(staged.parent().unwrap()).unwrap();
+        fs::rename(&fin, &staged).unwrap();
+        drop(a);
         let mut orphans = b.orphans().unwrap();
+        assert!(fin.exists() && !staged.exists(), "the roll-forward of a's last commit is finished");
         assert_eq!(orphans.len(), 1);
         let o = orphans.pop().unwrap();
         assert_eq!((o.writer.as_str(), o.seq, o.outbox.dead_letters.len()), ("a", 1, 1));
