@@ -1,22 +1,31 @@
-//! Event-time tumbling windows on DataFusion: partial aggregation per micro-batch, merge of partials,
-//! emission of windows the watermark has passed.
+//! Event-time tumbling windows: partial aggregation per micro-batch into hash tables keyed by window and
+//! interned dimensions, emission of windows the watermark has passed.
 //!
-//! Each micro-batch of priced events is aggregated with SQL into partial rollup rows for the finest
-//! window size; coarser sizes are derived from the finer partial when they divide evenly (else from the
-//! events). Partial rows wait in `pending` until [`WindowEngine::close`] merges them with the open state
-//! (a second SQL: sums of sums) and emits every row whose `window_end <= watermark`. State is therefore
-//! O(open windows x keys), never O(events).
+//! Each micro-batch of priced events is folded row by row into one table per window size: the key is the
+//! window start, the late flag and the 11 dimensions as interned ids (a string is hashed once per batch
+//! column run, not once per window size), the value the sums of the count and money measures. State is
+//! therefore O(open windows x keys), never O(events). [`WindowEngine::close`] emits, as Arrow batches in the
+//! rollup schema, every row whose `window_end <= watermark`. (Earlier versions ran three DataFusion SQL
+//! aggregations per micro-batch and a merge per commit; the hash tables give the same rows at a fraction of
+//! the cost: see bench/README.md.)
 //!
 //! A row is flagged `late` when its window had already ended more than `allowed_lateness` before the
 //! watermark when its events arrived. Late rows and rows for windows that closed earlier are emitted as
 //! additional, additive rows: a window's total is always the SUM of its rows.
 
-use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY};
-use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, rollup_schema};
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
-use datafusion::arrow::datatypes::TimestampMillisecondType;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY, TS};
+use aifinops_schemas::money::{COST_PRECISION, COST_SCALE};
+use aifinops_schemas::rollup::{LATE, REQUESTS, rollup_schema};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Decimal128Array, Int64Array, RecordBatch, StringBuilder,
+    TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 
 use crate::AggregateError;
 
@@ -47,20 +56,142 @@ impl WindowSize {
     }
 }
 
+const NDIM: usize = DIMENSIONS.len();
+/// `requests` and the event counts.
+const NCOUNT: usize = 1 + EVENT_COUNTS.len();
+const NMONEY: usize = EVENT_MONEY.len();
+
+/// FxHash (rustc's): a multiply-rotate hash, fast on short fixed keys; the inputs are our own ids and
+/// dimension strings, and a table is per process, so flooding is no concern beyond what the key cap bounds.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let r = chunks.remainder();
+        if !r.is_empty() {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(r);
+            self.add(u64::from_le_bytes(b) ^ ((r.len() as u64) << 59));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_i64(&mut self, i: i64) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // the multiply leaves the entropy in the high bits; hashbrown indexes buckets with the low ones
+        self.0.rotate_left(26)
+    }
+}
+
+pub(crate) type Fx = BuildHasherDefault<FxHasher>;
+
+/// Dimension strings as dense ids.
+#[derive(Default)]
+struct Interner {
+    ids: HashMap<Arc<str>, u32, Fx>,
+    strs: Vec<Arc<str>>,
+}
+
+impl Interner {
+    #[inline]
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(i) = self.ids.get(s) {
+            return *i;
+        }
+        let a: Arc<str> = Arc::from(s);
+        let i = self.strs.len() as u32;
+        self.strs.push(a.clone());
+        self.ids.insert(a, i);
+        i
+    }
+    fn get(&self, i: u32) -> &str {
+        &self.strs[i as usize]
+    }
+}
+
+/// Interned strings beyond which the interner is rebuilt from the live keys (on close): ids of keys long
+/// emitted must not accumulate in a process that runs for months.
+const INTERNER_REBUILD: usize = 1 << 18;
+
+/// A row's identity: window start, late flag, interned dimensions.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    start: i64,
+    late: bool,
+    dims: [u32; NDIM],
+}
+
+/// A row's measures: SQL sums (a money sum over only null values is null).
+#[derive(Clone, Copy, Default)]
+struct Acc {
+    counts: [i64; NCOUNT],
+    money: [i128; NMONEY],
+    valid: [bool; NMONEY],
+}
+
+impl Acc {
+    #[inline]
+    fn add(&mut self, o: &Acc) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a = a.wrapping_add(*b);
+        }
+        for k in 0..NMONEY {
+            if o.valid[k] {
+                self.money[k] = self.money[k].wrapping_add(o.money[k]);
+                self.valid[k] = true;
+            }
+        }
+    }
+    fn money(&self, k: usize) -> Option<i128> {
+        self.valid[k].then_some(self.money[k])
+    }
+}
+
+type Table = HashMap<Key, Acc, Fx>;
+
 struct Series {
     size: WindowSize,
-    /// Index of the finer series this one is derived from, if it divides evenly.
-    from: Option<usize>,
-    /// Partial rows not yet merged.
-    pending: Vec<RecordBatch>,
-    /// Merged rows of windows not yet emitted.
-    open: Option<RecordBatch>,
+    /// Open rows: one per window, key and late flag.
+    rows: Table,
+    /// Rows right after the key cap was last applied: the cap runs again when they double.
+    rows_after_cap: usize,
 }
 
 /// The windowed aggregation of one pipeline.
 pub struct WindowEngine {
-    ctx: SessionContext,
     series: Vec<Series>,
+    strings: Interner,
     /// Most distinct keys per window (see [`WindowEngine::with_key_cap`]).
     key_cap: usize,
     /// Rows folded into `__other__` rows since start, for metrics.
@@ -77,23 +208,14 @@ pub struct Emitted {
     pub rows: RecordBatch,
 }
 
-fn measures_sql(from_events: bool) -> String {
-    let mut cols =
-        vec![if from_events { format!("count(*) AS {REQUESTS}") } else { format!("sum({REQUESTS}) AS {REQUESTS}") }];
-    for c in EVENT_COUNTS {
-        cols.push(format!("sum({c}) AS {c}"));
-    }
-    for m in EVENT_MONEY {
-        cols.push(format!("sum({m}) AS {m}"));
-    }
-    cols.join(", ")
-}
-
-/// Pending partial rows of a series beyond which they are merged into the open state before the next close.
+/// Open rows of a series beyond which the key cap is applied before the next close.
 const COMPACT_ROWS: usize = 200_000;
 
-fn ts_literal(ms: i64) -> String {
-    format!("to_timestamp_millis({ms})")
+/// The dimensions kept when a key is folded into an overflow row.
+const KEPT_ON_OVERFLOW: [&str; 2] = ["owner", "risk_owner"];
+
+fn arrow_err(context: &str) -> impl FnOnce(datafusion::arrow::error::ArrowError) -> AggregateError + '_ {
+    move |e| AggregateError::Arrow { context: context.to_string(), source: e }
 }
 
 impl WindowEngine {
@@ -104,13 +226,8 @@ impl WindowEngine {
         }
         sizes.sort_by_key(|s| s.ms);
         sizes.dedup_by_key(|s| s.ms);
-        let mut series: Vec<Series> = Vec::new();
-        for s in sizes {
-            let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
-            series.push(Series { size: s, from, pending: vec![], open: None });
-        }
-        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
-        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
+        let series = sizes.into_iter().map(|size| Series { size, rows: Table::default(), rows_after_cap: 0 }).collect();
+        Ok(WindowEngine { series, strings: Interner::default(), key_cap: usize::MAX, overflowed: 0 })
     }
 
     /// Bounds the state: a window holding more than `cap` distinct keys keeps the `cap` most expensive ones
@@ -126,91 +243,84 @@ impl WindowEngine {
         self.overflowed
     }
 
-    /// Applies the key cap to merged rows (one row per window, key and late flag).
-    async fn cap(&mut self, merged: RecordBatch) -> Result<RecordBatch, AggregateError> {
-        if merged.num_rows() <= self.key_cap {
-            return Ok(merged);
-        }
-        let starts = merged.column(0).as_primitive::<TimestampMillisecondType>();
-        let late = merged.column_by_name(LATE).expect("late").as_boolean();
-        let mut per: std::collections::HashMap<(i64, bool), usize> = std::collections::HashMap::new();
-        for i in 0..merged.num_rows() {
-            *per.entry((starts.value(i), late.value(i))).or_default() += 1;
-        }
-        let over: usize = per.values().map(|n| n.saturating_sub(self.key_cap)).sum();
-        if over == 0 {
-            return Ok(merged);
-        }
-        let kept = ["owner", "risk_owner"];
-        let folded: Vec<String> = DIMENSIONS
-            .iter()
-            .map(|d| {
-                if kept.contains(d) {
-                    d.to_string()
-                } else {
-                    format!("CASE WHEN rn > {cap} THEN '{OVERFLOW}' ELSE {d} END AS {d}", cap = self.key_cap)
-                }
-            })
-            .collect();
-        let dims = DIMENSIONS.join(", ");
-        let measures: Vec<String> =
-            aifinops_schemas::rollup::count_measures().chain(EVENT_MONEY).map(String::from).collect();
-        let q = format!(
-            "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {agg}, {LATE} FROM (\
-               SELECT {WINDOW_START}, {WINDOW_END}, {folded}, {measures}, {LATE} FROM (\
-                 SELECT *, row_number() OVER (PARTITION BY {WINDOW_START}, {LATE} \
-                   ORDER BY cost_usd DESC NULLS LAST, {REQUESTS} DESC, {dims}) AS rn FROM capped)) \
-             GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
-            agg = measures_sql(false),
-            folded = folded.join(", "),
-            measures = measures.join(", "),
-        );
-        let out = self.sql("capped", merged, &q).await?;
-        self.overflowed += over as u64;
-        metrics::counter!("aifinops_window_overflow_keys_total").increment(over as u64);
-        tracing::debug!(keys = over, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
-        Ok(out)
-    }
-
     pub fn sizes(&self) -> Vec<WindowSize> {
         self.series.iter().map(|s| s.size.clone()).collect()
     }
 
-    async fn sql(&self, table: &str, batch: RecordBatch, query: &str) -> Result<RecordBatch, AggregateError> {
-        if batch.num_rows() == 0 {
-            return Ok(RecordBatch::new_empty(rollup_schema()));
+    /// Applies the key cap to series `i`: per window and late flag, rows ranked by cost (descending, unknown
+    /// last), requests (descending) and the dimensions (ascending); rows ranked beyond the cap are folded.
+    fn cap(&mut self, i: usize) {
+        let cap = self.key_cap;
+        let len = self.series[i].rows.len();
+        self.series[i].rows_after_cap = len;
+        if len <= cap {
+            return;
         }
-        let _ = self.ctx.deregister_table(table);
-        self.ctx
-            .register_batch(table, batch)
-            .map_err(|e| AggregateError::DataFusion { context: format!("registering {table}"), source: e })?;
-        let df = self
-            .ctx
-            .sql(query)
-            .await
-            .map_err(|e| AggregateError::DataFusion { context: format!("planning {query}"), source: e })?;
-        let out =
-            df.collect().await.map_err(|e| AggregateError::DataFusion { context: "aggregating".into(), source: e })?;
-        let _ = self.ctx.deregister_table(table);
-        conform(out)
-    }
-
-    /// SQL that buckets `table` rows into windows of `size` (from raw events or from finer partial rows).
-    fn bucket_sql(size: &WindowSize, table: &str, ts_col: &str, from_events: bool, late_cutoff_ms: i64) -> String {
-        let start = format!("date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))", size.ms);
-        let end = format!("({start} + INTERVAL '{} milliseconds')", size.ms);
-        let dims = DIMENSIONS.join(", ");
-        format!(
-            "SELECT {start} AS {WINDOW_START}, {end} AS {WINDOW_END}, {dims}, {measures}, \
-             ({end} <= {cutoff}) AS {LATE} FROM {table} GROUP BY {start}, {dims}, ({end} <= {cutoff})",
-            measures = measures_sql(from_events),
-            cutoff = ts_literal(late_cutoff_ms),
-        )
+        let rows = &self.series[i].rows;
+        let mut per: HashMap<(i64, bool), usize, Fx> = HashMap::default();
+        for k in rows.keys() {
+            *per.entry((k.start, k.late)).or_default() += 1;
+        }
+        per.retain(|_, n| *n > cap);
+        if per.is_empty() {
+            return;
+        }
+        let other = self.strings.id(OVERFLOW);
+        let kept: Vec<bool> = DIMENSIONS.iter().map(|d| KEPT_ON_OVERFLOW.contains(d)).collect();
+        let rows = &mut self.series[i].rows;
+        let mut groups: HashMap<(i64, bool), Vec<(Key, Acc)>, Fx> = HashMap::default();
+        rows.retain(|k, a| match per.contains_key(&(k.start, k.late)) {
+            true => {
+                groups.entry((k.start, k.late)).or_default().push((*k, *a));
+                false
+            }
+            false => true,
+        });
+        let strings = &self.strings;
+        let mut over = 0usize;
+        for (_, mut g) in groups {
+            g.sort_unstable_by(|(ka, a), (kb, b)| {
+                // cost DESC NULLS LAST
+                let cost = match (a.money(0), b.money(0)) {
+                    (Some(x), Some(y)) => y.cmp(&x),
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                };
+                cost.then_with(|| b.counts[0].cmp(&a.counts[0])).then_with(|| {
+                    ka.dims
+                        .iter()
+                        .zip(&kb.dims)
+                        .map(
+                            |(x, y)| {
+                                if x == y { std::cmp::Ordering::Equal } else { strings.get(*x).cmp(strings.get(*y)) }
+                            },
+                        )
+                        .find(|o| o.is_ne())
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+            });
+            over += g.len() - cap;
+            for (rank, (mut k, a)) in g.into_iter().enumerate() {
+                if rank >= cap {
+                    for (d, keep) in k.dims.iter_mut().zip(&kept) {
+                        if !keep {
+                            *d = other;
+                        }
+                    }
+                }
+                rows.entry(k).or_default().add(&a);
+            }
+        }
+        self.series[i].rows_after_cap = rows.len();
+        self.overflowed += over as u64;
+        metrics::counter!("aifinops_window_overflow_keys_total").increment(over as u64);
+        tracing::debug!(keys = over, cap, "keys beyond the window key cap folded into __other__");
     }
 
     /// Adds one micro-batch of (deduplicated) priced events. `watermark_ms` is the watermark before this
     /// batch; events whose window ended more than `allowed_lateness_ms` before it are flagged late.
-    /// Returns the partial rows of the finest window size (used by the alert rules).
+    /// Returns the partial rows of this batch for the finest window size (used by the alert rules).
     pub async fn add(
         &mut self,
         events: &RecordBatch,
@@ -218,96 +328,163 @@ impl WindowEngine {
         allowed_lateness_ms: i64,
     ) -> Result<RecordBatch, AggregateError> {
         let cutoff = watermark_ms.map_or(0, |w| w.saturating_sub(allowed_lateness_ms).max(0));
-        let mut partials: Vec<RecordBatch> = Vec::with_capacity(self.series.len());
-        for i in 0..self.series.len() {
-            let size = self.series[i].size.clone();
-            let part = match self.series[i].from {
-                Some(f) => {
-                    let q = Self::bucket_sql(&size, "finer", WINDOW_START, false, cutoff);
-                    self.sql("finer", partials[f].clone(), &q).await?
-                }
-                None => {
-                    let q = Self::bucket_sql(&size, "events", "ts", true, cutoff);
-                    self.sql("events", events.clone(), &q).await?
-                }
-            };
-            if part.num_rows() > 0 {
-                self.series[i].pending.push(part.clone());
-            }
-            partials.push(part);
-            // compaction: partial rows waiting for the next close are bounded by keys, not by events
-            let pending: usize = self.series[i].pending.iter().map(|b| b.num_rows()).sum();
-            let open = self.series[i].open.as_ref().map_or(0, |b| b.num_rows());
-            if pending > COMPACT_ROWS.max(open) {
-                let mut batches = std::mem::take(&mut self.series[i].pending);
-                batches.extend(self.series[i].open.take());
-                let merged = self.merge(batches).await?;
-                let merged = self.cap(merged).await?;
-                self.series[i].open = Some(merged);
+        let n = events.num_rows();
+        let col = |name: &str| {
+            events.column_by_name(name).ok_or_else(|| AggregateError::Config(format!("event batch has no {name}")))
+        };
+        // dimension ids, column by column (a run of equal values is interned once)
+        let mut dims: Vec<[u32; NDIM]> = vec![[0; NDIM]; n];
+        for (d, name) in DIMENSIONS.iter().enumerate() {
+            let c = col(name)?.as_string::<i32>();
+            let mut last: Option<(&str, u32)> = None;
+            for (i, row) in dims.iter_mut().enumerate() {
+                let v = if c.is_null(i) { "" } else { c.value(i) };
+                let id = match last {
+                    Some((s, id)) if s == v => id,
+                    _ => {
+                        let id = self.strings.id(v);
+                        last = Some((v, id));
+                        id
+                    }
+                };
+                row[d] = id;
             }
         }
-        Ok(partials.into_iter().next().expect("one series"))
+        let ts = col(TS)?.as_primitive::<TimestampMillisecondType>().values();
+        let counts: Vec<&[i64]> = EVENT_COUNTS
+            .iter()
+            .map(|c| col(c).map(|a| a.as_primitive::<Int64Type>().values().as_ref()))
+            .collect::<Result<_, _>>()?;
+        let money: Vec<&Decimal128Array> =
+            EVENT_MONEY.iter().map(|m| col(m).map(|a| a.as_primitive::<Decimal128Type>())).collect::<Result<_, _>>()?;
+        let mut finest = Table::default();
+        for i in 0..n {
+            let mut acc = Acc::default();
+            acc.counts[0] = 1;
+            for (k, c) in counts.iter().enumerate() {
+                acc.counts[k + 1] = c[i];
+            }
+            for (k, m) in money.iter().enumerate() {
+                if m.is_valid(i) {
+                    acc.money[k] = m.value(i);
+                    acc.valid[k] = true;
+                }
+            }
+            for (s, series) in self.series.iter_mut().enumerate() {
+                let ms = series.size.ms;
+                let start = ts[i].div_euclid(ms) * ms;
+                let key = Key { start, late: start.saturating_add(ms) <= cutoff, dims: dims[i] };
+                if s == 0 {
+                    finest.entry(key).or_default().add(&acc);
+                } else {
+                    series.rows.entry(key).or_default().add(&acc);
+                }
+            }
+        }
+        let rows = &mut self.series[0].rows;
+        rows.reserve(finest.len());
+        for (k, a) in &finest {
+            rows.entry(*k).or_default().add(a);
+        }
+        // the key cap bounds the state between closes too
+        for i in 0..self.series.len() {
+            let s = &self.series[i];
+            if s.rows.len() > COMPACT_ROWS.max(2 * s.rows_after_cap) {
+                self.cap(i);
+            }
+        }
+        let size_ms = self.series[0].size.ms;
+        let part: Vec<(&Key, &Acc)> = finest.iter().collect();
+        self.batch(size_ms, &part)
     }
 
-    async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
-        let all = concat_batches(&rollup_schema(), &batches)
-            .map_err(|e| AggregateError::Arrow { context: "concatenating partials".into(), source: e })?;
-        let dims = DIMENSIONS.join(", ");
-        let q = format!(
-            "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {measures}, {LATE} FROM partials \
-             GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
-            measures = measures_sql(false)
-        );
-        self.sql("partials", all, &q).await
+    /// Rows as a batch in the rollup schema.
+    fn batch(&self, size_ms: i64, rows: &[(&Key, &Acc)]) -> Result<RecordBatch, AggregateError> {
+        let n = rows.len();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(rollup_schema().fields().len());
+        let start = TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.0.start)).with_timezone("UTC");
+        let end = TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.0.start.saturating_add(size_ms)))
+            .with_timezone("UTC");
+        cols.push(Arc::new(start));
+        cols.push(Arc::new(end));
+        for d in 0..NDIM {
+            let mut b = StringBuilder::with_capacity(n, n * 8);
+            for r in rows {
+                b.append_value(self.strings.get(r.0.dims[d]));
+            }
+            cols.push(Arc::new(b.finish()));
+        }
+        for c in 0..NCOUNT {
+            cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1.counts[c]))));
+        }
+        for m in 0..NMONEY {
+            let a = Decimal128Array::from_iter(rows.iter().map(|r| r.1.money(m)))
+                .with_precision_and_scale(COST_PRECISION, COST_SCALE)
+                .map_err(arrow_err("building rollup rows"))?;
+            cols.push(Arc::new(a));
+        }
+        cols.push(Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.0.late)))));
+        RecordBatch::try_new(rollup_schema(), cols).map_err(arrow_err("building rollup rows"))
     }
 
-    /// Merges pending partials into the open state and returns the rows of every window whose end is at
-    /// or before `watermark_ms` (`None` = end of input: everything).
+    /// Returns the rows of every window whose end is at or before `watermark_ms` (`None` = end of input:
+    /// everything), after applying the key cap.
     pub async fn close(&mut self, watermark_ms: Option<i64>) -> Result<Vec<Emitted>, AggregateError> {
         let mut out = Vec::new();
         for i in 0..self.series.len() {
-            let s = &mut self.series[i];
-            if s.pending.is_empty() && s.open.is_none() {
+            if self.series[i].rows.is_empty() {
                 continue;
             }
-            let mut batches = std::mem::take(&mut s.pending);
-            if let Some(o) = s.open.take() {
-                batches.push(o);
-            }
-            let size = s.size.clone();
-            let merged = self.merge(batches).await?;
-            let merged = self.cap(merged).await?;
-            let (closed, open) = match watermark_ms {
-                None => (merged, RecordBatch::new_empty(rollup_schema())),
-                Some(w) => split_closed(&merged, w)?,
-            };
+            self.cap(i);
             let s = &mut self.series[i];
-            if open.num_rows() > 0 {
-                s.open = Some(open);
+            let ms = s.size.ms;
+            let closed: Vec<(Key, Acc)> = match watermark_ms {
+                None => s.rows.drain().collect(),
+                Some(w) => s.rows.extract_if(|k, _| k.start.saturating_add(ms) <= w).collect(),
+            };
+            s.rows_after_cap = s.rows.len();
+            if closed.is_empty() {
+                continue;
             }
-            if closed.num_rows() > 0 {
-                out.push(Emitted { size, rows: closed });
-            }
+            // in window order (references are sorted, not the rows)
+            let mut refs: Vec<(&Key, &Acc)> = closed.iter().map(|(k, a)| (k, a)).collect();
+            refs.sort_unstable_by_key(|r| r.0);
+            let size = s.size.clone();
+            out.push(Emitted { rows: self.batch(ms, &refs)?, size });
         }
+        self.rebuild_strings();
         Ok(out)
     }
 
-    /// Merged open state per window size, for the commit's state snapshot.
+    /// Drops interned strings no open row uses, once there are many.
+    fn rebuild_strings(&mut self) {
+        if self.strings.strs.len() < INTERNER_REBUILD {
+            return;
+        }
+        let old = std::mem::take(&mut self.strings);
+        for s in &mut self.series {
+            let rows = std::mem::take(&mut s.rows);
+            s.rows = rows
+                .into_iter()
+                .map(|(mut k, a)| {
+                    for d in &mut k.dims {
+                        *d = self.strings.id(old.get(*d));
+                    }
+                    (k, a)
+                })
+                .collect();
+        }
+    }
+
+    /// Open rows per window size, for the commit's state snapshot.
     pub async fn snapshot(&mut self) -> Result<Vec<(WindowSize, RecordBatch)>, AggregateError> {
         let mut out = Vec::new();
-        for i in 0..self.series.len() {
-            let mut batches = std::mem::take(&mut self.series[i].pending);
-            if let Some(o) = self.series[i].open.take() {
-                batches.push(o);
+        for s in &self.series {
+            if s.rows.is_empty() {
+                continue;
             }
-            let merged = match batches.len() {
-                0 => continue,
-                // one batch is already one row per key (the output of a GROUP BY): no second merge
-                1 => batches.pop().expect("one batch"),
-                _ => self.merge(batches).await?,
-            };
-            self.series[i].open = Some(merged.clone());
-            out.push((self.series[i].size.clone(), merged));
+            let rows: Vec<(&Key, &Acc)> = s.rows.iter().collect();
+            out.push((s.size.clone(), self.batch(s.size.ms, &rows)?));
         }
         Ok(out)
     }
@@ -315,8 +492,8 @@ impl WindowEngine {
     /// Replaces all state with a snapshot (on start and on rollback).
     pub fn restore(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
         for s in &mut self.series {
-            s.pending.clear();
-            s.open = None;
+            s.rows.clear();
+            s.rows_after_cap = 0;
         }
         for (label, batch) in snapshot {
             let want = rollup_schema();
@@ -331,63 +508,66 @@ impl WindowEngine {
                     names(&want)
                 )));
             }
-            let s = self
+            let i = self
                 .series
-                .iter_mut()
-                .find(|s| s.size.label == label)
+                .iter()
+                .position(|s| s.size.label == label)
                 .ok_or_else(|| AggregateError::Config(format!("state has window size {label} that is no longer configured; keep it in `windows` or start a new lake")))?;
-            s.open = Some(conform(vec![batch])?);
+            let batch = conform(batch)?;
+            let starts = batch.column(0).as_primitive::<TimestampMillisecondType>().values().clone();
+            let late = batch.column_by_name(LATE).expect("late").as_boolean().clone();
+            let dims: Vec<_> =
+                DIMENSIONS.iter().map(|d| batch.column_by_name(d).expect("dim").as_string::<i32>().clone()).collect();
+            let counts: Vec<_> = std::iter::once(REQUESTS)
+                .chain(EVENT_COUNTS)
+                .map(|c| batch.column_by_name(c).expect("count").as_primitive::<Int64Type>().clone())
+                .collect();
+            let money: Vec<_> = EVENT_MONEY
+                .iter()
+                .map(|m| batch.column_by_name(m).expect("money").as_primitive::<Decimal128Type>().clone())
+                .collect();
+            for r in 0..batch.num_rows() {
+                let mut key = Key { start: starts[r], late: late.value(r), dims: [0; NDIM] };
+                for (d, c) in dims.iter().enumerate() {
+                    key.dims[d] = self.strings.id(c.value(r));
+                }
+                let mut acc = Acc::default();
+                for (k, c) in counts.iter().enumerate() {
+                    acc.counts[k] = c.value(r);
+                }
+                for (k, m) in money.iter().enumerate() {
+                    if m.is_valid(r) {
+                        acc.money[k] = m.value(r);
+                        acc.valid[k] = true;
+                    }
+                }
+                self.series[i].rows.entry(key).or_default().add(&acc);
+            }
+            self.series[i].rows_after_cap = self.series[i].rows.len();
         }
         Ok(())
     }
 
     /// Number of open (window, key) rows held, for metrics.
     pub fn open_rows(&self) -> usize {
-        self.series
-            .iter()
-            .map(|s| {
-                s.open.as_ref().map_or(0, |b| b.num_rows()) + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()
-            })
-            .sum()
+        self.series.iter().map(|s| s.rows.len()).sum()
     }
 }
 
-/// Casts DataFusion output to the exact rollup schema (types and nullability).
-fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
+/// Casts a state batch to the exact rollup schema (types and nullability).
+fn conform(b: RecordBatch) -> Result<RecordBatch, AggregateError> {
     let schema = rollup_schema();
-    let mut out = Vec::with_capacity(batches.len());
-    for b in batches {
-        if b.num_rows() == 0 {
-            continue;
-        }
-        let mut cols = Vec::with_capacity(schema.fields().len());
-        for (i, f) in schema.fields().iter().enumerate() {
-            let c = b.column(i);
-            cols.push(if c.data_type() == f.data_type() {
-                c.clone()
-            } else {
-                cast(c, f.data_type())
-                    .map_err(|e| AggregateError::Arrow { context: format!("casting {}", f.name()), source: e })?
-            });
-        }
-        out.push(
-            RecordBatch::try_new(schema.clone(), cols)
-                .map_err(|e| AggregateError::Arrow { context: "building rollup rows".into(), source: e })?,
-        );
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        let c = b.column(i);
+        cols.push(if c.data_type() == f.data_type() {
+            c.clone()
+        } else {
+            cast(c, f.data_type())
+                .map_err(|e| AggregateError::Arrow { context: format!("casting {}", f.name()), source: e })?
+        });
     }
-    concat_batches(&schema, &out)
-        .map_err(|e| AggregateError::Arrow { context: "concatenating rollup rows".into(), source: e })
-}
-
-fn split_closed(b: &RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
-    let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
-    let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= watermark_ms))).collect();
-    let open = datafusion::arrow::compute::not(&closed)
-        .map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })?;
-    let f = |m: &BooleanArray| {
-        filter_record_batch(b, m).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })
-    };
-    Ok((f(&closed)?, f(&open)?))
+    RecordBatch::try_new(schema, cols).map_err(arrow_err("building rollup rows"))
 }
 
 #[cfg(test)]
