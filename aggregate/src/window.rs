@@ -408,7 +408,8 @@ impl WindowEngine {
         cols.push(Arc::new(start));
         cols.push(Arc::new(end));
         for d in 0..NDIM {
-            let mut b = StringBuilder::with_capacity(n, n * 8);
+            let bytes = rows.iter().map(|r| self.strings.get(r.0.dims[d]).len()).sum();
+            let mut b = StringBuilder::with_capacity(n, bytes);
             for r in rows {
                 b.append_value(self.strings.get(r.0.dims[d]));
             }
@@ -448,7 +449,7 @@ impl WindowEngine {
             }
             // in window order (references are sorted, not the rows)
             let mut refs: Vec<(&Key, &Acc)> = closed.iter().map(|(k, a)| (k, a)).collect();
-            refs.sort_unstable_by_key(|r| r.0);
+            refs.sort_unstable_by_key(|r| r.0.start);
             let size = s.size.clone();
             out.push(Emitted { rows: self.batch(ms, &refs)?, size });
         }
