@@ -208,8 +208,8 @@ pub struct Emitted {
     pub rows: RecordBatch,
 }
 
-/// Open rows of a series beyond which the key cap is applied before the next close.
-const COMPACT_ROWS: usize = 200_000;
+/// Growth of a series' open rows (beyond a tenth) after which the key cap is applied before the next close.
+const COMPACT_ROWS: usize = 10_000;
 
 /// The dimensions kept when a key is folded into an overflow row.
 const KEPT_ON_OVERFLOW: [&str; 2] = ["owner", "risk_owner"];
@@ -279,7 +279,8 @@ impl WindowEngine {
         let strings = &self.strings;
         let mut over = 0usize;
         for (_, mut g) in groups {
-            g.sort_unstable_by(|(ka, a), (kb, b)| {
+            // the top `cap` by the ranking below (a total order: keys are unique): a selection, not a sort
+            g.select_nth_unstable_by(cap - 1, |(ka, a), (kb, b)| {
                 // cost DESC NULLS LAST
                 let cost = match (a.money(0), b.money(0)) {
                     (Some(x), Some(y)) => y.cmp(&x),
@@ -386,10 +387,13 @@ impl WindowEngine {
         for (k, a) in &finest {
             rows.entry(*k).or_default().add(a);
         }
-        // the key cap bounds the state between closes too
+        // the key cap bounds the state between closes too: it is applied again once the rows grew by a tenth
+        // (a selection per window, linear in its rows)
         for i in 0..self.series.len() {
             let s = &self.series[i];
-            if s.rows.len() > COMPACT_ROWS.max(2 * s.rows_after_cap) {
+            if s.rows.len() > self.key_cap
+                && s.rows.len() > s.rows_after_cap + (s.rows_after_cap / 10).max(COMPACT_ROWS)
+            {
                 self.cap(i);
             }
         }
