@@ -315,7 +315,9 @@ pub struct SpikeDetector {
     a_slow: f64,
     series: HashMap<String, Series>,
     /// Closed-window rows not yet evaluated: window index -> series key -> spend.
-    pending: BTreeMap<i64, BTreeMap<String, SeriesAcc>>,
+    /// Spend of windows collected but not yet scored, per series key (hashed: rows are many; ordered for
+    /// scoring).
+    pending: BTreeMap<i64, std::collections::HashMap<String, SeriesAcc>>,
     state: SpikeState,
 }
 
@@ -763,7 +765,8 @@ impl Detector for SpikeDetector {
             if idx >= through {
                 break;
             }
-            let accs = self.pending.remove(&idx).expect("pending window");
+            let accs: BTreeMap<String, SeriesAcc> =
+                self.pending.remove(&idx).expect("pending window").into_iter().collect();
             // an empty window between the last evaluated one and this: alerting series read zero there
             if let Some(l) = self.state.last_eval
                 && idx > l + 1
