@@ -170,6 +170,11 @@ def main():
         ok = False
         log(f"check: {lc} requests reach a long-context tier: the exported base rates do not price them")
 
+    # disk: the lakes and the workload are not needed any more (the 10M run needs ~5 GB)
+    for lake in (lake_a, lake_c, os.path.join(ARGS.work, "lake-a")):
+        shutil.rmtree(lake, ignore_errors=True)
+    os.remove(events)
+
     scale = {}
     for s in [int(x) for x in ARGS.scale.split(",") if x]:
         f = os.path.join(ARGS.work, f"events-{s}.ndjson")
@@ -210,7 +215,6 @@ def main():
     print("\n" + table)
     if ARGS.table_out:
         open(ARGS.table_out, "w").write(table + "\n")
-    os.remove(events)
     if not ok:
         raise SystemExit("the cross-check failed: the jobs do not agree")
 

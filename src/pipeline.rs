@@ -275,6 +275,16 @@ impl Pipeline {
     /// Processes what the decoder holds: dedup, windows, rules. `watermark` is the input's new watermark.
     pub async fn process(&mut self, records: u64, watermark: Option<i64>) -> anyhow::Result<()> {
         let decoded = self.decoder.finish();
+        self.process_decoded(decoded, records, watermark).await
+    }
+
+    /// Like [`Pipeline::process`], for records decoded elsewhere (`replay` decodes on a thread of its own).
+    pub async fn process_decoded(
+        &mut self,
+        decoded: aifinops_ingest::Decoded,
+        records: u64,
+        watermark: Option<i64>,
+    ) -> anyhow::Result<()> {
         self.totals.records += records;
         self.totals.accepted += decoded.stats.accepted;
         self.totals.dead_letters += decoded.stats.dead_letters;
