@@ -79,7 +79,7 @@ pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyh
     let skew = cfg.pipeline.max_future_skew.as_millis() as i64;
     let mut clock: Option<i64> = p.watermark().map(|w| w + delay);
     let mut last_report = Instant::now();
-    // Reading and decoding run on a thread of their own, a micro-batch ahead of dedup, windows and commits
+    // Reading and decoding run on a thread of their own, one micro-batch ahead of dedup, windows and commits
     // (a second core takes about a third of the work); a batch carries the file positions it ends at, so a
     // commit records exactly the records processed.
     let placeholder = aifinops_ingest::Decoder::new(
@@ -90,7 +90,7 @@ pub async fn run(cfg: &Config, files: &[(PathBuf, Format)], force: bool) -> anyh
     );
     let mut decoder = std::mem::replace(&mut p.decoder, placeholder);
     let batch_max = cfg.pipeline.batch_max_events;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, aifinops_ingest::IngestError>>(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch, aifinops_ingest::IngestError>>(0);
     let reader = std::thread::Builder::new().name("replay-decode".into()).spawn(move || {
         loop {
             let batch = src.read_into(&mut decoder, batch_max, now_ms()).map(|chunk| Batch {
