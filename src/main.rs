@@ -187,6 +187,25 @@ enum PricesAction {
         #[arg(required = true)]
         files: Vec<String>,
     },
+    /// Print the resolved per-token rates (exact decimal USD) of models as CSV, for pricing the same
+    /// traffic elsewhere (e.g. the benchmark's DuckDB and Python jobs).
+    Export {
+        /// Catalog files in load order (LiteLLM `.json`, aifinops `.toml`); later override earlier.
+        #[arg(long = "catalog")]
+        catalogs: Vec<PathBuf>,
+        /// Leave out the built-in catalog.
+        #[arg(long)]
+        no_builtin: bool,
+        /// Price versions in effect on this day (YYYY-MM-DD, UTC); default today.
+        #[arg(long)]
+        at: Option<String>,
+        /// Service tier of the rates.
+        #[arg(long, default_value = "default")]
+        tier: String,
+        /// Models as `provider/model`.
+        #[arg(required = true)]
+        models: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -331,6 +350,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             if !report.unpriced.is_empty() {
                 std::process::exit(1);
             }
+            Ok(())
+        }
+        Command::Prices { action: PricesAction::Export { catalogs, no_builtin, at, tier, models } } => {
+            let at_ms = match at {
+                Some(d) => aifinops_ingest::catalog::parse_date_ms(&d)
+                    .with_context(|| format!("--at {d:?} is not YYYY-MM-DD"))?,
+                None => pipeline::now_ms(),
+            };
+            print!("{}", prices::export(&catalogs, !no_builtin, at_ms, &tier, &models)?);
             Ok(())
         }
         Command::Forecast(args) => forecast::run(args).await,

@@ -44,7 +44,7 @@ pub struct Pipeline {
     boundary: Option<i64>,
     /// Live input (`run`): commit as soon as a scored window closes. A backfill commits on its interval only.
     live: bool,
-    /// Open window rows right after the last commit: a commit is also due when they double (plus a margin),
+    /// Open window rows right after the last commit: a commit is also due when 50 000 more are open,
     /// so state between commits is bounded by keys, not by the events of a commit interval.
     open_after_commit: usize,
     emitted: Vec<Emitted>,
@@ -304,7 +304,7 @@ impl Pipeline {
             (Some(b), Some(w)) => self.live && w >= b,
             _ => false,
         };
-        let state_grew = self.windows.open_rows() > 2 * self.open_after_commit + 100_000;
+        let state_grew = self.windows.open_rows() > self.open_after_commit + 50_000;
         (self.dirty && (self.last_commit.elapsed() >= self.cfg.pipeline.commit_interval || state_grew)) || window_closed
     }
 
@@ -315,6 +315,16 @@ impl Pipeline {
     /// Processes what the decoder holds: dedup, windows, rules. `watermark` is the input's new watermark.
     pub async fn process(&mut self, records: u64, watermark: Option<i64>) -> anyhow::Result<()> {
         let decoded = self.decoder.finish();
+        self.process_decoded(decoded, records, watermark).await
+    }
+
+    /// Like [`Pipeline::process`], for records decoded elsewhere (`replay` decodes on a thread of its own).
+    pub async fn process_decoded(
+        &mut self,
+        decoded: aifinops_ingest::Decoded,
+        records: u64,
+        watermark: Option<i64>,
+    ) -> anyhow::Result<()> {
         self.totals.records += records;
         self.totals.accepted += decoded.stats.accepted;
         self.totals.dead_letters += decoded.stats.dead_letters;

@@ -96,3 +96,53 @@ pub fn check(catalogs: &[PathBuf], builtin: bool, files: Vec<(PathBuf, Format)>)
     }
     Ok(report)
 }
+
+/// `aifinops prices export`: the resolved per-token rates of `models` (`provider/model`) at `at_ms`, as
+/// CSV with exact decimal USD per token (for other tools to price the same traffic the same way, e.g. the
+/// benchmark's DuckDB and Python jobs). Fails on a model the catalog cannot price.
+pub fn export(
+    catalogs: &[PathBuf],
+    builtin: bool,
+    at_ms: i64,
+    tier: &str,
+    models: &[String],
+) -> anyhow::Result<String> {
+    use aifinops_ingest::catalog::{Class, Tier};
+    use aifinops_schemas::money::format_usd;
+    let mut catalog = if builtin { PriceCatalog::builtin() } else { PriceCatalog::default() };
+    for c in catalogs {
+        catalog.add_file(c).with_context(|| format!("loading prices from {}", c.display()))?;
+    }
+    let t = Tier::parse(tier).ok_or_else(|| anyhow::anyhow!("unknown service tier {tier:?}"))?;
+    const CLASSES: [(Class, &str); 8] = [
+        (Class::Input, "input"),
+        (Class::CacheRead, "cache_read"),
+        (Class::CacheWrite, "cache_write"),
+        (Class::CacheWrite1h, "cache_write_1h"),
+        (Class::AudioInput, "audio_input"),
+        (Class::Output, "output"),
+        (Class::Reasoning, "reasoning"),
+        (Class::AudioOutput, "audio_output"),
+    ];
+    let mut out = String::from("provider,model,tier,price_id");
+    for (_, name) in CLASSES {
+        out.push(',');
+        out.push_str(name);
+    }
+    out.push_str(",long_context_above,discount_ppm\n");
+    for m in models {
+        let (provider, model) =
+            m.split_once('/').ok_or_else(|| anyhow::anyhow!("{m:?}: models are given as provider/model"))?;
+        let p = catalog.lookup(provider, model, at_ms).ok_or_else(|| anyhow::anyhow!("{m}: not priced"))?;
+        out.push_str(&format!("{provider},{model},{},{}", t.as_str(), p.id));
+        for (c, name) in CLASSES {
+            let r = p.rate(c, t).ok_or_else(|| anyhow::anyhow!("{m}: no {name} rate"))?;
+            out.push(',');
+            out.push_str(&format_usd(r));
+        }
+        let above = p.long_context_thresholds().first().map(|a| a.to_string()).unwrap_or_default();
+        let discount = p.discount_ppm().map(|d| d.to_string()).unwrap_or_default();
+        out.push_str(&format!(",{above},{discount}\n"));
+    }
+    Ok(out)
+}

@@ -15,11 +15,50 @@ use datafusion::arrow::datatypes::TimestampMillisecondType;
 
 use crate::AggregateError;
 
+/// An event key (a 128-bit xxh3 hash) as two words: 8-byte aligned, so an entry with its time is 24 bytes
+/// (a `u128` key made it 32), and already uniform, so the table hashes it by folding, not SipHash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Id(u64, u64);
+
+impl Id {
+    fn from_bytes(b: &[u8]) -> Id {
+        Id(u64::from_le_bytes(b[..8].try_into().expect("8")), u64::from_le_bytes(b[8..16].try_into().expect("8")))
+    }
+}
+
+impl std::hash::Hash for Id {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.0 ^ self.1.rotate_left(32));
+    }
+}
+
+/// Passes an [`Id`]'s folded word through.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type IdMap = HashMap<Id, i64, std::hash::BuildHasherDefault<IdHasher>>;
+
 #[derive(Debug, Default, Clone)]
 pub struct Deduplicator {
-    seen: HashMap<u128, i64>,
+    seen: IdMap,
     /// Entries added since the last [`Deduplicator::take_segment`].
-    fresh: Vec<(u128, i64)>,
+    fresh: Vec<(Id, i64)>,
 }
 
 impl Deduplicator {
@@ -37,7 +76,7 @@ impl Deduplicator {
         let mut dups = 0u64;
         let mask: BooleanArray = (0..keys.len())
             .map(|i| {
-                let k = u128::from_le_bytes(keys.value(i).try_into().expect("16-byte key"));
+                let k = Id::from_bytes(keys.value(i));
                 // the first sighting's time is kept, as its segment on disk has it
                 let fresh = match self.seen.entry(k) {
                     std::collections::hash_map::Entry::Occupied(_) => false,
@@ -83,7 +122,7 @@ impl Deduplicator {
         let retry_cost = col("retry_cost_usd")?.as_primitive::<Decimal128Type>();
         let mut marked: Vec<usize> = Vec::new();
         for i in (0..keys.len()).filter(|i| keys.is_valid(*i)) {
-            let k = u128::from_le_bytes(keys.value(i).try_into().expect("16-byte key"));
+            let k = Id::from_bytes(keys.value(i));
             match self.seen.entry(k) {
                 std::collections::hash_map::Entry::Occupied(_) => {
                     if retries.value(i) == 0 {
@@ -166,21 +205,17 @@ impl Deduplicator {
         }
         let seen = bytes
             .chunks_exact(24)
-            .map(|c| {
-                (
-                    u128::from_le_bytes(c[..16].try_into().expect("16")),
-                    i64::from_le_bytes(c[16..].try_into().expect("8")),
-                )
-            })
+            .map(|c| (Id::from_bytes(&c[..16]), i64::from_le_bytes(c[16..].try_into().expect("8"))))
             .collect();
         Ok(Deduplicator { seen, fresh: Vec::new() })
     }
 }
 
-fn encode(entries: impl Iterator<Item = (u128, i64)>, n: usize) -> Vec<u8> {
+fn encode(entries: impl Iterator<Item = (Id, i64)>, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 24);
     for (k, ts) in entries {
-        out.extend_from_slice(&k.to_le_bytes());
+        out.extend_from_slice(&k.0.to_le_bytes());
+        out.extend_from_slice(&k.1.to_le_bytes());
         out.extend_from_slice(&ts.to_le_bytes());
     }
     out

@@ -56,11 +56,10 @@ impl Detector for RetryStormDetector {
         let late = b.column_by_name("late").expect("late").as_boolean();
         let ts = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<TimestampMillisecondType>();
         let (start, end) = (ts("window_start"), ts("window_end"));
-        let mut groups: BTreeMap<(String, String, String, i64), Acc> = BTreeMap::new();
+        // keys borrow the batch's strings (no allocation per row); ordered once for the alerts
+        let mut groups: std::collections::HashMap<(&str, &str, &str, i64), Acc> = std::collections::HashMap::new();
         for r in (0..b.num_rows()).filter(|r| !late.value(*r)) {
-            let a = groups
-                .entry((owner.value(r).into(), risk.value(r).into(), workflow.value(r).into(), start.value(r)))
-                .or_default();
+            let a = groups.entry((owner.value(r), risk.value(r), workflow.value(r), start.value(r))).or_default();
             let v = |c: &datafusion::arrow::array::Decimal128Array| if c.is_null(r) { 0 } else { c.value(r) };
             a.cost += v(cost);
             a.failed += v(failed);
@@ -71,6 +70,7 @@ impl Detector for RetryStormDetector {
             a.end_ms = end.value(r);
         }
         let mut alerts = Vec::new();
+        let groups: BTreeMap<(&str, &str, &str, i64), Acc> = groups.into_iter().collect();
         for ((owner, risk, workflow, start_ms), a) in groups {
             let wasted = a.failed + a.retry;
             // wasted / cost * 100 >= share, exact: wasted * 100 * 10^6 >= share/10^12 * cost
@@ -87,7 +87,7 @@ impl Detector for RetryStormDetector {
                 AlertType::RetryStorm,
                 format!("owner/{owner}/workflow/{workflow}"),
                 now_ms,
-                &[&owner, &workflow, &start_ms.to_string(), &self.window_ms.to_string()],
+                &[owner, workflow, &start_ms.to_string(), &self.window_ms.to_string()],
                 serde_json::json!({
                     "owner": owner,
                     "risk_owner": risk,

@@ -369,17 +369,23 @@ impl AlertRules {
         let requests = col("requests").as_primitive::<Int64Type>();
         let unpriced = col("unpriced_requests").as_primitive::<Int64Type>();
         let cost = col("cost_usd").as_primitive::<Decimal128Type>();
-        let retention_cut = watermark_ms.map(|w| day_key(w - self.retention_days * 86_400_000));
+        // days as numbers (a date string is formatted once per day, not per row)
+        let retention_cut = watermark_ms.map(|w| (w - self.retention_days * 86_400_000).div_euclid(86_400_000));
+        let mut day_cache: (i64, String) = (i64::MIN, String::new());
 
         // Unattributed identities and unpriced models: aggregate this batch first, then alert once per day.
         let mut unattr: BTreeMap<(String, String), Unattributed> = BTreeMap::new();
         let mut unpr: BTreeMap<(String, String), Unpriced> = BTreeMap::new();
         for i in 0..rows.num_rows() {
             let ts = start.value(i);
-            let day = day_key(ts);
-            if retention_cut.as_ref().is_some_and(|c| day < *c) {
+            let day_n = ts.div_euclid(86_400_000);
+            if retention_cut.is_some_and(|c| day_n < c) {
                 continue; // too old to alert on; the rows still reach the lake
             }
+            if day_cache.0 != day_n {
+                day_cache = (day_n, day_key(ts));
+            }
+            let day = &day_cache.1;
             let c = if cost.is_null(i) { 0 } else { cost.value(i) };
             let r = requests.value(i);
             let spend = Spend { cost: c, requests: r };

@@ -315,7 +315,9 @@ pub struct SpikeDetector {
     a_slow: f64,
     series: HashMap<String, Series>,
     /// Closed-window rows not yet evaluated: window index -> series key -> spend.
-    pending: BTreeMap<i64, BTreeMap<String, SeriesAcc>>,
+    /// Spend of windows collected but not yet scored, per series key (hashed: rows are many; ordered for
+    /// scoring).
+    pending: BTreeMap<i64, std::collections::HashMap<String, SeriesAcc>>,
     state: SpikeState,
 }
 
@@ -679,6 +681,8 @@ impl SpikeDetector {
         let start =
             rows.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMillisecondType>();
         let late = rows.column_by_name("late").map(|c| c.as_boolean().clone());
+        // keys are built in reused buffers and copied only when first seen (rows are many, keys few)
+        let (mut m, mut key) = (String::new(), String::new());
         for r in 0..rows.num_rows() {
             if late.as_ref().is_some_and(|l| l.value(r)) {
                 continue; // late rows reach the history on the next start, from the lake
@@ -688,21 +692,52 @@ impl SpikeDetector {
                 continue;
             }
             let c = if cost.is_null(r) { 0 } else { cost.value(r) };
-            let m = format!("{}/{}", provider.value(r), model.value(r));
-            for (scope, key) in self.keys_of(owner.value(r), identity.value(r)) {
-                let a = self.pending.entry(idx).or_default().entry(key).or_default();
+            m.clear();
+            m.push_str(provider.value(r));
+            m.push('/');
+            m.push_str(model.value(r));
+            let (o, ident) = (owner.value(r), identity.value(r));
+            let window = self.pending.entry(idx).or_default();
+            for scope in &self.cfg.scopes {
+                key.clear();
+                match scope {
+                    Scope::Owner => {
+                        key.push_str("owner/");
+                        key.push_str(o);
+                    }
+                    // the overflow bucket of a window's long tail is many identities, not one
+                    Scope::Identity if !ident.is_empty() && ident != crate::window::OVERFLOW => {
+                        key.push_str("identity/");
+                        key.push_str(ident);
+                    }
+                    Scope::Identity => continue,
+                }
+                let a = match window.get_mut(key.as_str()) {
+                    Some(a) => a,
+                    None => window.entry(key.clone()).or_default(),
+                };
                 a.cost += c;
                 a.requests += req.value(r);
-                *a.owners.entry(owner.value(r).to_string()).or_default() += c;
+                bump(&mut a.owners, o, c);
                 if a.risk_owner.is_empty() {
                     a.risk_owner = risk.value(r).to_string();
                 }
-                *a.models.entry(m.clone()).or_default() += c;
-                *a.workflows.entry(workflow.value(r).to_string()).or_default() += c;
-                if scope == Scope::Owner {
-                    *a.identities.entry(identity.value(r).to_string()).or_default() += c;
+                bump(&mut a.models, &m, c);
+                bump(&mut a.workflows, workflow.value(r), c);
+                if *scope == Scope::Owner {
+                    bump(&mut a.identities, ident, c);
                 }
             }
+        }
+    }
+}
+
+/// Adds `c` to `k`'s sum, copying the key only when it is new.
+fn bump(map: &mut BTreeMap<String, i128>, k: &str, c: i128) {
+    match map.get_mut(k) {
+        Some(v) => *v += c,
+        None => {
+            map.insert(k.to_string(), c);
         }
     }
 }
@@ -730,7 +765,8 @@ impl Detector for SpikeDetector {
             if idx >= through {
                 break;
             }
-            let accs = self.pending.remove(&idx).expect("pending window");
+            let accs: BTreeMap<String, SeriesAcc> =
+                self.pending.remove(&idx).expect("pending window").into_iter().collect();
             // an empty window between the last evaluated one and this: alerting series read zero there
             if let Some(l) = self.state.last_eval
                 && idx > l + 1

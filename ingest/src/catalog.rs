@@ -231,6 +231,17 @@ impl ModelPrice {
         self.rates.web_search
     }
 
+    /// The input sizes above which a long-context tier prices a request (ascending; empty when the model
+    /// has none).
+    pub fn long_context_thresholds(&self) -> Vec<i64> {
+        self.table.iter().map(|r| r.0).filter(|a| *a > 0).collect()
+    }
+
+    /// The negotiated discount on the whole call, in parts per million, if any.
+    pub fn discount_ppm(&self) -> Option<i128> {
+        self.rates.discount_ppm
+    }
+
     /// The input size above which a long-context tier prices a request, if this call reaches one.
     pub fn long_context_tier(&self, t: &Tokens) -> Option<i64> {
         self.table.iter().rev().find(|(above, _)| *above > 0 && t.input > *above).map(|r| r.0)

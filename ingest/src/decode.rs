@@ -233,6 +233,66 @@ struct Wire<'a> {
     response: Option<IgnoredAny>,
 }
 
+impl<'a> From<crate::fastjson::Flat<'a>> for Wire<'a> {
+    fn from(f: crate::fastjson::Flat<'a>) -> Self {
+        let [
+            input,
+            output,
+            cache_read,
+            cache_write,
+            cache_write_1h,
+            audio_input,
+            audio_output,
+            reasoning,
+            retrieval,
+            attempt,
+        ] = f.counts;
+        let [
+            service_tier,
+            status,
+            trace_id,
+            api_key_id,
+            service_account,
+            end_user,
+            team,
+            project,
+            workflow,
+            environment,
+        ] = f.strs;
+        Wire {
+            event_id: f.event_id,
+            timestamp: f.timestamp,
+            provider: f.provider,
+            model: f.model,
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: cache_write,
+            cache_write_1h_tokens: cache_write_1h,
+            audio_input_tokens: audio_input,
+            audio_output_tokens: audio_output,
+            reasoning_tokens: reasoning,
+            retrieval_calls: retrieval,
+            service_tier,
+            status,
+            attempt,
+            trace_id,
+            step: None,
+            api_key_id,
+            service_account,
+            end_user,
+            team,
+            project,
+            workflow,
+            environment,
+            _tags: None,
+            cache_hit: f.cache_hit,
+            cost_usd: None,
+            response: None,
+        }
+    }
+}
+
 impl<'a> Wire<'a> {
     /// Whether the record has a key another format owns.
     fn foreign(&self) -> bool {
@@ -670,8 +730,13 @@ impl Decoder {
         }
         match format {
             Format::Canonical | Format::Auto if !avro_framed => {
-                // the hot path: canonical JSON read in place
-                match serde_json::from_slice::<Wire<'_>>(payload) {
+                // the hot path: canonical JSON read in place (the common flat shape by a reader that skips
+                // serde's dispatch, anything else by serde)
+                let wire = match crate::fastjson::read(payload) {
+                    Some(f) => Ok(Wire::from(f)),
+                    None => serde_json::from_slice::<Wire<'_>>(payload),
+                };
+                match wire {
                     // (usage missing takes the slow path, which checks for counts under other names)
                     Ok(w)
                         if (format == Format::Canonical || (!w.foreign() && w.event_id.is_some()))

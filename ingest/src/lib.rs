@@ -5,6 +5,7 @@
 pub mod avro;
 pub mod catalog;
 pub mod decode;
+mod fastjson;
 pub mod file;
 pub mod formats;
 #[cfg(feature = "kafka")]

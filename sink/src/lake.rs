@@ -317,19 +317,23 @@ fn date_of(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().format("%Y-%m-%d").to_string()
 }
 
-/// Splits rows by the UTC date of a timestamp column.
+/// Splits rows by the UTC date of a timestamp column (a date is formatted once per distinct day).
 fn by_date(batch: &RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatch)>, SinkError> {
+    const DAY_MS: i64 = 86_400_000;
     let ts = batch.column(ts_col).as_primitive::<TimestampMillisecondType>();
-    let dates: Vec<String> = ts.values().iter().map(|&v| date_of(v)).collect();
-    let mut uniq: Vec<&String> = dates.iter().collect();
-    uniq.sort();
+    let days: Vec<i64> = ts.values().iter().map(|&v| v.div_euclid(DAY_MS)).collect();
+    let mut uniq = days.clone();
+    uniq.sort_unstable();
     uniq.dedup();
+    if uniq.len() == 1 {
+        return Ok(vec![(date_of(uniq[0] * DAY_MS), batch.clone())]);
+    }
     let mut out = Vec::new();
     for d in uniq {
-        let mask: BooleanArray = dates.iter().map(|x| Some(x == d)).collect();
+        let mask: BooleanArray = days.iter().map(|x| Some(*x == d)).collect();
         let part = filter_record_batch(batch, &mask)
             .map_err(|e| SinkError::Arrow { context: "partitioning by date".into(), source: e })?;
-        out.push((d.clone(), part));
+        out.push((date_of(d * DAY_MS), part));
     }
     Ok(out)
 }

@@ -1,0 +1,223 @@
+"""The benchmark driver of bench/run (see bench/README.md). Generates the workload, runs every job on the
+same data pinned to the same cores, measures wall time, CPU time and peak RSS of each job's process
+(os.wait4), cross-checks the totals of a, b, c and e exactly, and prints the table."""
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+
+import duckdb
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = ["openai/gpt-4o", "openai/gpt-4o-mini", "openai/o4-mini", "anthropic/claude-sonnet-4-5",
+          "anthropic/claude-haiku-4-5", "gemini/gemini-2.5-flash"]
+DAY = "2026-11-01"
+
+
+def log(msg):
+    print(f"== [{time.strftime('%H:%M:%S', time.gmtime())}] {msg}", flush=True)
+
+
+def measure(name, cmd, cpus, env=None, stdout=None):
+    """Runs cmd pinned to `cpus` (taskset list); returns wall s, CPU s (user+sys), peak RSS MiB."""
+    full = ["taskset", "-c", cpus] + cmd
+    log(f"{name}: {' '.join(cmd)} (cpus {cpus})")
+    err = open(os.path.join(ARGS.work, f"{name}.log"), "w")
+    t0 = time.monotonic()
+    p = subprocess.Popen(full, stdout=stdout or err, stderr=err, env=env)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    err.close()
+    if p.returncode != 0:
+        sys.stdout.write(open(os.path.join(ARGS.work, f"{name}.log")).read()[-4000:])
+        raise SystemExit(f"{name} failed with exit code {p.returncode}")
+    r = {"name": name, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss / 1024}
+    log(f"{name}: {wall:.2f}s wall, {r['cpu']:.2f}s CPU, {r['rss']:.0f} MiB peak RSS")
+    return r
+
+
+def gen(n, out, owners_out=None):
+    cmd = [ARGS.aifinops, "gen", "--events", str(n), "--teams", str(ARGS.teams), "--keys", str(ARGS.keys),
+           "--day", DAY, "--out", out]
+    if owners_out:
+        cmd += ["--owners-out", owners_out]
+    subprocess.run(cmd, check=True)
+
+
+def replay(name, events, cpus):
+    lake = os.path.join(ARGS.work, f"lake-{name}")
+    shutil.rmtree(lake, ignore_errors=True)
+    r = measure(name, [ARGS.aifinops, "replay", "--lake", lake, "--owners", OWNERS, events], cpus)
+    return r, lake
+
+
+def lake_hourly(lake):
+    return (f"SELECT epoch_ms(window_start) AS hour, owner, model, sum(requests) AS requests, "
+            f"sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
+            f"sum(cache_read_tokens) AS cache_read_tokens, sum(cache_write_tokens) AS cache_write_tokens, "
+            f"sum(reasoning_tokens) AS reasoning_tokens, sum(cost_usd) AS cost_usd "
+            f"FROM read_parquet('{lake}/rollups/window=1h/**/*.parquet', hive_partitioning = false) "
+            f"GROUP BY ALL")
+
+
+def check(sources):
+    """Every source's (hour, owner, model) rows must equal the first's exactly; returns the totals."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    measures = ["requests", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "reasoning_tokens", "cost_usd"]
+    for name, sql in sources:
+        con.execute(f"CREATE TABLE \"{name}\" AS SELECT hour, owner, model, "
+                    + ", ".join(f"CAST({m} AS {'DECIMAL(38,18)' if m == 'cost_usd' else 'HUGEINT'}) AS {m}"
+                                for m in measures) + f" FROM ({sql})")
+    ref = sources[0][0]
+    totals = {}
+    ok = True
+    for name, _ in sources:
+        t = con.execute(f"SELECT count(*), " + ", ".join(f"sum({m})" for m in measures) + f" FROM \"{name}\"").fetchone()
+        totals[name] = t
+        diff = con.execute(
+            f"SELECT count(*) FROM \"{ref}\" a FULL OUTER JOIN \"{name}\" b USING (hour, owner, model) WHERE "
+            + " OR ".join(f"a.{m} IS DISTINCT FROM b.{m}" for m in measures)).fetchone()[0]
+        log(f"check {name}: {t[0]} (hour, owner, model) rows, {t[1]} requests, {t[2]} input tokens, "
+            f"{t[3]} output tokens, cost {t[7]} USD; rows differing from {ref}: {diff}")
+        ok = ok and diff == 0
+    return ok, totals
+
+
+def main():
+    global ARGS, OWNERS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--teams", type=int, default=2000)
+    ap.add_argument("--keys", type=int, default=20000)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--cores", type=int, default=os.cpu_count())
+    ap.add_argument("--scale", default="1000000,10000000", help="event counts of the RSS runs of replay ('' = none)")
+    ap.add_argument("--work", default="/var/tmp/aifinops-bench")
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--aifinops", required=True)
+    ap.add_argument("--bench-bin", required=True)
+    ap.add_argument("--table-out")
+    ARGS = ap.parse_args()
+    os.makedirs(ARGS.work, exist_ok=True)
+    n = ARGS.events
+    one, alls = "0", f"0-{ARGS.cores - 1}"
+    events = os.path.join(ARGS.work, f"events-{n}.ndjson")
+    OWNERS = os.path.join(ARGS.work, "owners.toml")
+    log(f"1. workload: {n} events, {ARGS.teams} teams, {ARGS.keys} keys -> {events}")
+    gen(n, events, OWNERS)
+    nbytes = os.path.getsize(events)
+    prices = os.path.join(ARGS.work, "prices.csv")
+    with open(prices, "w") as f:
+        subprocess.run([ARGS.aifinops, "prices", "export", "--at", DAY] + MODELS, check=True, stdout=f)
+    owners_csv = os.path.join(ARGS.work, "owners.csv")
+    with open(OWNERS, "rb") as f, open(owners_csv, "w", newline="") as o:
+        w = csv.writer(o)
+        w.writerow(["team", "owner"])
+        for rule in tomllib.load(f)["owner"]:
+            for t in rule.get("team", []):
+                w.writerow([t, rule["id"]])
+    topic = f"bench-{n}-{int(time.time())}"
+    log(f"   producing into topic {topic} ({ARGS.partitions} partitions) on {ARGS.brokers}")
+    subprocess.run([ARGS.bench_bin, "produce", "--brokers", ARGS.brokers, "--topic", topic,
+                    "--partitions", str(ARGS.partitions), events], check=True)
+    subprocess.run([ARGS.bench_bin, "produce", "--brokers", ARGS.brokers, "--topic", f"{topic}-alerts",
+                    "--partitions", "1", "/dev/null"], check=True)
+
+    log("2. the jobs")
+    res = {}
+    res["a1"], lake_a = replay("a1", events, one)
+    res["a"], _ = replay("a", events, alls)
+    for key, threads, cpus in (("b1", 1, one), ("b", ARGS.cores, alls)):
+        out = os.path.join(ARGS.work, f"duck-{key}.parquet")
+        res[key] = measure(key, [sys.executable, os.path.join(HERE, "duck_job.py"), events, prices, owners_csv,
+                                 out, str(threads)], cpus)
+    lake_c = os.path.join(ARGS.work, "lake-c")
+    shutil.rmtree(lake_c, ignore_errors=True)
+    cfg = os.path.join(ARGS.work, "run.toml")
+    with open(cfg, "w") as f:
+        f.write(f'[lake]\ndir = "{lake_c}"\n[owners]\nfile = "{OWNERS}"\n'
+                f'[kafka]\nbrokers = "{ARGS.brokers}"\ntopics = ["{topic}"]\ngroup = "bench-c-{topic}"\n'
+                f'alert_topic = "{topic}-alerts"\ndead_letter_topic = ""\nsession_timeout = "6s"\n'
+                f'max_poll_interval = "30s"\n[pipeline]\nidle_timeout = "120s"\n')
+    res["c"] = measure("c", [ARGS.aifinops, "run", "-c", cfg, "--until-caught-up"], alls)
+    with open(os.path.join(ARGS.work, "d.out"), "w") as f:
+        res["d"] = measure("d", [ARGS.bench_bin, "consume", "--brokers", ARGS.brokers, "--topic", topic,
+                                 "--group", f"bench-d-{topic}", "--expect", str(n)], alls, stdout=f)
+    py_out = os.path.join(ARGS.work, "py-e.csv")
+    res["e"] = measure("e", [sys.executable, os.path.join(HERE, "py_consumer.py"), ARGS.brokers, topic,
+                             f"bench-e-{topic}", str(n), prices, owners_csv, py_out], alls)
+
+    log("3. cross-check (requests, tokens and exact Decimal cost per hour, owner and model)")
+    ok, totals = check([
+        ("b: duckdb", f"SELECT epoch_ms(hour) AS hour, owner, model, * EXCLUDE (hour, owner, model, long_context_requests) "
+                      f"FROM read_parquet('{ARGS.work}/duck-b1.parquet')"),
+        ("b: duckdb all threads", f"SELECT epoch_ms(hour) AS hour, owner, model, * EXCLUDE (hour, owner, model, "
+                                  f"long_context_requests) FROM read_parquet('{ARGS.work}/duck-b.parquet')"),
+        ("a: aifinops replay", lake_hourly(lake_a)),
+        ("c: aifinops run", lake_hourly(lake_c)),
+        ("e: python consumer", f"SELECT epoch_ms(CAST(hour AS TIMESTAMPTZ)) AS hour, owner, model, "
+                               f"* EXCLUDE (hour, owner, model) FROM read_csv('{py_out}', all_varchar = true)"),
+    ])
+    lc = duckdb.connect().execute(f"SELECT sum(long_context_requests) FROM read_parquet('{ARGS.work}/duck-b1.parquet')").fetchone()[0]
+    if lc:
+        ok = False
+        log(f"check: {lc} requests reach a long-context tier: the exported base rates do not price them")
+
+    # disk: the lakes and the workload are not needed any more (the 10M run needs ~5 GB)
+    for lake in (lake_a, lake_c, os.path.join(ARGS.work, "lake-a")):
+        shutil.rmtree(lake, ignore_errors=True)
+    os.remove(events)
+
+    scale = {}
+    for s in [int(x) for x in ARGS.scale.split(",") if x]:
+        f = os.path.join(ARGS.work, f"events-{s}.ndjson")
+        log(f"4. replay at {s} events (peak RSS)")
+        gen(s, f)
+        scale[s], lake = replay(f"a-{s}", f, alls)
+        os.remove(f)
+        shutil.rmtree(lake, ignore_errors=True)
+
+    mb = nbytes / 1e6
+    load = open("/proc/loadavg").read().split()[:3]
+    lines = [f"{n:,} events, {mb:.0f} MB NDJSON ({nbytes / n:.0f} B/event), {ARGS.teams} teams, {ARGS.keys} keys; "
+             f"{ARGS.cores} cores ({os.uname().machine}), topic of {ARGS.partitions} partitions on Tansu (sqlite); "
+             f"load average at the end {' '.join(load)}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+             "",
+             "| job | cores | events/s | MB/s | CPU s / M events | peak RSS MiB | wall s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    names = {"a1": "a. aifinops replay", "a": "a. aifinops replay", "b1": "b. DuckDB, 1 thread",
+             "b": f"b. DuckDB, {ARGS.cores} threads", "c": "c. aifinops run (Kafka)",
+             "d": "d. rdkafka consume-and-discard", "e": "e. Python consumer (confluent-kafka)"}
+    for k in ("a1", "a", "b1", "b", "c", "d", "e"):
+        r = res[k]
+        cores = "1" if k in ("a1", "b1") else str(ARGS.cores)
+        lines.append(f"| {names[k]} | {cores} | {n / r['wall']:,.0f} | {mb / r['wall']:.1f} | "
+                     f"{r['cpu'] / n * 1e6:.2f} | {r['rss']:.0f} | {r['wall']:.2f} |")
+    ratio = lambda x, y: res[y]["wall"] / res[x]["wall"]  # throughput of x over y
+    lines += ["",
+              f"- a/b, 1 core: **{ratio('a1', 'b1'):.2f}x** DuckDB single-thread (target >= 1.0)",
+              f"- a/b, {ARGS.cores} cores: **{ratio('a', 'b'):.2f}x** DuckDB all threads (target >= 1.0)",
+              f"- c/d: **{ratio('c', 'd'):.2f}x** raw consume-and-discard (target >= 0.9)",
+              f"- c/e: **{ratio('c', 'e'):.2f}x** the Python consumer (target >= 20)"]
+    if scale:
+        rss = ", ".join(f"{s:,} events: {r['rss']:.0f} MiB ({s / r['wall']:,.0f} events/s)" for s, r in scale.items())
+        lines.append(f"- replay peak RSS: {rss}")
+    lines.append(f"- cross-check of a, b, c, e (per hour, owner and model: requests, tokens, exact cost): "
+                 f"**{'PASS' if ok else 'FAIL'}**")
+    table = "\n".join(lines)
+    print("\n" + table)
+    if ARGS.table_out:
+        open(ARGS.table_out, "w").write(table + "\n")
+    if not ok:
+        raise SystemExit("the cross-check failed: the jobs do not agree")
+
+
+if __name__ == "__main__":
+    main()
