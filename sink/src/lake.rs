@@ -228,16 +228,20 @@ pub(crate) fn latest_manifest(meta: &Path) -> Result<Option<Manifest>, SinkError
     Err(SinkError::Manifest { path: dir.display().to_string(), reason: "manifests keep disappearing".into() })
 }
 
-/// The exclusive lock of a commit chain, or `None` when another process holds it.
-fn try_lock(meta: &Path) -> Result<Option<fs::File>, SinkError> {
-    use std::os::fd::AsRawFd;
-    let path = meta.join("lock");
-    let f = fs::OpenOptions::new()
+/// Opens (creating) a file that is only ever `flock`ed.
+pub(crate) fn open_lock_file(path: &Path) -> Result<fs::File, SinkError> {
+    fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(io_err(format!("opening {}", path.display())))?;
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))
+}
+
+/// The exclusive lock of a commit chain, or `None` when another process holds it.
+fn try_lock(meta: &Path) -> Result<Option<fs::File>, SinkError> {
+    use std::os::fd::AsRawFd;
+    let f = open_lock_file(&meta.join("lock"))?;
     // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel call.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Ok(None);

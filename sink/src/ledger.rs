@@ -24,7 +24,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lake::{META, Manifest, latest_manifest, write_atomic};
+use crate::lake::{META, Manifest, latest_manifest, open_lock_file, write_atomic};
 use crate::{SinkError, io_err};
 
 /// A topic partition.
@@ -114,12 +114,7 @@ impl Ledger {
             return Ok(Guard(self));
         }
         let path = self.root.join(META).join("ledger.lock");
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
+        let f = open_lock_file(&path)?;
         loop {
             // SAFETY: flock on a file descriptor we own; no memory is shared with the kernel call.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } == 0 {
