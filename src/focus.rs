@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aifinops_ingest::catalog::{Class, ModelPrice, PriceCatalog, Tier};
+use aifinops_ingest::catalog::{Class, ModelPrice, PriceCatalog, Tier, Tokens};
 use aifinops_schemas::money::{COST_PRECISION, COST_SCALE, cost_type};
 use anyhow::Context;
 use datafusion::arrow::array::{
@@ -147,23 +147,15 @@ impl Meter {
     }
 }
 
-/// Token sums of one rollup group, in the canonical inclusion (see `schemas::event::EVENT_COUNTS`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TokenSums {
-    pub input: i64,
-    pub cache_read: i64,
-    pub cache_write: i64,
-    pub cache_write_1h: i64,
-    pub audio_input: i64,
-    pub output: i64,
-    pub reasoning: i64,
-    pub audio_output: i64,
-    pub web_search: i64,
+/// The FOCUS meters of a rollup group's token sums (the catalog's [`Tokens`], in the canonical inclusion).
+trait MeterQuantities {
+    fn quantity(&self, m: Meter) -> i64;
+    fn list_cost(&self, m: Meter, price: &ModelPrice, tier: Tier) -> Option<i128>;
 }
 
-impl TokenSums {
+impl MeterQuantities for Tokens {
     /// The quantity of each meter (uncached input holds uncached audio; output holds audio output).
-    pub fn quantity(&self, m: Meter) -> i64 {
+    fn quantity(&self, m: Meter) -> i64 {
         match m {
             Meter::Input => (self.input - self.cache_read - self.cache_write).max(0),
             Meter::CacheRead => self.cache_read,
@@ -344,7 +336,7 @@ pub async fn export(args: &Args) -> anyhow::Result<Export> {
             if s[i] < start || s[i] >= end {
                 continue;
             }
-            let t = TokenSums {
+            let t = Tokens {
                 input: inp[i],
                 cache_read: cr[i],
                 cache_write: cw[i],
@@ -526,7 +518,7 @@ mod tests {
 
     #[test]
     fn meters_follow_the_canonical_inclusion() {
-        let t = TokenSums {
+        let t = Tokens {
             input: 1000,
             cache_read: 600,
             cache_write: 100,
