@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::kafka::create_topics;
+use common::kafka::{create_topics, run_config};
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -103,39 +103,8 @@ fn setup(dir: &Path, brokers: String, name: &str) -> Setup {
     let alerts = unique(&format!("{name}-alerts"));
     let dlq = unique(&format!("{name}-dlq"));
     create_topics(&brokers, &[(&input, 3), (&alerts, 1), (&dlq, 1)]);
-    std::fs::write(dir.join("owners.toml"), OWNERS).unwrap();
-    let lake = dir.join("lake");
-    let config = dir.join("aifinops.toml");
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[pipeline]
-commit_interval = "1s"
-batch_max_wait = "200ms"
-idle_timeout = "5s"
-[kafka]
-dead_letter_topic = "{dlq}"
-session_timeout = "6s"
-max_poll_interval = "10s"
-[lake]
-dir = "{lake}"
-[owners]
-file = "{owners}"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[[budget]]
-name = "search-daily"
-owner = "search"
-period = "day"
-limit_usd = "1.00"
-"#,
-            lake = lake.display(),
-            owners = dir.join("owners.toml").display()
-        ),
-    )
-    .unwrap();
+    let (config, lake) = run_config(dir, &dlq, &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\""));
     Setup { brokers, input, alerts, dlq, group: unique(&format!("{name}-group")), config, lake, metrics_port }
 }
 

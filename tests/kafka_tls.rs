@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use common::kafka::{Tansu, create_topics_with, free_port, produce_bytes_with, read_payloads_with, tansu_bin};
+use common::kafka::{
+    Tansu, create_topics_with, free_port, produce_bytes_with, read_payloads_with, run_config, tansu_bin,
+};
 use common::tls::{Pki, TlsProxy};
 use common::*;
 
@@ -72,42 +74,7 @@ fn topics(name: &str) -> Topics {
 /// The run's configuration file: the pipeline settings of the end-to-end tests, one daily budget (so alerts
 /// are published), and `security` as the librdkafka properties of both [kafka.consumer] and [kafka.producer].
 fn write_config(dir: &Path, t: &Topics, security: &str) -> (PathBuf, PathBuf) {
-    std::fs::write(dir.join("owners.toml"), OWNERS).unwrap();
-    let lake = dir.join("lake");
-    let config = dir.join("aifinops.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[pipeline]
-commit_interval = "1s"
-batch_max_wait = "200ms"
-idle_timeout = "5s"
-[kafka]
-dead_letter_topic = "{dlq}"
-session_timeout = "6s"
-max_poll_interval = "10s"
-[kafka.consumer]
-{security}
-[kafka.producer]
-{security}
-[lake]
-dir = "{lake}"
-[owners]
-file = "{owners}"
-[[budget]]
-name = "search-daily"
-owner = "search"
-period = "day"
-limit_usd = "1.00"
-"#,
-            dlq = t.dlq,
-            lake = lake.display(),
-            owners = dir.join("owners.toml").display()
-        ),
-    )
-    .unwrap();
-    (config, lake)
+    run_config(dir, &t.dlq, &format!("[kafka.consumer]\n{security}\n[kafka.producer]\n{security}"))
 }
 
 /// What a run did.

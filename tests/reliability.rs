@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::kafka::{Tansu, create_topics, free_port, tansu_bin};
+use common::kafka::{Tansu, create_topics, free_port, run_config, tansu_bin};
 use common::*;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -415,39 +415,8 @@ impl Pipeline {
         metrics_port: u16,
         extra: &str,
     ) -> Pipeline {
-        std::fs::write(dir.join("owners.toml"), OWNERS).unwrap();
-        let lake = dir.join("lake");
-        let config = dir.join("aifinops.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[pipeline]
-commit_interval = "1s"
-batch_max_wait = "200ms"
-idle_timeout = "5s"
-[kafka]
-dead_letter_topic = "{dlq}"
-session_timeout = "6s"
-max_poll_interval = "10s"
-[lake]
-dir = "{lake}"
-[owners]
-file = "{owners}"
-[metrics]
-listen = "127.0.0.1:{metrics_port}"
-[[budget]]
-name = "search-daily"
-owner = "search"
-period = "day"
-limit_usd = "1.00"
-{extra}
-"#,
-                lake = lake.display(),
-                owners = dir.join("owners.toml").display()
-            ),
-        )
-        .unwrap();
+        let (config, lake) =
+            run_config(dir, dlq, &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n{extra}"));
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).unwrap();
         Pipeline { config, lake, brokers: brokers.into(), topic: topic.into(), alerts: alerts.into(), logs, runs: 0 }

@@ -1,7 +1,7 @@
 //! Kafka helpers for the end-to-end tests (the broker is the real test broker from scripts/test, or a
 //! [`Tansu`] of the test's own). The `_with` variants take extra librdkafka properties (TLS, SASL).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -182,4 +182,43 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Writes the owner map and the `aifinops run` configuration the Kafka tests share into `dir`: commits every
+/// second, a 6 s session, dead letters to `dlq`, the lake in `dir/lake`, the owners of [`super::OWNERS`] and the
+/// `search-daily` budget ($1.00 a day). `sections` is appended as is (more tables: `[metrics]`,
+/// `[kafka.consumer]`, …). Returns the configuration file and the lake.
+pub fn run_config(dir: &Path, dlq: &str, sections: &str) -> (PathBuf, PathBuf) {
+    std::fs::write(dir.join("owners.toml"), super::OWNERS).unwrap();
+    let lake = dir.join("lake");
+    let config = dir.join("aifinops.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+commit_interval = "1s"
+batch_max_wait = "200ms"
+idle_timeout = "5s"
+[kafka]
+dead_letter_topic = "{dlq}"
+session_timeout = "6s"
+max_poll_interval = "10s"
+[lake]
+dir = "{lake}"
+[owners]
+file = "{owners}"
+[[budget]]
+name = "search-daily"
+owner = "search"
+period = "day"
+limit_usd = "1.00"
+{sections}
+"#,
+            lake = lake.display(),
+            owners = dir.join("owners.toml").display()
+        ),
+    )
+    .unwrap();
+    (config, lake)
 }
