@@ -477,7 +477,7 @@ impl Lake {
         // a shared lake: the other writers' event ids join this writer's dedup set
         if let Some(ledger) = &lake.ledger {
             let _g = ledger.lock()?;
-            let (foreign, read) = ledger.foreign_segments(false)?;
+            let (foreign, read) = ledger.foreign_segments(&ledger.latests()?, false)?;
             ledger.mark_seen(read);
             if !foreign.is_empty() {
                 let r = recovered.get_or_insert_with(|| Recovered {
@@ -679,7 +679,8 @@ impl Lake {
                     .flat_map(|(t, ps)| ps.iter().filter(|(_, r)| r.1 > r.0).map(move |(p, _)| (t.clone(), *p)))
                     .collect();
                 ledger.check_owner(&ledger.read()?, &consumed)?;
-                let (foreign, read) = ledger.foreign_segments(true)?;
+                let latests = ledger.latests()?;
+                let (foreign, read) = ledger.foreign_segments(&latests, true)?;
                 if !foreign.is_empty() && !c.state.dedup.is_empty() {
                     let theirs: std::collections::HashSet<[u8; 16]> = segment_keys(&foreign).collect();
                     let twice = segment_keys(&c.state.dedup).filter(|k| theirs.contains(k)).count();
@@ -689,12 +690,12 @@ impl Lake {
                 }
                 info.foreign_dedup = foreign;
                 if let Some(hook) = rules {
-                    let (alerts, state) = hook(ledger.latest_rules()?)
+                    let (alerts, state) = hook(ledger.latest_rules(&latests)?)
                         .map_err(|reason| SinkError::Manifest { path: "the lake's rule state".into(), reason })?;
                     c.alerts.extend(alerts);
                     c.state.rules = state;
                 }
-                Some((g, read, ledger.lake_seq()? + 1))
+                Some((g, read, Ledger::lake_seq(&latests) + 1))
             }
         };
         if !c.alerts.is_empty() {

@@ -225,14 +225,17 @@ impl Ledger {
 
     /// Other writers' live dedup segments (only those not merged yet when `only_new`), concatenated, and
     /// the segment seqs read, to pass to [`Ledger::mark_seen`] once they are merged.
-    pub(crate) fn foreign_segments(&self, only_new: bool) -> Result<(Vec<u8>, SegmentsRead), SinkError> {
+    pub(crate) fn foreign_segments(
+        &self,
+        latests: &[(String, Manifest)],
+        only_new: bool,
+    ) -> Result<(Vec<u8>, SegmentsRead), SinkError> {
         let mut bytes = Vec::new();
         let mut read = HashMap::new();
         let inner = self.inner.lock().expect("lock");
-        for w in self.others()? {
-            let meta = writer_meta(&self.root, &w);
-            let Some(m) = latest_manifest(&meta)? else { continue };
-            let seen = inner.seen.get(&w);
+        for (w, m) in latests.iter().filter(|(w, _)| *w != self.writer) {
+            let meta = writer_meta(&self.root, w);
+            let seen = inner.seen.get(w);
             let mut got = BTreeSet::new();
             for seq in m.dedup_segments.keys() {
                 if only_new && seen.is_some_and(|s| s.contains(seq)) {
@@ -248,34 +251,33 @@ impl Ledger {
                 }
                 got.insert(*seq);
             }
-            read.insert(w, got);
+            read.insert(w.clone(), got);
         }
         Ok((bytes, read))
     }
 
-    /// The lake-wide commit sequence: the largest `lake_seq` of all writers' last commits (call under the lock).
-    pub(crate) fn lake_seq(&self) -> Result<u64, SinkError> {
-        let mut max = 0;
-        for w in self.others()?.iter().map(String::as_str).chain([self.writer.as_str()]) {
-            if let Some(m) = latest_manifest(&writer_meta(&self.root, w))? {
-                max = max.max(m.lake_seq);
+    /// The last commit of every writer of the lake (this one included), read once per operation under the lock.
+    pub(crate) fn latests(&self) -> Result<Vec<(String, Manifest)>, SinkError> {
+        let mut out = Vec::new();
+        for w in self.others()?.into_iter().chain([self.writer.clone()]) {
+            if let Some(m) = latest_manifest(&writer_meta(&self.root, &w))? {
+                out.push((w, m));
             }
         }
-        Ok(max)
+        Ok(out)
+    }
+
+    /// The lake-wide commit sequence: the largest `lake_seq` of all writers' last commits.
+    pub(crate) fn lake_seq(latests: &[(String, Manifest)]) -> u64 {
+        latests.iter().map(|(_, m)| m.lake_seq).max().unwrap_or(0)
     }
 
     /// The rule state (`rules.json`) of the lake's latest commit, by any writer: alert rules over the whole
-    /// lake's spend (budgets) continue from it. Call under the lock; `Null` before the first commit.
-    pub fn latest_rules(&self) -> Result<serde_json::Value, SinkError> {
-        let mut best: Option<Manifest> = None;
-        for w in self.others()?.iter().map(String::as_str).chain([self.writer.as_str()]) {
-            if let Some(m) = latest_manifest(&writer_meta(&self.root, w))?
-                && best.as_ref().is_none_or(|b| m.lake_seq > b.lake_seq)
-            {
-                best = Some(m);
-            }
-        }
-        let Some(m) = best else { return Ok(serde_json::Value::Null) };
+    /// lake's spend (budgets) continue from it; `Null` before the first commit.
+    pub(crate) fn latest_rules(&self, latests: &[(String, Manifest)]) -> Result<serde_json::Value, SinkError> {
+        let Some((_, m)) = latests.iter().max_by_key(|(_, m)| m.lake_seq) else {
+            return Ok(serde_json::Value::Null);
+        };
         let p = self.root.join(&m.state_dir).join("rules.json");
         match fs::read_to_string(&p) {
             Ok(t) => serde_json::from_str(&t)
@@ -287,17 +289,11 @@ impl Ledger {
 
     /// The writer whose chain records the adoption of `writer`'s commit `seq` or later, if any.
     pub(crate) fn adopted_by(&self, writer: &str, seq: u64) -> Result<Option<String>, SinkError> {
-        for w in self.others()?.iter().map(String::as_str).chain([self.writer.as_str()]) {
-            if w == writer {
-                continue;
-            }
-            if let Some(m) = latest_manifest(&writer_meta(&self.root, w))?
-                && m.adopted.get(writer).is_some_and(|s| *s >= seq)
-            {
-                return Ok(Some(w.to_string()));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .latests()?
+            .into_iter()
+            .find(|(w, m)| w != writer && m.adopted.get(writer).is_some_and(|s| *s >= seq))
+            .map(|(w, _)| w))
     }
 
     pub(crate) fn mark_seen(&self, read: SegmentsRead) {
