@@ -220,16 +220,23 @@ pub fn observe(src: &KafkaSource, poll: &Poll, connected: Option<bool>) {
     }
 }
 
-/// Window state after a commit: open (window, key) rows and distinct open windows, per window size.
-pub fn window_state(partials: &[(aifinops_aggregate::WindowSize, RecordBatch)]) {
-    for (size, b) in partials {
-        let open = b
-            .column_by_name(aifinops_schemas::rollup::WINDOW_START)
-            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
-            .map(|c| c.values().iter().copied().collect::<BTreeSet<i64>>().len())
-            .unwrap_or(0);
-        metrics::gauge!("aifinops_window_open_windows", "window" => size.label.clone()).set(open as f64);
-        metrics::gauge!("aifinops_window_open_keys", "window" => size.label.clone()).set(b.num_rows() as f64);
+/// Window state after a commit, per window size: distinct open windows, and the rows held for them (one
+/// per window and key once merged, plus partial rows not merged yet).
+pub fn window_state(partials: &[(aifinops_aggregate::WindowSize, Vec<RecordBatch>)]) {
+    for (size, batches) in partials {
+        let mut windows = BTreeSet::new();
+        let mut rows = 0;
+        for b in batches {
+            rows += b.num_rows();
+            if let Some(c) = b
+                .column_by_name(aifinops_schemas::rollup::WINDOW_START)
+                .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+            {
+                windows.extend(c.values().iter().copied());
+            }
+        }
+        metrics::gauge!("aifinops_window_open_windows", "window" => size.label.clone()).set(windows.len() as f64);
+        metrics::gauge!("aifinops_window_open_keys", "window" => size.label.clone()).set(rows as f64);
     }
 }
 

@@ -421,10 +421,13 @@ impl Pipeline {
             }
         }
         let (dedup_segment, dedup_max_ts) = self.dedup.take_segment();
-        let partials = self.windows.snapshot().await?;
+        let partials = self.windows.snapshot();
         crate::health::window_state(&partials);
         let state = StateSnapshot {
-            partials: partials.into_iter().map(|(s, b)| (s.label, b)).collect(),
+            partials: partials
+                .into_iter()
+                .flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b)))
+                .collect(),
             dedup: dedup_segment,
             dedup_max_ts,
             dedup_cutoff_ms: dedup_cutoff,

@@ -2,10 +2,13 @@
 //! emission of windows the watermark has passed.
 //!
 //! Each micro-batch of priced events is aggregated with SQL into partial rollup rows for the finest
-//! window size; coarser sizes are derived from the finer partial when they divide evenly (else from the
-//! events). Partial rows wait in `pending` until [`WindowEngine::close`] merges them with the open state
-//! (a second SQL: sums of sums) and emits every row whose `window_end <= watermark`. State is therefore
-//! O(open windows x keys), never O(events).
+//! window size; a coarser size that the finer divides takes those partial rows with their window bounds
+//! moved (no second GROUP BY per batch; else it aggregates the events). Partial rows wait until their
+//! window closes: [`WindowEngine::close`] merges the rows of the windows the watermark has passed (a second
+//! SQL: sums of sums, skipped for a window whose rows are all in one GROUP BY's output) and emits them.
+//! Rows of windows still open are merged into the open state only when they outnumber it (compaction), so
+//! a day window is not re-aggregated at every commit. State is therefore O(open windows x keys) within a
+//! small factor, never O(events).
 //!
 //! A row is flagged `late` when its window had already ended more than `allowed_lateness` before the
 //! watermark when its events arrived. Late rows and rows for windows that closed earlier are emitted as
@@ -13,9 +16,16 @@
 
 use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY};
 use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, rollup_schema};
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use datafusion::arrow::compute::{cast, concat_batches, filter_record_batch};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::{
+    SortColumn, SortOptions, cast, concat_batches, filter_record_batch, lexsort_to_indices, max, min, not,
+    take_record_batch,
+};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::AggregateError;
@@ -49,10 +59,12 @@ impl WindowSize {
 
 struct Series {
     size: WindowSize,
-    /// Index of the finer series this one is derived from, if it divides evenly.
+    /// Index of the finer series this one is derived from (its partial rows re-bucketed), if it divides evenly.
     from: Option<usize>,
-    /// Partial rows not yet merged.
+    /// Partial rows not yet merged, each batch one row per window, key and late flag (a batch's GROUP BY).
     pending: Vec<RecordBatch>,
+    /// Rows restored from a snapshot or adopted, where a key may have several rows.
+    unmerged: Vec<RecordBatch>,
     /// Merged rows of windows not yet emitted.
     open: Option<RecordBatch>,
 }
@@ -69,6 +81,9 @@ pub struct WindowEngine {
 
 /// The value the dimensions of keys beyond a window's key cap take (the owner is kept).
 pub const OVERFLOW: &str = "__other__";
+
+/// The dimensions a folded row keeps.
+const CAP_KEPT: [&str; 2] = ["owner", "risk_owner"];
 
 /// Rows emitted for one window size.
 #[derive(Debug, Clone)]
@@ -107,7 +122,7 @@ impl WindowEngine {
         let mut series: Vec<Series> = Vec::new();
         for s in sizes {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
-            series.push(Series { size: s, from, pending: vec![], open: None });
+            series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: None });
         }
         let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
         Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
@@ -126,64 +141,102 @@ impl WindowEngine {
         self.overflowed
     }
 
-    /// Applies the key cap to merged rows (one row per window, key and late flag).
+    /// Applies the key cap to merged rows (one row per window, key and late flag). Only the windows over
+    /// the cap are touched: their rows are ranked with a bounded sort (cost, then requests, then the
+    /// dimensions, so the choice is deterministic), the first `cap` real keys are kept as they are, and the
+    /// rest, together with the window's existing overflow rows, are summed per owner.
     async fn cap(&mut self, merged: RecordBatch) -> Result<RecordBatch, AggregateError> {
         if merged.num_rows() <= self.key_cap {
             return Ok(merged);
         }
         let starts = merged.column(0).as_primitive::<TimestampMillisecondType>();
         let late = merged.column_by_name(LATE).expect("late").as_boolean();
-        let mut per: std::collections::HashMap<(i64, bool), usize> = std::collections::HashMap::new();
+        let mut per: HashMap<(i64, bool), Vec<u32>> = HashMap::new();
         for i in 0..merged.num_rows() {
-            *per.entry((starts.value(i), late.value(i))).or_default() += 1;
+            per.entry((starts.value(i), late.value(i))).or_default().push(i as u32);
         }
-        let over: usize = per.values().map(|n| n.saturating_sub(self.key_cap)).sum();
-        if over == 0 {
+        let over: Vec<Vec<u32>> = per.into_values().filter(|rows| rows.len() > self.key_cap).collect();
+        if over.is_empty() {
             return Ok(merged);
         }
-        let kept = ["owner", "risk_owner"];
-        let folded: Vec<String> = DIMENSIONS
+        let ae = |context: &str| {
+            let context = context.to_string();
+            move |source| AggregateError::Arrow { context: context.clone(), source }
+        };
+        // a row already folded has every dimension but the kept ones equal to OVERFLOW
+        let folded_dims: Vec<&StringArray> = DIMENSIONS
             .iter()
-            .map(|d| {
-                if kept.contains(d) {
-                    d.to_string()
-                } else {
-                    format!("CASE WHEN rn > {cap} THEN '{OVERFLOW}' ELSE {d} END AS {d}", cap = self.key_cap)
+            .filter(|d| !CAP_KEPT.contains(d))
+            .map(|d| merged.column_by_name(d).expect("dimension").as_string::<i32>())
+            .collect();
+        let is_overflow = |i: usize| folded_dims.iter().all(|c| c.is_valid(i) && c.value(i) == OVERFLOW);
+        let mut fold = vec![false; merged.num_rows()];
+        let mut n_folded = 0usize;
+        for rows in over {
+            let (old, real): (Vec<u32>, Vec<u32>) = rows.into_iter().partition(|&i| is_overflow(i as usize));
+            old.iter().for_each(|&i| fold[i as usize] = true);
+            if real.len() <= self.key_cap {
+                continue;
+            }
+            let idx = UInt32Array::from(real.clone());
+            let sub = take_record_batch(&merged, &idx).map_err(ae("selecting a window over the key cap"))?;
+            let desc = SortOptions { descending: true, nulls_first: false };
+            let mut keys = vec![
+                SortColumn { values: sub.column_by_name("cost_usd").expect("cost").clone(), options: Some(desc) },
+                SortColumn { values: sub.column_by_name(REQUESTS).expect("requests").clone(), options: Some(desc) },
+            ];
+            for d in DIMENSIONS {
+                keys.push(SortColumn { values: sub.column_by_name(d).expect("dimension").clone(), options: None });
+            }
+            let top = lexsort_to_indices(&keys, Some(self.key_cap)).map_err(ae("ranking keys"))?;
+            let mut kept = vec![false; real.len()];
+            top.values().iter().for_each(|&t| kept[t as usize] = true);
+            for (j, &i) in real.iter().enumerate() {
+                if !kept[j] {
+                    fold[i as usize] = true;
+                    n_folded += 1;
                 }
+            }
+        }
+        if n_folded == 0 {
+            return Ok(merged);
+        }
+        let mask = BooleanArray::from(fold);
+        let keep = filter_record_batch(&merged, &not(&mask).map_err(ae("splitting"))?).map_err(ae("splitting"))?;
+        let folding = filter_record_batch(&merged, &mask).map_err(ae("splitting"))?;
+        let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; folding.num_rows()]));
+        let cols: Vec<ArrayRef> = folding
+            .schema()
+            .fields()
+            .iter()
+            .zip(folding.columns())
+            .map(|(f, c)| {
+                let name = f.name().as_str();
+                if DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name) { other.clone() } else { c.clone() }
             })
             .collect();
-        let dims = DIMENSIONS.join(", ");
-        let measures: Vec<String> =
-            aifinops_schemas::rollup::count_measures().chain(EVENT_MONEY).map(String::from).collect();
-        let q = format!(
-            "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {agg}, {LATE} FROM (\
-               SELECT {WINDOW_START}, {WINDOW_END}, {folded}, {measures}, {LATE} FROM (\
-                 SELECT *, row_number() OVER (PARTITION BY {WINDOW_START}, {LATE} \
-                   ORDER BY cost_usd DESC NULLS LAST, {REQUESTS} DESC, {dims}) AS rn FROM capped)) \
-             GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
-            agg = measures_sql(false),
-            folded = folded.join(", "),
-            measures = measures.join(", "),
-        );
-        let out = self.sql("capped", merged, &q).await?;
-        self.overflowed += over as u64;
-        metrics::counter!("aifinops_window_overflow_keys_total").increment(over as u64);
-        tracing::debug!(keys = over, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
-        Ok(out)
+        let folding = RecordBatch::try_new(folding.schema(), cols).map_err(ae("folding keys"))?;
+        let folded = self.merge(vec![folding]).await?;
+        self.overflowed += n_folded as u64;
+        metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
+        tracing::debug!(keys = n_folded, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
+        concat_batches(&rollup_schema(), &[keep, folded]).map_err(ae("concatenating capped rows"))
     }
 
     pub fn sizes(&self) -> Vec<WindowSize> {
         self.series.iter().map(|s| s.size.clone()).collect()
     }
 
-    async fn sql(&self, table: &str, batch: RecordBatch, query: &str) -> Result<RecordBatch, AggregateError> {
-        if batch.num_rows() == 0 {
+    /// Runs `query` over `batches` (one schema) registered as `table`, without copying them into one batch.
+    async fn sql(&self, table: &str, batches: Vec<RecordBatch>, query: &str) -> Result<RecordBatch, AggregateError> {
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        let Some(schema) = batches.first().map(|b| b.schema()) else {
             return Ok(RecordBatch::new_empty(rollup_schema()));
-        }
+        };
+        let de = |context: String| move |source| AggregateError::DataFusion { context, source };
         let _ = self.ctx.deregister_table(table);
-        self.ctx
-            .register_batch(table, batch)
-            .map_err(|e| AggregateError::DataFusion { context: format!("registering {table}"), source: e })?;
+        let mem = MemTable::try_new(schema, vec![batches]).map_err(de(format!("registering {table}")))?;
+        self.ctx.register_table(table, Arc::new(mem)).map_err(de(format!("registering {table}")))?;
         let df = self
             .ctx
             .sql(query)
@@ -195,15 +248,15 @@ impl WindowEngine {
         conform(out)
     }
 
-    /// SQL that buckets `table` rows into windows of `size` (from raw events or from finer partial rows).
-    fn bucket_sql(size: &WindowSize, table: &str, ts_col: &str, from_events: bool, late_cutoff_ms: i64) -> String {
-        let start = format!("date_bin(INTERVAL '{} milliseconds', {ts_col}, to_timestamp_millis(0))", size.ms);
+    /// SQL that buckets raw events into windows of `size`.
+    fn bucket_sql(size: &WindowSize, late_cutoff_ms: i64) -> String {
+        let start = format!("date_bin(INTERVAL '{} milliseconds', ts, to_timestamp_millis(0))", size.ms);
         let end = format!("({start} + INTERVAL '{} milliseconds')", size.ms);
         let dims = DIMENSIONS.join(", ");
         format!(
             "SELECT {start} AS {WINDOW_START}, {end} AS {WINDOW_END}, {dims}, {measures}, \
-             ({end} <= {cutoff}) AS {LATE} FROM {table} GROUP BY {start}, {dims}, ({end} <= {cutoff})",
-            measures = measures_sql(from_events),
+             ({end} <= {cutoff}) AS {LATE} FROM events GROUP BY {start}, {dims}, ({end} <= {cutoff})",
+            measures = measures_sql(true),
             cutoff = ts_literal(late_cutoff_ms),
         )
     }
@@ -211,6 +264,10 @@ impl WindowEngine {
     /// Adds one micro-batch of (deduplicated) priced events. `watermark_ms` is the watermark before this
     /// batch; events whose window ended more than `allowed_lateness_ms` before it are flagged late.
     /// Returns the partial rows of the finest window size (used by the alert rules).
+    ///
+    /// Only the finest size is aggregated here (one GROUP BY per micro-batch); a coarser size takes the
+    /// finer partial rows with their window bounds moved to its own windows, as rows to merge when the
+    /// window closes (or at compaction), so each row goes through one GROUP BY per size, not two.
     pub async fn add(
         &mut self,
         events: &RecordBatch,
@@ -223,114 +280,171 @@ impl WindowEngine {
             let size = self.series[i].size.clone();
             let part = match self.series[i].from {
                 Some(f) => {
-                    let q = Self::bucket_sql(&size, "finer", WINDOW_START, false, cutoff);
-                    self.sql("finer", partials[f].clone(), &q).await?
+                    let part = rebucket(&partials[f], &size, cutoff)?;
+                    if part.num_rows() > 0 {
+                        self.series[i].unmerged.push(part.clone());
+                    }
+                    part
                 }
                 None => {
-                    let q = Self::bucket_sql(&size, "events", "ts", true, cutoff);
-                    self.sql("events", events.clone(), &q).await?
+                    let part = self.sql("events", vec![events.clone()], &Self::bucket_sql(&size, cutoff)).await?;
+                    if part.num_rows() > 0 {
+                        self.series[i].pending.push(part.clone());
+                    }
+                    part
                 }
             };
-            if part.num_rows() > 0 {
-                self.series[i].pending.push(part.clone());
-            }
             partials.push(part);
             // compaction: partial rows waiting for the next close are bounded by keys, not by events
-            let pending: usize = self.series[i].pending.iter().map(|b| b.num_rows()).sum();
-            let open = self.series[i].open.as_ref().map_or(0, |b| b.num_rows());
-            if pending > COMPACT_ROWS.max(open) {
-                let mut batches = std::mem::take(&mut self.series[i].pending);
-                batches.extend(self.series[i].open.take());
-                let merged = self.merge(batches).await?;
-                let merged = self.cap(merged).await?;
-                self.series[i].open = Some(merged);
-            }
+            self.compact(i).await?;
         }
         Ok(partials.into_iter().next().expect("one series"))
     }
 
     async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
-        let all = concat_batches(&rollup_schema(), &batches)
-            .map_err(|e| AggregateError::Arrow { context: "concatenating partials".into(), source: e })?;
         let dims = DIMENSIONS.join(", ");
         let q = format!(
             "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {measures}, {LATE} FROM partials \
              GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
             measures = measures_sql(false)
         );
-        self.sql("partials", all, &q).await
+        self.sql("partials", batches, &q).await
     }
 
-    /// Merges pending partials into the open state and returns the rows of every window whose end is at
-    /// or before `watermark_ms` (`None` = end of input: everything).
+    /// Returns the rows of every window whose end is at or before `watermark_ms` (`None` = end of input:
+    /// everything), merged into one row per window, key and late flag. Only the closing windows' rows are
+    /// merged; the rows of windows still open stay as they are until the compaction bound asks for a merge
+    /// (so a day window is not re-aggregated at every commit).
     pub async fn close(&mut self, watermark_ms: Option<i64>) -> Result<Vec<Emitted>, AggregateError> {
         let mut out = Vec::new();
         for i in 0..self.series.len() {
             let s = &mut self.series[i];
-            if s.pending.is_empty() && s.open.is_none() {
+            if s.pending.is_empty() && s.unmerged.is_empty() && s.open.is_none() {
                 continue;
             }
-            let mut batches = std::mem::take(&mut s.pending);
-            if let Some(o) = s.open.take() {
-                batches.push(o);
-            }
             let size = s.size.clone();
-            let merged = self.merge(batches).await?;
-            let merged = self.cap(merged).await?;
-            let (closed, open) = match watermark_ms {
-                None => (merged, RecordBatch::new_empty(rollup_schema())),
-                Some(w) => split_closed(&merged, w)?,
-            };
-            let s = &mut self.series[i];
-            if open.num_rows() > 0 {
-                s.open = Some(open);
+            // closing rows, each part flagged with whether it holds one row per window and key
+            let mut closing: Vec<(RecordBatch, bool)> = Vec::new();
+            let mut pending = Vec::new();
+            for b in std::mem::take(&mut s.pending) {
+                let (c, o) = split_at(b, watermark_ms)?;
+                closing.extend(c.map(|c| (c, true)));
+                pending.extend(o);
             }
-            if closed.num_rows() > 0 {
-                out.push(Emitted { size, rows: closed });
+            let mut unmerged = Vec::new();
+            for b in std::mem::take(&mut s.unmerged) {
+                let (c, o) = split_at(b, watermark_ms)?;
+                closing.extend(c.map(|c| (c, false)));
+                unmerged.extend(o);
+            }
+            let mut open = None;
+            if let Some(b) = s.open.take() {
+                let (c, o) = split_at(b, watermark_ms)?;
+                closing.extend(c.map(|c| (c, true)));
+                open = o;
+            }
+            (s.pending, s.unmerged, s.open) = (pending, unmerged, open);
+            self.compact(i).await?;
+            if !closing.is_empty() {
+                let merged = self.merge_parts(closing).await?;
+                let rows = self.cap(merged).await?;
+                out.push(Emitted { size, rows });
             }
         }
         Ok(out)
     }
 
-    /// Merged open state per window size, for the commit's state snapshot.
-    pub async fn snapshot(&mut self) -> Result<Vec<(WindowSize, RecordBatch)>, AggregateError> {
-        let mut out = Vec::new();
-        for i in 0..self.series.len() {
-            let mut batches = std::mem::take(&mut self.series[i].pending);
-            if let Some(o) = self.series[i].open.take() {
-                batches.push(o);
-            }
-            let merged = match batches.len() {
-                0 => continue,
-                // one batch is already one row per key (the output of a GROUP BY): no second merge
-                1 => batches.pop().expect("one batch"),
-                _ => self.merge(batches).await?,
-            };
-            self.series[i].open = Some(merged.clone());
-            out.push((self.series[i].size.clone(), merged));
+    /// Merges parts into one row per window, key and late flag. A window whose rows are all in one part
+    /// that already has one row per key (a 1m window inside one micro-batch, the usual case) is passed
+    /// through; only the windows spread over several parts go through the GROUP BY.
+    async fn merge_parts(&self, parts: Vec<(RecordBatch, bool)>) -> Result<RecordBatch, AggregateError> {
+        if let [(_, true)] = parts.as_slice() {
+            return Ok(parts.into_iter().next().expect("one part").0);
         }
-        Ok(out)
+        // window start -> the part it was first seen in, or usize::MAX once it needs a merge
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for (p, (b, unique)) in parts.iter().enumerate() {
+            let starts = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let mut last = None;
+            for &st in starts.values().iter() {
+                if last == Some(st) {
+                    continue;
+                }
+                last = Some(st);
+                let e = seen.entry(st).or_insert(p);
+                if *e != p || !unique {
+                    *e = usize::MAX;
+                }
+            }
+        }
+        let ae = |source| AggregateError::Arrow { context: "selecting windows to merge".into(), source };
+        let mut direct = Vec::new();
+        let mut to_merge = Vec::new();
+        for (b, _) in parts {
+            let starts = b.column(0).as_primitive::<TimestampMillisecondType>();
+            let mask: BooleanArray = starts.values().iter().map(|st| Some(seen[st] == usize::MAX)).collect();
+            match mask.true_count() {
+                0 => direct.push(b),
+                n if n == b.num_rows() => to_merge.push(b),
+                _ => {
+                    to_merge.push(filter_record_batch(&b, &mask).map_err(ae)?);
+                    direct.push(filter_record_batch(&b, &not(&mask).map_err(ae)?).map_err(ae)?);
+                }
+            }
+        }
+        if !to_merge.is_empty() {
+            direct.push(self.merge(to_merge).await?);
+        }
+        concat_batches(&rollup_schema(), &direct).map_err(ae)
+    }
+
+    /// Merges a series' pending rows into its open state once they outnumber the open rows and the
+    /// compaction floor (`COMPACT_ROWS`, or the key cap when smaller: state stays within a small multiple
+    /// of the cap).
+    async fn compact(&mut self, i: usize) -> Result<(), AggregateError> {
+        let floor = COMPACT_ROWS.min(self.key_cap);
+        let s = &mut self.series[i];
+        let pending: usize = s.pending.iter().chain(&s.unmerged).map(|b| b.num_rows()).sum();
+        let open = s.open.as_ref().map_or(0, |b| b.num_rows());
+        if pending == 0 || pending <= floor.max(open) {
+            return Ok(());
+        }
+        let mut batches = std::mem::take(&mut s.pending);
+        batches.append(&mut s.unmerged);
+        batches.extend(s.open.take());
+        let merged = self.merge(batches).await?;
+        self.series[i].open = Some(self.cap(merged).await?);
+        Ok(())
+    }
+
+    /// The open state per window size, for the commit's state snapshot: the merged rows and the pending
+    /// partial rows as they are (the snapshot is additive, a later merge sums them; restoring one puts it
+    /// back as rows to merge).
+    pub fn snapshot(&self) -> Vec<(WindowSize, Vec<RecordBatch>)> {
+        self.series
+            .iter()
+            .filter(|s| s.open.is_some() || !s.pending.is_empty() || !s.unmerged.is_empty())
+            .map(|s| (s.size.clone(), s.open.iter().chain(&s.pending).chain(&s.unmerged).cloned().collect()))
+            .collect()
     }
 
     /// Replaces all state with a snapshot (on start and on rollback).
     pub fn restore(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
         for s in &mut self.series {
             s.pending.clear();
+            s.unmerged.clear();
             s.open = None;
         }
-        for (label, batch) in snapshot {
-            let i = self.series_of(&label, &batch)?;
-            self.series[i].open = Some(conform(vec![batch])?);
-        }
-        Ok(())
+        self.absorb(snapshot)
     }
 
     /// Adds open window rows of another pipeline's snapshot (a member of a shared lake that left without
-    /// emitting them) to this one's: they are merged with the open state at the next close or snapshot.
+    /// emitting them) to this one's: they are merged with the open state when their windows close or at the
+    /// next compaction.
     pub fn absorb(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
         for (label, batch) in snapshot {
             let i = self.series_of(&label, &batch)?;
-            self.series[i].pending.push(conform(vec![batch])?);
+            self.series[i].unmerged.push(conform(vec![batch])?);
         }
         Ok(())
     }
@@ -361,10 +475,28 @@ impl WindowEngine {
         self.series
             .iter()
             .map(|s| {
-                s.open.as_ref().map_or(0, |b| b.num_rows()) + s.pending.iter().map(|b| b.num_rows()).sum::<usize>()
+                s.open.as_ref().map_or(0, |b| b.num_rows())
+                    + s.pending.iter().chain(&s.unmerged).map(|b| b.num_rows()).sum::<usize>()
             })
             .sum()
     }
+}
+
+/// Finer partial rows moved to the windows of `size` (which the finer size divides): new bounds and late
+/// flags, every other column shared, not copied.
+fn rebucket(finer: &RecordBatch, size: &WindowSize, late_cutoff_ms: i64) -> Result<RecordBatch, AggregateError> {
+    let starts = finer.column(0).as_primitive::<TimestampMillisecondType>();
+    let tz = starts.timezone().map(Arc::<str>::from);
+    let new_starts = starts.unary::<_, TimestampMillisecondType>(|s| s.div_euclid(size.ms) * size.ms);
+    let ends = new_starts.unary::<_, TimestampMillisecondType>(|s| s + size.ms);
+    let late: BooleanArray = ends.values().iter().map(|&e| Some(e <= late_cutoff_ms)).collect();
+    let mut cols = finer.columns().to_vec();
+    cols[0] = Arc::new(new_starts.with_timezone_opt(tz.clone()));
+    cols[1] = Arc::new(ends.with_timezone_opt(tz));
+    let li = finer.schema().index_of(LATE).map_err(|e| AggregateError::Arrow { context: "late".into(), source: e })?;
+    cols[li] = Arc::new(late);
+    RecordBatch::try_new(finer.schema(), cols)
+        .map_err(|e| AggregateError::Arrow { context: format!("moving rows to {} windows", size.label), source: e })
 }
 
 /// Casts DataFusion output to the exact rollup schema (types and nullability).
@@ -392,6 +524,24 @@ fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
     }
     concat_batches(&schema, &out)
         .map_err(|e| AggregateError::Arrow { context: "concatenating rollup rows".into(), source: e })
+}
+
+/// Splits rows into those of windows ending at or before `watermark_ms` (`None`: all) and the others,
+/// without copying when a batch lies entirely on one side.
+fn split_at(
+    b: RecordBatch,
+    watermark_ms: Option<i64>,
+) -> Result<(Option<RecordBatch>, Option<RecordBatch>), AggregateError> {
+    let some = |b: RecordBatch| (b.num_rows() > 0).then_some(b);
+    let Some(w) = watermark_ms else { return Ok((some(b), None)) };
+    let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
+    match (min(ends), max(ends)) {
+        (Some(lo), _) if lo > w => return Ok((None, some(b))),
+        (_, Some(hi)) if hi <= w && ends.null_count() == 0 => return Ok((some(b), None)),
+        _ => {}
+    }
+    let (c, o) = split_closed(&b, w)?;
+    Ok((some(c), some(o)))
 }
 
 fn split_closed(b: &RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
@@ -426,7 +576,7 @@ mod engine_tests {
     use super::*;
     use crate::testutil::{Ev, batch};
     use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::datatypes::{Decimal128Type, Int64Type};
+    use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 
     const MIN: i64 = 60_000;
     const HOUR: i64 = 3_600_000;
@@ -566,13 +716,101 @@ mod engine_tests {
         assert_eq!(sum(&late, "1m", "requests") + sum(&first, "1m", "requests"), 2, "nothing dropped");
     }
 
+    /// (window label, identity) -> (rows, requests, cost) of emitted rows.
+    fn per_key(rows: &[Emitted]) -> std::collections::BTreeMap<(String, i64, String), (usize, i64, i128)> {
+        let mut m = std::collections::BTreeMap::new();
+        for e in rows {
+            let start = e.rows.column(0).as_primitive::<TimestampMillisecondType>();
+            let ident = e.rows.column_by_name("identity").unwrap().as_string::<i32>();
+            let req = e.rows.column_by_name("requests").unwrap().as_primitive::<Int64Type>();
+            let cost = e.rows.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>();
+            for i in 0..e.rows.num_rows() {
+                let v: &mut (usize, i64, i128) =
+                    m.entry((e.size.label.clone(), start.value(i), ident.value(i).to_string())).or_default();
+                v.0 += 1;
+                v.1 += req.value(i);
+                v.2 += cost.value(i);
+            }
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn open_windows_waiting_over_several_batches_and_a_restore_emit_one_row_per_key() {
+        let mut w = engine();
+        let e = |ts: i64, identity: &'static str, cost: i128| Ev {
+            ts,
+            id: ts as u128,
+            owner: "a",
+            identity,
+            input: 1,
+            cost: Some(cost),
+        };
+        // three batches into the same hour and day, a close in between that only closes minutes
+        w.add(&batch(&[e(T0, "k1", 1), e(T0 + 1, "k2", 2)]), None, 24 * HOUR).await.unwrap();
+        let first = w.close(Some(T0 + 5 * MIN)).await.unwrap();
+        assert!(first.iter().all(|e| e.size.label == "1m"), "only minutes closed");
+        w.add(&batch(&[e(T0 + 6 * MIN, "k1", 10)]), Some(T0 + 5 * MIN), 24 * HOUR).await.unwrap();
+        w.add(&batch(&[e(T0 + 7 * MIN, "k1", 100), e(T0 + 7 * MIN, "k2", 20)]), Some(T0 + 6 * MIN), 24 * HOUR)
+            .await
+            .unwrap();
+        // the waiting rows of the hour and the day are not merged yet: the snapshot carries them as they are
+        let snap = w.snapshot();
+        let hour_rows: usize =
+            snap.iter().filter(|(s, _)| s.label == "1h").flat_map(|(_, b)| b).map(|b| b.num_rows()).sum();
+        assert_eq!(hour_rows, 5, "one row per key and batch waits for the hour to close");
+        let mut w2 = engine();
+        w2.restore(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect())
+            .unwrap();
+        w2.add(&batch(&[e(T0 + 8 * MIN, "k2", 200)]), Some(T0 + 7 * MIN), 24 * HOUR).await.unwrap();
+        let rest = w2.close(None).await.unwrap();
+        let got = per_key(&rest);
+        for label in ["1h", "1d"] {
+            let start = if label == "1h" { T0 } else { T0 - T0 % (24 * HOUR) };
+            assert_eq!(got[&(label.to_string(), start, "k1".to_string())], (1, 3, 111), "{label} k1");
+            assert_eq!(got[&(label.to_string(), start, "k2".to_string())], (1, 3, 222), "{label} k2");
+        }
+        let minutes: Vec<_> = got.iter().filter(|(k, _)| k.0 == "1m").map(|(_, v)| *v).collect();
+        assert_eq!(minutes, vec![(1, 1, 10), (1, 1, 100), (1, 1, 20), (1, 1, 200)]);
+        assert_eq!(w2.open_rows(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_window_capped_twice_keeps_one_overflow_row_per_owner_and_exact_totals() {
+        let mut w = WindowEngine::new(vec![WindowSize::parse("1d").unwrap()]).unwrap().with_key_cap(2);
+        let idents: Vec<String> = (0..8).map(|i| format!("key-{i}")).collect();
+        let ev = |i: usize| Ev {
+            ts: T0 + i as i64,
+            id: i as u128,
+            owner: "o",
+            identity: &idents[i],
+            input: 1,
+            cost: Some(i as i128 + 1),
+        };
+        // compaction runs the cap as rows come in (cap 2: the floor is 2 rows)
+        for chunk in [0..3, 3..6, 6..8] {
+            let evs: Vec<Ev<'_>> = chunk.map(ev).collect();
+            w.add(&batch(&evs), None, HOUR).await.unwrap();
+        }
+        let out = w.close(None).await.unwrap();
+        let got = per_key(&out);
+        let day = T0 - T0 % (24 * HOUR);
+        let k = |s: &str| ("1d".to_string(), day, s.to_string());
+        assert_eq!(got[&k(OVERFLOW)], (1, 6, (1..=6).sum::<i128>()), "one overflow row");
+        assert_eq!(got[&k("key-7")], (1, 1, 8));
+        assert_eq!(got[&k("key-6")], (1, 1, 7));
+        assert_eq!(got.len(), 3);
+        assert_eq!(w.overflowed(), 6, "each key counted once as folded");
+    }
+
     #[tokio::test]
     async fn snapshot_and_restore_keep_open_windows() {
         let mut w = engine();
         w.add(&batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]), None, 24 * HOUR).await.unwrap();
-        let snap = w.snapshot().await.unwrap();
+        let snap = w.snapshot();
         let mut w2 = engine();
-        w2.restore(snap.into_iter().map(|(s, b)| (s.label, b)).collect()).unwrap();
+        w2.restore(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect())
+            .unwrap();
         let out = w2.close(None).await.unwrap();
         assert_eq!(sum(&out, "1d", "input_tokens"), 7);
         assert_eq!(cost(&out, "1h"), 11);

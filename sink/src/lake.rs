@@ -90,7 +90,8 @@ fn is_zero(n: &u64) -> bool {
 /// The open state carried from one commit to the next.
 #[derive(Debug, Clone, Default)]
 pub struct StateSnapshot {
-    /// Open window rows per window label.
+    /// Open window rows per window label; a label may appear several times (merged and pending rows,
+    /// written to one file); read back, each label comes once.
     pub partials: Vec<(String, RecordBatch)>,
     /// Dedup entries. On commit: only those new since the previous commit (a segment); on recovery: all
     /// live segments concatenated.
@@ -261,6 +262,36 @@ fn lock(meta: &Path, what: &str, wait: bool) -> Result<fs::File, SinkError> {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Writes each `jobs[i]` to `paths[i]` as Parquet, largest first, on as many threads as this process
+/// may run on (its CPU affinity), at most one per file. Returns each file's size or error, in order.
+fn write_files(paths: &[PathBuf], jobs: &[(String, RecordBatch)]) -> Vec<Result<u64, SinkError>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
+    if threads <= 1 {
+        return paths.iter().zip(jobs).map(|(p, (_, b))| write_parquet(p, std::slice::from_ref(b))).collect();
+    }
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].1.num_rows()));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<u64, SinkError>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&i) = order.get(k) else { break };
+                    let r = write_parquet(&paths[i], std::slice::from_ref(&jobs[i].1));
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every file written"))
+        .collect()
 }
 
 /// Open window rows of a state directory (`partials-<window>.arrow`).
@@ -585,16 +616,25 @@ impl Lake {
     fn write_state_data(&self, seq: u64, st: &StateSnapshot) -> Result<(), SinkError> {
         let dir = self.state_dir(seq);
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        for (label, batch) in &st.partials {
+        // one file per window size; a size may come as several batches (merged and pending rows)
+        let mut labels: Vec<&str> = Vec::new();
+        for (l, _) in &st.partials {
+            if !labels.contains(&l.as_str()) {
+                labels.push(l);
+            }
+        }
+        for label in labels {
             let p = dir.join(format!("partials-{label}.arrow"));
-            let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
             let ae = |e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e };
-            let mut w = FileWriter::try_new(f, &batch.schema()).map_err(ae)?;
-            w.write(batch).map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
-            w.finish().map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
-            let f = w
-                .into_inner()
-                .map_err(|e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e })?;
+            let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
+            let mut batches = st.partials.iter().filter(|(l, _)| l == label).map(|(_, b)| b).peekable();
+            let schema = batches.peek().map(|b| b.schema()).expect("a label has a batch");
+            let mut w = FileWriter::try_new(f, &schema).map_err(ae)?;
+            for b in batches {
+                w.write(b).map_err(ae)?;
+            }
+            w.finish().map_err(ae)?;
+            let f = w.into_inner().map_err(ae)?;
             f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
         }
         if !st.dedup.is_empty() {
@@ -627,14 +667,8 @@ impl Lake {
         fs::create_dir_all(&staging).map_err(io_err(format!("creating {}", staging.display())))?;
         let mut info = CommitInfo { seq, ..Default::default() };
         let mut added = Vec::new();
-        let mut write = |rel: String, batches: &[RecordBatch], info: &mut CommitInfo| -> Result<(), SinkError> {
-            let staged = self.staged_path(seq, &rel);
-            info.bytes += write_parquet(&staged, batches)?;
-            info.files += 1;
-            added.push(rel);
-            Ok(())
-        };
-        // rollups: one file per window size and date
+        // the data files of this commit: rollups (one file per window size and date) and dead letters
+        let mut jobs: Vec<(String, RecordBatch)> = Vec::new();
         let mut by_label: BTreeMap<&str, Vec<&RecordBatch>> = BTreeMap::new();
         for (label, b) in &c.rollups {
             if b.num_rows() > 0 {
@@ -646,24 +680,34 @@ impl Lake {
                 .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?;
             info.rollup_rows += all.num_rows();
             for (date, part) in by_date(&all, 0)? {
-                write(
-                    format!("rollups/window={label}/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
-                    &[part],
-                    &mut info,
-                )?;
+                let rel =
+                    format!("rollups/window={label}/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq));
+                jobs.push((rel, part));
             }
         }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
             for (date, part) in by_date(&b, 4)? {
-                write(
+                jobs.push((
                     format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
-                    &[part],
-                    &mut info,
-                )?;
+                    part,
+                ));
             }
         }
-        self.write_state_data(seq, &c.state)?;
+        let staged: Vec<PathBuf> = jobs.iter().map(|(rel, _)| self.staged_path(seq, rel)).collect();
+        // Parquet encoding is most of a commit's work: the files (and the state snapshot) are written in
+        // parallel on the cores this process may use; every file is fsynced before the commit point.
+        let (written, state) = std::thread::scope(|scope| {
+            let state = scope.spawn(|| self.write_state_data(seq, &c.state));
+            let written = write_files(&staged, &jobs);
+            (written, state.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        });
+        state?;
+        for ((rel, _), bytes) in jobs.into_iter().zip(written) {
+            info.bytes += bytes?;
+            info.files += 1;
+            added.push(rel);
+        }
         if !c.ranges.is_empty() {
             fault::stall("before_commit");
         }
@@ -701,11 +745,10 @@ impl Lake {
         if !c.alerts.is_empty() {
             let b = alerts_batch(&c.alerts)?;
             for (date, part) in by_date(&b, 2)? {
-                write(
-                    format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
-                    &[part],
-                    &mut info,
-                )?;
+                let rel = format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq));
+                info.bytes += write_parquet(&self.staged_path(seq, &rel), &[part])?;
+                info.files += 1;
+                added.push(rel);
             }
         }
         fsync_dir(&staging)?;
