@@ -8,6 +8,7 @@
 pub mod dedup;
 pub mod drift;
 pub mod forecast;
+mod keyhash;
 pub mod retry;
 pub mod rules;
 pub mod spike;

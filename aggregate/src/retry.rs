@@ -2,13 +2,12 @@
 //! retries exceeds a share of a workflow's spend in a closed window (an agent looping on errors burns money
 //! before anyone reads a log).
 
-use std::collections::BTreeMap;
-
 use aifinops_schemas::alert::{Alert, AlertType};
 use aifinops_schemas::money::{ONE_USD, format_usd, format_usd_rounded};
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 
+use crate::keyhash::FastMap;
 use crate::{Detector, Emitted};
 
 /// The retry-storm detector over closed windows of one size.
@@ -25,6 +24,9 @@ impl RetryStormDetector {
         RetryStormDetector { source: source.to_string(), window_ms, share_percent, min_usd }
     }
 }
+
+/// A workflow's window: owner, risk owner, workflow, window start.
+type Group<'a> = (&'a str, &'a str, &'a str, i64);
 
 #[derive(Default)]
 struct Acc {
@@ -57,7 +59,7 @@ impl Detector for RetryStormDetector {
         let ts = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<TimestampMillisecondType>();
         let (start, end) = (ts("window_start"), ts("window_end"));
         // keys borrow the batch's strings (no allocation per row); ordered once for the alerts
-        let mut groups: std::collections::HashMap<(&str, &str, &str, i64), Acc> = std::collections::HashMap::new();
+        let mut groups: FastMap<Group<'_>, Acc> = FastMap::default();
         for r in (0..b.num_rows()).filter(|r| !late.value(*r)) {
             let a = groups.entry((owner.value(r), risk.value(r), workflow.value(r), start.value(r))).or_default();
             let v = |c: &datafusion::arrow::array::Decimal128Array| if c.is_null(r) { 0 } else { c.value(r) };
@@ -69,17 +71,21 @@ impl Detector for RetryStormDetector {
             a.retries += retries.value(r);
             a.end_ms = end.value(r);
         }
-        let mut alerts = Vec::new();
-        let groups: BTreeMap<(&str, &str, &str, i64), Acc> = groups.into_iter().collect();
-        for ((owner, risk, workflow, start_ms), a) in groups {
+        // only the groups over the thresholds are ordered (for the alerts), not every group of the window
+        let mut storms: Vec<(Group<'_>, Acc)> = groups
+            .into_iter()
+            .filter(|(_, a)| {
+                let wasted = a.failed + a.retry;
+                // wasted / cost * 100 >= share, exact: wasted * 100 * 10^6 >= share/10^12 * cost
+                wasted >= self.min_usd
+                    && a.cost != 0
+                    && wasted * 100_000_000 >= self.share_percent / 1_000_000_000_000 * a.cost
+            })
+            .collect();
+        storms.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        let mut alerts = Vec::with_capacity(storms.len());
+        for ((owner, risk, workflow, start_ms), a) in storms {
             let wasted = a.failed + a.retry;
-            // wasted / cost * 100 >= share, exact: wasted * 100 * 10^6 >= share/10^12 * cost
-            if wasted < self.min_usd
-                || a.cost == 0
-                || wasted * 100_000_000 < self.share_percent / 1_000_000_000_000 * a.cost
-            {
-                continue;
-            }
             let iso = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|d| d.to_rfc3339()).unwrap_or_default();
             let share = format_usd_rounded(wasted * 100_000_000 / a.cost * (ONE_USD / 1_000_000), 2);
             alerts.push(Alert::new(

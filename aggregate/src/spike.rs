@@ -18,7 +18,7 @@
 //! history is rebuilt from the lake's rollups on start ([`Detector::warm`]), so a restart neither forgets
 //! the baseline nor re-alerts.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use aifinops_schemas::alert::{Alert, AlertType, rfc3339_ms};
 use aifinops_schemas::money::{ONE_USD, format_usd_rounded, parse_usd};
@@ -26,11 +26,14 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 use serde::{Deserialize, Serialize};
 
+use crate::keyhash::KeyMap;
 use crate::{AggregateError, Detector, Emitted, WindowSize};
 
 const WEEK_MS: i64 = 7 * 86_400_000;
 const DAY_MS: i64 = 86_400_000;
 const HOUR_MS: i64 = 3_600_000;
+/// Baseline samples scored without a heap allocation (8 weeks or 7 days by default).
+const STACK_SAMPLES: usize = 32;
 
 /// What a spike series is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -236,16 +239,33 @@ impl Series {
     }
 }
 
-/// Spend of one series in one window, with its contributors.
-#[derive(Debug, Default, Clone)]
-struct SeriesAcc {
+/// Spend of one series in one window: what scoring needs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Spend {
     cost: i128,
     requests: i64,
+}
+
+/// Contributors of a series in one window: read back from the window's rows for the series that fire only
+/// (rows are many and spikes rare, so collecting them for every series cost more than the scoring).
+#[derive(Debug, Default, Clone)]
+struct Contributors {
     owners: BTreeMap<String, i128>,
     risk_owner: String,
     models: BTreeMap<String, i128>,
     identities: BTreeMap<String, i128>,
     workflows: BTreeMap<String, i128>,
+}
+
+/// A closed window collected but not yet scored.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Spend per series key.
+    spend: KeyMap<Spend>,
+    /// The batches holding the window's rows, in the order they were collected (shared, not copied).
+    batches: Vec<RecordBatch>,
+    /// The [`SpikeDetector::collect`] call that last added a batch (a batch is listed once per call).
+    call: u64,
 }
 
 /// An open incident (a published spike not yet recovered).
@@ -313,11 +333,11 @@ pub struct SpikeDetector {
     min_usd: f64,
     a_fast: f64,
     a_slow: f64,
-    series: HashMap<String, Series>,
-    /// Closed-window rows not yet evaluated: window index -> series key -> spend.
-    /// Spend of windows collected but not yet scored, per series key (hashed: rows are many; ordered for
-    /// scoring).
-    pending: BTreeMap<i64, std::collections::HashMap<String, SeriesAcc>>,
+    series: KeyMap<Series>,
+    /// Closed windows collected but not yet scored, by window index.
+    pending: BTreeMap<i64, Pending>,
+    /// [`SpikeDetector::collect`] calls so far.
+    calls: u64,
     state: SpikeState,
 }
 
@@ -390,8 +410,9 @@ impl SpikeDetector {
             min_usd,
             size,
             cfg,
-            series: HashMap::new(),
+            series: KeyMap::default(),
             pending: BTreeMap::new(),
+            calls: 0,
             state: SpikeState::default(),
         })
     }
@@ -410,17 +431,30 @@ impl SpikeDetector {
         let Some(s) = s else { return sc };
         let span_ms = (idx - s.first) * self.size.ms;
         let robust = |lag_windows: i64, max_k: i64, sc: &mut Score, m: Method| {
-            let mut xs: Vec<f64> = (1..=max_k)
-                .map(|k| idx - k * lag_windows)
-                .take_while(|j| *j >= s.first)
-                .map(|j| s.value_at(j))
-                .collect();
-            let med = median(&mut xs);
-            let mut dev: Vec<f64> = xs.iter().map(|x| (x - med).abs()).collect();
+            // the samples and their deviations, on the stack for the usual horizons (scored for every series)
+            let n = usize::try_from(max_k).unwrap_or(0);
+            let (mut stack, mut heap) = ([0f64; 2 * STACK_SAMPLES], Vec::new());
+            let buf: &mut [f64] = if n <= STACK_SAMPLES {
+                &mut stack[..2 * n]
+            } else {
+                heap.resize(2 * n, 0.0);
+                &mut heap
+            };
+            let (xs, dev) = buf.split_at_mut(n);
+            let mut len = 0;
+            for j in (1..=max_k).map(|k| idx - k * lag_windows).take_while(|j| *j >= s.first) {
+                xs[len] = s.value_at(j);
+                len += 1;
+            }
+            let (xs, dev) = (&mut xs[..len], &mut dev[..len]);
+            let med = median(xs);
+            for (d, x) in dev.iter_mut().zip(xs.iter()) {
+                *d = (x - med).abs();
+            }
             // a floor under the MAD: 5 % of the median or a cent, so a flat series does not divide by zero
-            let mad = median(&mut dev).max(med * 0.05).max(0.01);
+            let mad = median(dev).max(med * 0.05).max(0.01);
             sc.method = m;
-            sc.samples = xs.len();
+            sc.samples = len;
             sc.expected = med;
             sc.score = 0.6745 * (actual - med) / mad;
             sc.upper = med + self.cfg.z * mad / 0.6745;
@@ -470,27 +504,19 @@ impl SpikeDetector {
         anomalous && impact >= self.min_usd / 2.0
     }
 
-    fn keys_of(&self, owner: &str, identity: &str) -> impl Iterator<Item = (Scope, String)> + use<> {
-        let mut v = Vec::with_capacity(2);
-        for s in &self.cfg.scopes {
-            match s {
-                Scope::Owner => v.push((Scope::Owner, format!("owner/{owner}"))),
-                // the overflow bucket of a window's long tail is many identities, not one
-                Scope::Identity if !identity.is_empty() && identity != crate::window::OVERFLOW => {
-                    v.push((Scope::Identity, format!("identity/{identity}")))
-                }
-                Scope::Identity => {}
-            }
-        }
-        v.into_iter()
-    }
-
-    /// Adds a window's spend to the history (no scoring).
-    fn absorb(&mut self, idx: i64, accs: &BTreeMap<String, SeriesAcc>) {
+    /// Adds a window's spend (series key, cost) to the history (no scoring).
+    fn absorb(&mut self, idx: i64, accs: impl IntoIterator<Item = (String, i128)>) {
         let keep_from = idx - self.history_ms() / self.size.ms;
-        for (key, a) in accs {
-            let s = self.series.entry(key.clone()).or_insert_with(|| Series::new(idx));
-            s.push(idx, usd_f64(a.cost), self.a_fast, self.a_slow, keep_from);
+        for (key, cost) in accs {
+            let x = usd_f64(cost);
+            match self.series.get_mut(key.as_str()) {
+                Some(s) => s.push(idx, x, self.a_fast, self.a_slow, keep_from),
+                None => {
+                    let mut s = Series::new(idx);
+                    s.push(idx, x, self.a_fast, self.a_slow, keep_from);
+                    self.series.insert(key, s);
+                }
+            }
         }
         if self.series.len() > self.cfg.max_series {
             let alerting: BTreeSet<&String> = self.state.incidents.values().flat_map(|i| i.series.iter()).collect();
@@ -505,7 +531,8 @@ impl SpikeDetector {
         }
     }
 
-    fn evaluate(&mut self, idx: i64, accs: BTreeMap<String, SeriesAcc>, now_ms: i64) -> Vec<Alert> {
+    fn evaluate(&mut self, idx: i64, window: Pending, now_ms: i64) -> Vec<Alert> {
+        let accs = &window.spend;
         let start_ms = idx * self.size.ms;
         let mut alerts = Vec::new();
         // 1. open incidents: each of their series either persists or has recovered
@@ -513,7 +540,7 @@ impl SpikeDetector {
         for id in ids {
             let series: Vec<String> = self.state.incidents[&id].series.iter().cloned().collect();
             for key in series {
-                let actual = accs.get(&key).map(|a| usd_f64(a.cost)).unwrap_or(0.0);
+                let actual = accs.get(key.as_str()).map(|a| usd_f64(a.cost)).unwrap_or(0.0);
                 let sc = self.score(self.series.get(&key), idx, actual);
                 if !self.persists(&sc) {
                     self.state.incidents.get_mut(&id).expect("incident").series.remove(&key);
@@ -521,13 +548,13 @@ impl SpikeDetector {
             }
             if self.state.incidents[&id].series.is_empty() {
                 let inc = self.state.incidents.remove(&id).expect("incident");
-                alerts.push(self.recovered(&inc, idx, start_ms, &accs, now_ms));
+                alerts.push(self.recovered(&inc, idx, start_ms, accs, now_ms));
             }
         }
         // 2. new spikes among the series not already alerting
         let alerting: BTreeSet<String> = self.state.incidents.values().flat_map(|i| i.series.iter().cloned()).collect();
         let mut fired: BTreeMap<String, Score> = BTreeMap::new();
-        for (key, a) in &accs {
+        for (key, a) in accs {
             if alerting.contains(key) {
                 continue;
             }
@@ -536,10 +563,11 @@ impl SpikeDetector {
                 fired.insert(key.clone(), sc);
             }
         }
+        let who = self.contributors(idx, &window.batches, fired.keys());
         // an identity firing with its owner is one incident, reported on the owner
         let mut folded: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for key in fired.keys().filter(|k| k.starts_with("identity/")) {
-            let a = &accs[key];
+            let a = &who[key.as_str()];
             let owner = a.owners.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))).map(|(o, _)| o.as_str());
             if let Some(o) = owner
                 && fired.contains_key(&format!("owner/{o}"))
@@ -553,10 +581,10 @@ impl SpikeDetector {
                 continue;
             }
             let with = folded.get(key).cloned().unwrap_or_default();
-            alerts.push(self.spike(key, sc, &with, &accs, idx, now_ms));
+            alerts.push(self.spike(key, sc, &with, (&accs[key.as_str()], &who[key.as_str()]), idx, now_ms));
         }
         // 3. the window joins the history
-        self.absorb(idx, &accs);
+        self.absorb(idx, window.spend.into_iter().map(|(k, a)| (k, a.cost)));
         self.state.last_eval = Some(idx);
         alerts
     }
@@ -566,16 +594,15 @@ impl SpikeDetector {
         key: &str,
         sc: &Score,
         with: &[String],
-        accs: &BTreeMap<String, SeriesAcc>,
+        (a, who): (&Spend, &Contributors),
         idx: i64,
         now_ms: i64,
     ) -> Alert {
-        let a = &accs[key];
         let (scope, name) = key.split_once('/').expect("series key");
         let owner = if scope == "owner" {
             name.to_string()
         } else {
-            a.owners.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))).map(|(o, _)| o.clone()).unwrap_or_default()
+            who.owners.iter().max_by(|x, y| x.1.cmp(y.1).then(y.0.cmp(x.0))).map(|(o, _)| o.clone()).unwrap_or_default()
         };
         // the identity named: the identity series' own, or the one folded in, or the owner's top identity
         let identity = if scope == "identity" {
@@ -595,7 +622,7 @@ impl SpikeDetector {
         let window = self.size.label.clone();
         let data = serde_json::json!({
             "owner": owner,
-            "risk_owner": a.risk_owner,
+            "risk_owner": who.risk_owner,
             "identity": identity,
             "scope": scope,
             "series": series,
@@ -611,9 +638,9 @@ impl SpikeDetector {
             "method": sc.method.as_str(),
             "baseline_samples": sc.samples,
             "requests": a.requests,
-            "top_models": top(&a.models, "model", self.cfg.top),
-            "top_identities": top(&a.identities, "identity", self.cfg.top),
-            "top_workflows": top(&a.workflows, "workflow", self.cfg.top),
+            "top_models": top(&who.models, "model", self.cfg.top),
+            "top_identities": top(&who.identities, "identity", self.cfg.top),
+            "top_workflows": top(&who.workflows, "workflow", self.cfg.top),
             "controls": controls,
             "summary": format!(
                 "{scope} {name} spent ${} in the {window} window from {}, expected ${} (upper bound ${})",
@@ -634,7 +661,7 @@ impl SpikeDetector {
                 alert_id: alert.id.clone(),
                 subject: key.to_string(),
                 owner,
-                risk_owner: a.risk_owner.clone(),
+                risk_owner: who.risk_owner.clone(),
                 identity,
                 since_ms: start_ms,
                 expected_usd: usd2(sc.expected),
@@ -645,15 +672,8 @@ impl SpikeDetector {
         alert
     }
 
-    fn recovered(
-        &self,
-        inc: &Incident,
-        idx: i64,
-        start_ms: i64,
-        accs: &BTreeMap<String, SeriesAcc>,
-        now_ms: i64,
-    ) -> Alert {
-        let actual = accs.get(&inc.subject).map(|a| a.cost).unwrap_or(0);
+    fn recovered(&self, inc: &Incident, idx: i64, start_ms: i64, accs: &KeyMap<Spend>, now_ms: i64) -> Alert {
+        let actual = accs.get(inc.subject.as_str()).map(|a| a.cost).unwrap_or(0);
         let data = serde_json::json!({
             "owner": inc.owner,
             "risk_owner": inc.risk_owner,
@@ -671,18 +691,19 @@ impl SpikeDetector {
         Alert::new(&self.source, AlertType::SpendRecovered, inc.subject.clone(), now_ms, &[&inc.alert_id], data)
     }
 
-    /// Collects a closed window's rows per series.
+    /// Collects a closed window's rows: the spend per series, and the batch for the contributors.
     fn collect(&mut self, rows: &RecordBatch) {
-        let s = |n: &str| rows.column_by_name(n).expect("rollup column").as_string::<i32>();
-        let (owner, risk, identity, provider, model, workflow) =
-            (s("owner"), s("risk_owner"), s("identity"), s("provider"), s("model"), s("workflow"));
         let cost = rows.column_by_name("cost_usd").expect("cost_usd").as_primitive::<Decimal128Type>();
         let req = rows.column_by_name("requests").expect("requests").as_primitive::<Int64Type>();
         let start =
             rows.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMillisecondType>();
         let late = rows.column_by_name("late").map(|c| c.as_boolean().clone());
-        // keys are built in reused buffers and copied only when first seen (rows are many, keys few)
-        let (mut m, mut key) = (String::new(), String::new());
+        let s = |n: &str| rows.column_by_name(n).expect("rollup column").as_string::<i32>();
+        let (owner, identity) = (s("owner"), s("identity"));
+        self.calls += 1;
+        let call = self.calls;
+        // keys are built in a reused buffer and copied only when first seen (rows are many, keys few)
+        let mut key = String::new();
         for r in 0..rows.num_rows() {
             if late.as_ref().is_some_and(|l| l.value(r)) {
                 continue; // late rows reach the history on the next start, from the lake
@@ -692,44 +713,96 @@ impl SpikeDetector {
                 continue;
             }
             let c = if cost.is_null(r) { 0 } else { cost.value(r) };
-            m.clear();
-            m.push_str(provider.value(r));
-            m.push('/');
-            m.push_str(model.value(r));
             let (o, ident) = (owner.value(r), identity.value(r));
             let window = self.pending.entry(idx).or_default();
+            if window.call != call {
+                window.call = call;
+                window.batches.push(rows.clone());
+            }
             for scope in &self.cfg.scopes {
-                key.clear();
-                match scope {
-                    Scope::Owner => {
-                        key.push_str("owner/");
-                        key.push_str(o);
-                    }
-                    // the overflow bucket of a window's long tail is many identities, not one
-                    Scope::Identity if !ident.is_empty() && ident != crate::window::OVERFLOW => {
-                        key.push_str("identity/");
-                        key.push_str(ident);
-                    }
-                    Scope::Identity => continue,
+                if !series_key(&mut key, *scope, o, ident) {
+                    continue;
                 }
-                let a = match window.get_mut(key.as_str()) {
+                let a = match window.spend.get_mut(key.as_str()) {
                     Some(a) => a,
-                    None => window.entry(key.clone()).or_default(),
+                    None => window.spend.entry(key.clone()).or_default(),
                 };
                 a.cost += c;
                 a.requests += req.value(r);
-                bump(&mut a.owners, o, c);
-                if a.risk_owner.is_empty() {
-                    a.risk_owner = risk.value(r).to_string();
-                }
-                bump(&mut a.models, &m, c);
-                bump(&mut a.workflows, workflow.value(r), c);
-                if *scope == Scope::Owner {
-                    bump(&mut a.identities, ident, c);
-                }
             }
         }
     }
+
+    /// The contributors of the series `keys` in window `idx`, read from the window's rows as
+    /// [`SpikeDetector::collect`] took them (one pass for all the series).
+    fn contributors<'k>(
+        &self,
+        idx: i64,
+        batches: &[RecordBatch],
+        keys: impl Iterator<Item = &'k String>,
+    ) -> KeyMap<Contributors> {
+        let mut out: KeyMap<Contributors> = keys.map(|k| (k.clone(), Contributors::default())).collect();
+        if out.is_empty() {
+            return out;
+        }
+        let (mut m, mut key) = (String::new(), String::new());
+        for rows in batches {
+            let s = |n: &str| rows.column_by_name(n).expect("rollup column").as_string::<i32>();
+            let (owner, risk, identity, provider, model, workflow) =
+                (s("owner"), s("risk_owner"), s("identity"), s("provider"), s("model"), s("workflow"));
+            let cost = rows.column_by_name("cost_usd").expect("cost_usd").as_primitive::<Decimal128Type>();
+            let start =
+                rows.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMillisecondType>();
+            let late = rows.column_by_name("late").map(|c| c.as_boolean().clone());
+            for r in 0..rows.num_rows() {
+                // the rows collect took: the batch is listed under this window only if they were after the last
+                // evaluated window then, which holds for all of the window's rows
+                if late.as_ref().is_some_and(|l| l.value(r)) || start.value(r).div_euclid(self.size.ms) != idx {
+                    continue;
+                }
+                let c = if cost.is_null(r) { 0 } else { cost.value(r) };
+                let (o, ident) = (owner.value(r), identity.value(r));
+                for scope in &self.cfg.scopes {
+                    if !series_key(&mut key, *scope, o, ident) {
+                        continue;
+                    }
+                    let Some(a) = out.get_mut(key.as_str()) else { continue };
+                    bump(&mut a.owners, o, c);
+                    if a.risk_owner.is_empty() {
+                        a.risk_owner = risk.value(r).to_string();
+                    }
+                    m.clear();
+                    m.push_str(provider.value(r));
+                    m.push('/');
+                    m.push_str(model.value(r));
+                    bump(&mut a.models, &m, c);
+                    bump(&mut a.workflows, workflow.value(r), c);
+                    if *scope == Scope::Owner {
+                        bump(&mut a.identities, ident, c);
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Writes the series key of `scope` for a row into `key`; false when the row has no such series.
+fn series_key(key: &mut String, scope: Scope, owner: &str, identity: &str) -> bool {
+    key.clear();
+    match scope {
+        Scope::Owner => {
+            key.push_str("owner/");
+            key.push_str(owner);
+        }
+        // the overflow bucket of a window's long tail is many identities, not one
+        Scope::Identity if !identity.is_empty() && identity != crate::window::OVERFLOW => {
+            key.push_str("identity/");
+            key.push_str(identity);
+        }
+        Scope::Identity => return false,
+    }
+    true
 }
 
 /// Adds `c` to `k`'s sum, copying the key only when it is new.
@@ -765,23 +838,22 @@ impl Detector for SpikeDetector {
             if idx >= through {
                 break;
             }
-            let accs: BTreeMap<String, SeriesAcc> =
-                self.pending.remove(&idx).expect("pending window").into_iter().collect();
+            let window = self.pending.remove(&idx).expect("pending window");
             // an empty window between the last evaluated one and this: alerting series read zero there
             if let Some(l) = self.state.last_eval
                 && idx > l + 1
                 && !self.state.incidents.is_empty()
             {
-                alerts.extend(self.evaluate(l + 1, BTreeMap::new(), now_ms));
+                alerts.extend(self.evaluate(l + 1, Pending::default(), now_ms));
             }
-            alerts.extend(self.evaluate(idx, accs, now_ms));
+            alerts.extend(self.evaluate(idx, window, now_ms));
         }
         if closed_through_ms.is_some()
             && let Some(l) = self.state.last_eval
             && through - 1 > l
             && !self.state.incidents.is_empty()
         {
-            alerts.extend(self.evaluate(l + 1, BTreeMap::new(), now_ms));
+            alerts.extend(self.evaluate(l + 1, Pending::default(), now_ms));
         }
         alerts
     }
@@ -814,17 +886,28 @@ impl Detector for SpikeDetector {
         let start = need("window_start")?.as_primitive::<TimestampMillisecondType>();
         let (owner, identity) = (need("owner")?.as_string::<i32>(), need("identity")?.as_string::<i32>());
         let cost = need("cost_usd")?.as_primitive::<Decimal128Type>();
-        let mut by_window: BTreeMap<i64, BTreeMap<String, SeriesAcc>> = BTreeMap::new();
+        let mut by_window: BTreeMap<i64, KeyMap<i128>> = BTreeMap::new();
+        let mut key = String::new();
         for r in 0..rows.num_rows() {
             let idx = start.value(r).div_euclid(self.size.ms);
             let c = if cost.is_null(r) { 0 } else { cost.value(r) };
-            for (_, key) in self.keys_of(owner.value(r), identity.value(r)) {
-                by_window.entry(idx).or_default().entry(key).or_default().cost += c;
+            let window = by_window.entry(idx).or_default();
+            for scope in &self.cfg.scopes {
+                if !series_key(&mut key, *scope, owner.value(r), identity.value(r)) {
+                    continue;
+                }
+                match window.get_mut(key.as_str()) {
+                    Some(v) => *v += c,
+                    None => {
+                        window.insert(key.clone(), c);
+                    }
+                }
             }
         }
+        by_window.retain(|_, keys| !keys.is_empty());
         let n = by_window.len();
         for (idx, accs) in by_window {
-            self.absorb(idx, &accs);
+            self.absorb(idx, accs);
         }
         tracing::info!(windows = n, series = self.series.len(), "spike baselines rebuilt from the lake");
         Ok(())
