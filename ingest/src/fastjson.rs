@@ -37,21 +37,6 @@ const COUNT_FIELDS: [&str; 10] = [
     "attempt",
 ];
 
-/// Optional string fields, in the order of [`Flat::strs`].
-#[cfg(test)]
-const STR_FIELDS: [&str; 10] = [
-    "service_tier",
-    "status",
-    "trace_id",
-    "api_key_id",
-    "service_account",
-    "end_user",
-    "team",
-    "project",
-    "workflow",
-    "environment",
-];
-
 /// Keys the serde path treats specially (borrowed raw values, nested tags, or another format's marker):
 /// their records take that path.
 const SERDE_ONLY: [&str; 19] = [
@@ -374,7 +359,8 @@ mod tests {
         for (i, k) in COUNT_FIELDS.iter().enumerate() {
             assert!(matches!(slot(k), Slot::Count(j) if j == i), "{k}");
         }
-        for (i, k) in STR_FIELDS.iter().enumerate() {
+        // the optional strings of `Flat::strs`: the canonical string fields after event_id, provider, model
+        for (i, k) in crate::formats::CANONICAL_STRINGS[3..].iter().enumerate() {
             assert!(matches!(slot(k), Slot::Str(j) if j == i), "{k}");
         }
     }

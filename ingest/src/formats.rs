@@ -471,25 +471,28 @@ pub(crate) fn canonical(v: &Value) -> Result<Call<'_>, Rejection> {
     canonical_fields(v, true)
 }
 
+/// The string fields of the canonical shape (the fast reader's optional strings are the ones after
+/// `model`, in this order).
+pub(crate) const CANONICAL_STRINGS: [&str; 13] = [
+    "event_id",
+    "provider",
+    "model",
+    "service_tier",
+    "status",
+    "trace_id",
+    "api_key_id",
+    "service_account",
+    "end_user",
+    "team",
+    "project",
+    "workflow",
+    "environment",
+];
+
 /// The canonical fields of `v`; `own_usage` = the counts must be canonical ones (false in an envelope,
 /// whose counts come from its `response`).
 fn canonical_fields(v: &Value, own_usage: bool) -> Result<Call<'_>, Rejection> {
-    const STRINGS: [&str; 13] = [
-        "event_id",
-        "provider",
-        "model",
-        "service_tier",
-        "status",
-        "trace_id",
-        "api_key_id",
-        "service_account",
-        "end_user",
-        "team",
-        "project",
-        "workflow",
-        "environment",
-    ];
-    for f in STRINGS {
+    for f in CANONICAL_STRINGS {
         if let Some(x) = v.get(f)
             && !x.is_string()
             && !x.is_null()
