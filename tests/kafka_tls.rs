@@ -82,7 +82,7 @@ struct Ran {
     status: ExitStatus,
     log: String,
     took: Duration,
-    /// Every value of the `aifinops_kafka_connected` gauge scraped while it ran (every 100 ms).
+    /// Every value of the `aifinops_kafka_connected` gauge scraped while it ran (every 25 ms).
     connected: Vec<f64>,
 }
 
@@ -116,7 +116,7 @@ fn run(config: &Path, brokers: &str, t: &Topics, env: &[(&str, &str)], within: D
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             panic!("aifinops run did not finish in {within:?}:\n{}", &text[text.len().saturating_sub(5000)..]);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(25));
     };
     Ran { status, log: std::fs::read_to_string(&log).unwrap_or_default(), took: started.elapsed(), connected }
 }

@@ -71,7 +71,7 @@ struct Shared {
     /// Bumped on every assignment change.
     generation: AtomicU64,
     /// Broker connections in state UP, from librdkafka's statistics (every second); -1 before the first
-    /// report (or when `statistics.interval.ms` is set to 0).
+    /// report (or when `statistics.interval.ms` is set to 0) unless a record has arrived (then 1).
     brokers_up: AtomicI64,
     /// (low, high) watermark of each partition as librdkafka last reported it (statistics).
     ends: Mutex<HashMap<Tp, (i64, i64)>>,
@@ -531,7 +531,8 @@ impl KafkaSource {
     }
 
     /// Whether the consumer has a live connection to at least one broker (librdkafka statistics, refreshed
-    /// every second while polling); `None` before the first report or with statistics turned off.
+    /// every second while polling; before the first report, a record that arrived counts as a connection);
+    /// `None` before either.
     pub fn connected(&self) -> Option<bool> {
         match self.shared.brokers_up.load(Ordering::SeqCst) {
             n if n < 0 => None,
@@ -661,6 +662,11 @@ impl KafkaSource {
                 }
                 Ok(Ok(m)) => m,
             };
+            // a delivered record proves a broker connection: a short run reports health before librdkafka's
+            // first statistics (every second) arrive
+            if self.shared.brokers_up.compare_exchange(-1, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                self.shared.ever_up.store(true, Ordering::SeqCst);
+            }
             if generation_changed(&self.shared, &mut self.seen_generation) {
                 // received after a rebalance: kept (copied, rare) until the rollback is done
                 self.pending = Some(msg.detach());
