@@ -187,13 +187,17 @@ fn toml_defaults() -> SpikeConfig {
 }
 
 /// One series' history: sparse window costs (missing = 0 after `first`) and the EWMAs.
+///
+/// The history is what grows with time (a value per series and window with spend, for `seasonal_weeks`), so
+/// an entry is 8 bytes: the window index relative to `first` and the cost as `f32` (7 significant digits;
+/// baselines are medians of these, while alerts report the window's exact cost).
 #[derive(Debug, Clone)]
 struct Series {
     /// First window index with spend: the start of the history.
     first: i64,
     /// Last window index seen (activity, for eviction).
     last: i64,
-    hist: VecDeque<(i64, f64)>,
+    hist: VecDeque<(i32, f32)>,
     fast: f64,
     slow: f64,
 }
@@ -203,9 +207,14 @@ impl Series {
         Series { first: idx, last: idx, hist: VecDeque::new(), fast: 0.0, slow: 0.0 }
     }
 
+    /// `idx` relative to `first` (an i32 covers 4 000 years of minutes).
+    fn rel(&self, idx: i64) -> i32 {
+        (idx - self.first).clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32
+    }
+
     fn value_at(&self, idx: i64) -> f64 {
-        match self.hist.binary_search_by_key(&idx, |(i, _)| *i) {
-            Ok(p) => self.hist[p].1,
+        match self.hist.binary_search_by_key(&self.rel(idx), |(i, _)| *i) {
+            Ok(p) => f64::from(self.hist[p].1),
             Err(_) => 0.0,
         }
     }
@@ -228,11 +237,13 @@ impl Series {
             self.fast = a_fast * x + (1.0 - a_fast) * f;
             self.slow = a_slow * x + (1.0 - a_slow) * s;
         }
+        let rel = self.rel(idx);
         match self.hist.back_mut() {
-            Some(b) if b.0 == idx => b.1 += x,
-            _ => self.hist.push_back((idx, x)),
+            Some(b) if b.0 == rel => b.1 += x as f32,
+            _ => self.hist.push_back((rel, x as f32)),
         }
         self.last = self.last.max(idx);
+        let keep_from = self.rel(keep_from);
         while self.hist.front().is_some_and(|(i, _)| *i < keep_from) {
             self.hist.pop_front();
         }

@@ -124,7 +124,7 @@ impl WindowEngine {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
             series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: None });
         }
-        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
+        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(1 << 22);
         Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
     }
 
@@ -248,16 +248,18 @@ impl WindowEngine {
         conform(out)
     }
 
-    /// SQL that buckets raw events into windows of `size`.
+    /// SQL that buckets raw events into windows of `size`. Its `window_end` column is the window start: the
+    /// end is added after the query ([`with_ends`]), since timestamp + interval arithmetic in SQL goes through
+    /// calendar math per row (4 % of replay's instructions). The late flag compares the start with the cutoff
+    /// minus the size (the same test as end <= cutoff).
     fn bucket_sql(size: &WindowSize, late_cutoff_ms: i64) -> String {
         let start = format!("date_bin(INTERVAL '{} milliseconds', ts, to_timestamp_millis(0))", size.ms);
-        let end = format!("({start} + INTERVAL '{} milliseconds')", size.ms);
         let dims = DIMENSIONS.join(", ");
         format!(
-            "SELECT {start} AS {WINDOW_START}, {end} AS {WINDOW_END}, {dims}, {measures}, \
-             ({end} <= {cutoff}) AS {LATE} FROM events GROUP BY {start}, {dims}, ({end} <= {cutoff})",
+            "SELECT {start} AS {WINDOW_START}, {start} AS {WINDOW_END}, {dims}, {measures}, \
+             ({start} <= {cutoff}) AS {LATE} FROM events GROUP BY {start}, {dims}, ({start} <= {cutoff})",
             measures = measures_sql(true),
-            cutoff = ts_literal(late_cutoff_ms),
+            cutoff = ts_literal(late_cutoff_ms.saturating_sub(size.ms)),
         )
     }
 
@@ -288,6 +290,7 @@ impl WindowEngine {
                 }
                 None => {
                     let part = self.sql("events", vec![events.clone()], &Self::bucket_sql(&size, cutoff)).await?;
+                    let part = with_ends(part, &size)?;
                     if part.num_rows() > 0 {
                         self.series[i].pending.push(part.clone());
                     }
@@ -497,6 +500,17 @@ fn rebucket(finer: &RecordBatch, size: &WindowSize, late_cutoff_ms: i64) -> Resu
     cols[li] = Arc::new(late);
     RecordBatch::try_new(finer.schema(), cols)
         .map_err(|e| AggregateError::Arrow { context: format!("moving rows to {} windows", size.label), source: e })
+}
+
+/// Rows whose `window_end` column holds the window start, with the end (start + size) in its place.
+fn with_ends(rows: RecordBatch, size: &WindowSize) -> Result<RecordBatch, AggregateError> {
+    let starts = rows.column(1).as_primitive::<TimestampMillisecondType>();
+    let tz = starts.timezone().map(Arc::<str>::from);
+    let ends = starts.unary::<_, TimestampMillisecondType>(|s| s + size.ms).with_timezone_opt(tz);
+    let mut cols = rows.columns().to_vec();
+    cols[1] = Arc::new(ends);
+    RecordBatch::try_new(rows.schema(), cols)
+        .map_err(|e| AggregateError::Arrow { context: format!("ends of {} windows", size.label), source: e })
 }
 
 /// Casts DataFusion output to the exact rollup schema (types and nullability).

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn resolve(map: &OwnerMap, probe: &str) {
-    let mut scratch = Vec::new();
+    let mut cache = aifinops_ingest::owners::MatchCache::default();
     let ids = [
         Identity { api_key_id: Some(probe), ..Default::default() },
         Identity { service_account: Some(probe), team: Some(probe), ..Default::default() },
@@ -41,9 +41,12 @@ fn resolve(map: &OwnerMap, probe: &str) {
         Identity::default(),
     ];
     for id in &ids {
-        if let Some(i) = map.resolve_index(id, &mut scratch) {
+        // the memo answers as a fresh match does, the first time and again
+        let fresh = map.resolve_index(id, &mut aifinops_ingest::owners::MatchCache::default());
+        assert_eq!(map.resolve_index(id, &mut cache), fresh);
+        if let Some(i) = map.resolve_index(id, &mut cache) {
             let o = map.owner(i);
-            assert_eq!(map.resolve(id, &mut scratch).map(|r| &r.id), Some(&o.id));
+            assert_eq!(map.resolve(id, &mut cache).map(|r| &r.id), Some(&o.id));
         }
     }
 }

@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 
 use crate::catalog::{PriceCatalog, Tier, Tokens};
 use crate::formats::{Call, Format, Reported, adapt};
-use crate::owners::{Identity, OwnerMap};
+use crate::owners::{Identity, MatchCache, OwnerMap};
 
 /// Largest token count accepted (2^53, the largest integer every JSON reader keeps exact).
 pub const MAX_COUNT: u64 = 1 << 53;
@@ -596,7 +596,7 @@ pub struct Decoder {
     owners: Arc<OwnerMap>,
     max_record_bytes: usize,
     raw_policy: RawPolicy,
-    scratch: Vec<usize>,
+    owner_cache: MatchCache,
     avro: Option<crate::avro::AvroDecoder>,
     ts: TimestampMillisecondBuilder,
     key: FixedSizeBinaryBuilder,
@@ -623,7 +623,7 @@ impl Decoder {
             owners,
             max_record_bytes,
             raw_policy,
-            scratch: Vec::new(),
+            owner_cache: MatchCache::default(),
             avro: None,
             ts: TimestampMillisecondBuilder::new(),
             key: FixedSizeBinaryBuilder::new(aifinops_schemas::event::EVENT_KEY_LEN),
@@ -963,7 +963,7 @@ impl Decoder {
             project: c.project.as_deref(),
             workflow: c.workflow.as_deref(),
         };
-        let owner = self.owners.resolve_index(&idn, &mut self.scratch);
+        let owner = self.owners.resolve_index(&idn, &mut self.owner_cache);
         let identity = c
             .api_key_id
             .as_deref()

@@ -10,6 +10,7 @@
 //! A rule matches a call when ANY of its lists matches the call's field of that name (lists are
 //! alternatives: "this key, or anything from this team"). Rules are tried in file order.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -78,6 +79,34 @@ impl FieldMatcher {
     }
 }
 
+/// Values remembered per field before the memo starts over (a bound on its memory, ~100 bytes a value).
+const MEMO_VALUES: usize = 1 << 16;
+
+/// What one caller of [`OwnerMap::resolve_index`] keeps between calls: the glob matcher's scratch space and,
+/// per field, the first rule each value seen matched. Keys, teams and workflows repeat from call to call,
+/// so most calls look a value up instead of running every glob over it. Use one cache with one map.
+#[derive(Debug, Default)]
+pub struct MatchCache {
+    scratch: Vec<usize>,
+    memo: [HashMap<Box<str>, Option<u32>, foldhash::fast::RandomState>; 5],
+}
+
+impl MatchCache {
+    fn best(&mut self, field: usize, m: &FieldMatcher, value: Option<&str>) -> Option<usize> {
+        let v = value?;
+        let memo = &mut self.memo[field];
+        if let Some(r) = memo.get(v) {
+            return r.map(|r| r as usize);
+        }
+        let r = m.best(Some(v), &mut self.scratch);
+        if memo.len() >= MEMO_VALUES {
+            memo.clear();
+        }
+        memo.insert(v.into(), r.map(|r| r as u32));
+        r
+    }
+}
+
 /// Maps a call's identity fields to its owner.
 #[derive(Debug, Clone)]
 pub struct OwnerMap {
@@ -141,16 +170,16 @@ impl OwnerMap {
     }
 
     /// The first rule (in file order) that any field matches, or `None` (unattributed).
-    pub fn resolve(&self, id: &Identity<'_>, scratch: &mut Vec<usize>) -> Option<&Owner> {
-        self.resolve_index(id, scratch).map(|i| &self.owners[i])
+    pub fn resolve(&self, id: &Identity<'_>, cache: &mut MatchCache) -> Option<&Owner> {
+        self.resolve_index(id, cache).map(|i| &self.owners[i])
     }
 
     /// The index of the first matching rule (see [`OwnerMap::owner`]).
-    pub fn resolve_index(&self, id: &Identity<'_>, scratch: &mut Vec<usize>) -> Option<usize> {
+    pub fn resolve_index(&self, id: &Identity<'_>, cache: &mut MatchCache) -> Option<usize> {
         let values = [id.api_key_id, id.service_account, id.team, id.project, id.workflow];
         let mut best: Option<usize> = None;
-        for (m, v) in self.fields.iter().zip(values) {
-            if let Some(r) = m.best(v, scratch) {
+        for (f, (m, v)) in self.fields.iter().zip(values).enumerate() {
+            if let Some(r) = cache.best(f, m, v) {
                 best = Some(best.map_or(r, |b| b.min(r)));
                 if r == 0 {
                     break;
@@ -196,8 +225,9 @@ mod tests {
     #[test]
     fn first_matching_rule_wins_across_fields() {
         let m = OwnerMap::from_toml_str("o.toml", MAP).unwrap();
-        let mut s = vec![];
-        let r = |id: Identity| m.resolve(&id, &mut vec![]).map(|o| o.id.clone());
+        let mut s = MatchCache::default();
+        let mut cache = MatchCache::default();
+        let mut r = |id: Identity| m.resolve(&id, &mut cache).map(|o| o.id.clone());
         assert_eq!(r(Identity { api_key_id: Some("key-search-7"), ..Default::default() }).as_deref(), Some("search"));
         assert_eq!(r(Identity { team: Some("search"), ..Default::default() }).as_deref(), Some("search"));
         assert_eq!(r(Identity { workflow: Some("agent-nightly"), ..Default::default() }).as_deref(), Some("agents"));
@@ -214,6 +244,40 @@ mod tests {
         assert_eq!(r(Identity { team: Some("xylophone"), ..Default::default() }).as_deref(), Some("catch-team-x"));
         assert!(m.resolve(&Identity { api_key_id: Some("key-nobody"), ..Default::default() }, &mut s).is_none());
         assert_eq!(m.owners()[0].risk_owner, "lead@example.com");
+    }
+
+    #[test]
+    fn the_match_memo_answers_as_the_globs_do_past_its_bound() {
+        let m = OwnerMap::from_toml_str("o.toml", MAP).unwrap();
+        let mut cache = MatchCache::default();
+        let values: Vec<String> = (0..MEMO_VALUES + 5_000)
+            .map(|i| match i % 4 {
+                0 => format!("key-search-{i}"),
+                1 => format!("x{i}"),
+                2 => format!("agent-{i}"),
+                _ => format!("nobody-{i}"),
+            })
+            .collect();
+        let mut attributed = 0;
+        for round in 0..2 {
+            for v in values.iter().step_by(if round == 0 { 1 } else { 7 }) {
+                let ids = [
+                    Identity { api_key_id: Some(v), ..Default::default() },
+                    Identity { team: Some(v), workflow: Some(v), ..Default::default() },
+                ];
+                for id in &ids {
+                    let fresh = m.resolve_index(id, &mut MatchCache::default());
+                    assert_eq!(m.resolve_index(id, &mut cache), fresh, "{id:?}");
+                    attributed += usize::from(fresh.is_some());
+                }
+            }
+            assert!(cache.memo.iter().all(|f| f.len() <= MEMO_VALUES));
+        }
+        // three values in four match a rule (key-search-*, x*, agent-*), the fourth none
+        assert!(attributed > values.len() / 2, "{attributed}");
+        let a = Identity { api_key_id: Some("key-search-3"), team: Some("xy"), ..Default::default() };
+        assert_eq!(m.resolve(&a, &mut cache).map(|o| o.id.as_str()), Some("search"));
+        assert_eq!(m.resolve(&a, &mut cache).map(|o| o.id.as_str()), Some("search"));
     }
 
     #[test]
