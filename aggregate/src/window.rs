@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::compute::{
-    SortColumn, SortOptions, cast, concat_batches, filter_record_batch, lexsort_to_indices, max, min, not,
-    take_record_batch,
+    SortColumn, SortOptions, cast, concat, concat_batches, filter, filter_record_batch, lexsort_to_indices, max, min,
+    not, take,
 };
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::datasource::MemTable;
@@ -124,7 +124,7 @@ impl WindowEngine {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
             series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: None });
         }
-        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(1 << 22);
+        let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
         Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
     }
 
@@ -178,15 +178,19 @@ impl WindowEngine {
             if real.len() <= self.key_cap {
                 continue;
             }
+            // only the ranking columns of the window's rows are copied
             let idx = UInt32Array::from(real.clone());
-            let sub = take_record_batch(&merged, &idx).map_err(ae("selecting a window over the key cap"))?;
+            let sub = |name: &str| {
+                take(merged.column_by_name(name).expect("rollup column"), &idx, None)
+                    .map_err(ae("selecting a window over the key cap"))
+            };
             let desc = SortOptions { descending: true, nulls_first: false };
             let mut keys = vec![
-                SortColumn { values: sub.column_by_name("cost_usd").expect("cost").clone(), options: Some(desc) },
-                SortColumn { values: sub.column_by_name(REQUESTS).expect("requests").clone(), options: Some(desc) },
+                SortColumn { values: sub("cost_usd")?, options: Some(desc) },
+                SortColumn { values: sub(REQUESTS)?, options: Some(desc) },
             ];
             for d in DIMENSIONS {
-                keys.push(SortColumn { values: sub.column_by_name(d).expect("dimension").clone(), options: None });
+                keys.push(SortColumn { values: sub(d)?, options: None });
             }
             let top = lexsort_to_indices(&keys, Some(self.key_cap)).map_err(ae("ranking keys"))?;
             let mut kept = vec![false; real.len()];
@@ -203,19 +207,25 @@ impl WindowEngine {
         }
         let mask = BooleanArray::from(fold);
         let keep = filter_record_batch(&merged, &not(&mask).map_err(ae("splitting"))?).map_err(ae("splitting"))?;
-        let folding = filter_record_batch(&merged, &mask).map_err(ae("splitting"))?;
-        let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; folding.num_rows()]));
-        let cols: Vec<ArrayRef> = folding
+        // the rows to fold, without copying the dimensions they give up; then the merged rows are let go
+        // before the fold's GROUP BY (the cap runs on the largest batches the engine holds)
+        let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; mask.true_count()]));
+        let cols = merged
             .schema()
             .fields()
             .iter()
-            .zip(folding.columns())
+            .zip(merged.columns())
             .map(|(f, c)| {
                 let name = f.name().as_str();
-                if DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name) { other.clone() } else { c.clone() }
+                if DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name) {
+                    Ok(other.clone())
+                } else {
+                    filter(c, &mask).map_err(ae("splitting"))
+                }
             })
-            .collect();
-        let folding = RecordBatch::try_new(folding.schema(), cols).map_err(ae("folding keys"))?;
+            .collect::<Result<Vec<ArrayRef>, _>>()?;
+        let folding = RecordBatch::try_new(merged.schema(), cols).map_err(ae("folding keys"))?;
+        drop(merged);
         let folded = self.merge(vec![folding]).await?;
         self.overflowed += n_folded as u64;
         metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
@@ -516,28 +526,34 @@ fn with_ends(rows: RecordBatch, size: &WindowSize) -> Result<RecordBatch, Aggreg
 /// Casts DataFusion output to the exact rollup schema (types and nullability).
 fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
     let schema = rollup_schema();
-    let mut out = Vec::with_capacity(batches.len());
-    for b in batches {
-        if b.num_rows() == 0 {
-            continue;
-        }
-        let mut cols = Vec::with_capacity(schema.fields().len());
-        for (i, f) in schema.fields().iter().enumerate() {
-            let c = b.column(i);
-            cols.push(if c.data_type() == f.data_type() {
-                c.clone()
-            } else {
-                cast(c, f.data_type())
-                    .map_err(|e| AggregateError::Arrow { context: format!("casting {}", f.name()), source: e })?
-            });
-        }
-        out.push(
-            RecordBatch::try_new(schema.clone(), cols)
-                .map_err(|e| AggregateError::Arrow { context: "building rollup rows".into(), source: e })?,
-        );
+    let ae = |context: String| move |source| AggregateError::Arrow { context, source };
+    // each batch's columns, let go one column at a time as they are concatenated: a merge's output is the
+    // largest thing the engine holds, and a whole second copy of it was the pipeline's peak of memory
+    let mut parts: Vec<Vec<Option<ArrayRef>>> = batches
+        .into_iter()
+        .filter(|b| b.num_rows() > 0)
+        .map(|b| b.columns().iter().cloned().map(Some).collect())
+        .collect();
+    if parts.is_empty() {
+        return Ok(RecordBatch::new_empty(schema));
     }
-    concat_batches(&schema, &out)
-        .map_err(|e| AggregateError::Arrow { context: "concatenating rollup rows".into(), source: e })
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        let arrays: Vec<ArrayRef> = parts
+            .iter_mut()
+            .map(|p| p.get_mut(i).and_then(Option::take))
+            .collect::<Option<_>>()
+            .ok_or_else(|| AggregateError::State(format!("rollup rows without column {}", f.name())))?;
+        let c = concat(&arrays.iter().map(|a| a.as_ref()).collect::<Vec<_>>())
+            .map_err(ae(format!("concatenating {}", f.name())))?;
+        drop(arrays);
+        cols.push(if c.data_type() == f.data_type() {
+            c
+        } else {
+            cast(&c, f.data_type()).map_err(ae(format!("casting {}", f.name())))?
+        });
+    }
+    RecordBatch::try_new(schema, cols).map_err(ae("building rollup rows".into()))
 }
 
 /// Splits rows into those of windows ending at or before `watermark_ms` (`None`: all) and the others,
