@@ -547,11 +547,15 @@ fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
         let c = concat(&arrays.iter().map(|a| a.as_ref()).collect::<Vec<_>>())
             .map_err(ae(format!("concatenating {}", f.name())))?;
         drop(arrays);
-        cols.push(if c.data_type() == f.data_type() {
+        let mut c = if c.data_type() == f.data_type() {
             c
         } else {
             cast(&c, f.data_type()).map_err(ae(format!("casting {}", f.name())))?
-        });
+        };
+        // one batch is passed through as it is: DataFusion grew its buffers by doubling, and these rows may
+        // wait in the state for a day (the 1h and 1d windows share the 1m partial's columns)
+        c.shrink_to_fit();
+        cols.push(c);
     }
     RecordBatch::try_new(schema, cols).map_err(ae("building rollup rows".into()))
 }
