@@ -6,7 +6,7 @@ use std::path::Path;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::Compression;
+use datafusion::parquet::basic::{Compression, Encoding};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
@@ -44,8 +44,21 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
                     props = props.set_column_statistics_enabled(col(), EnabledStatistics::None);
                 }
             }
-            // measures: statistics on sums prune nothing a reader asks for (time, owner, model do)
-            DataType::Int64 | DataType::Decimal128(..) | DataType::Float64 => {
+            // counts and times: delta encoding (most count columns of a rollup file are all zero, and times
+            // repeat) instead of plain values that LZ4 then has to squeeze; statistics on sums prune nothing
+            // a reader asks for (time, owner, model do)
+            DataType::Int64 => {
+                props = props
+                    .set_column_statistics_enabled(col(), EnabledStatistics::None)
+                    .set_column_encoding(col(), Encoding::DELTA_BINARY_PACKED)
+                    .set_column_compression(col(), Compression::UNCOMPRESSED);
+            }
+            DataType::Timestamp(..) => {
+                props = props
+                    .set_column_encoding(col(), Encoding::DELTA_BINARY_PACKED)
+                    .set_column_compression(col(), Compression::UNCOMPRESSED);
+            }
+            DataType::Decimal128(..) | DataType::Float64 => {
                 props = props.set_column_statistics_enabled(col(), EnabledStatistics::None);
             }
             _ => {}
