@@ -56,7 +56,8 @@ impl std::hash::Hasher for IdHasher {
 /// What the set holds of an event key: 96 of its 128 bits, 4-byte aligned, so an entry with its time in
 /// seconds is 16 bytes (the set is what grows with the event rate times the horizon: 2.2M entries for a day
 /// of 25 events/s). Two distinct keys share 96 bits with probability 2^-96 per pair: with 10M keys in the
-/// horizon, about one wrongly dropped event per 10^13 years of 1M events/s. Segments on disk keep all 128 bits.
+/// horizon and 1M new events a second, one event wrongly dropped as a duplicate every ~10^8 years. Segments
+/// on disk keep all 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key([u32; 3]);
 

@@ -84,11 +84,18 @@ const MEMO_VALUES: usize = 1 << 16;
 
 /// What one caller of [`OwnerMap::resolve_index`] keeps between calls: the glob matcher's scratch space and,
 /// per field, the first rule each value seen matched. Keys, teams and workflows repeat from call to call,
-/// so most calls look a value up instead of running every glob over it. Use one cache with one map.
-#[derive(Debug, Default)]
+/// so most calls look a value up instead of running every glob over it. Use one cache with one map. The
+/// values are raw (a key id may be a secret): its `Debug` shows only how many it holds.
+#[derive(Default)]
 pub struct MatchCache {
     scratch: Vec<usize>,
     memo: [HashMap<Box<str>, Option<u32>, foldhash::fast::RandomState>; 5],
+}
+
+impl std::fmt::Debug for MatchCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatchCache").field("values", &self.memo.each_ref().map(HashMap::len)).finish()
+    }
 }
 
 impl MatchCache {
@@ -278,6 +285,9 @@ mod tests {
         let a = Identity { api_key_id: Some("key-search-3"), team: Some("xy"), ..Default::default() };
         assert_eq!(m.resolve(&a, &mut cache).map(|o| o.id.as_str()), Some("search"));
         assert_eq!(m.resolve(&a, &mut cache).map(|o| o.id.as_str()), Some("search"));
+        // key ids may be secrets: the memo's Debug names counts, not values
+        let shown = format!("{cache:?}");
+        assert!(!shown.contains("key-search") && shown.contains("values"), "{shown}");
     }
 
     #[test]
