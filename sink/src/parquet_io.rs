@@ -1,4 +1,5 @@
-//! Parquet writing: LZ4, dictionaries for strings, chunk statistics, one row group per file of a commit, written to a staging path and fsynced.
+//! Parquet writing: dictionaries and LZ4 for strings and decimals, delta encoding for counts and times,
+//! chunk statistics, one row group per file of a commit, written to a staging path and fsynced.
 
 use std::fs::File;
 use std::path::Path;
@@ -25,8 +26,9 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
     let file = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
     // Dictionaries for the string columns only (dimensions repeat; measures rarely do, and hashing every
     // value for a dictionary that is then abandoned was a third of the write); column chunk statistics
-    // (what readers prune row groups with) on times and a few low-cardinality strings, not per page; LZ4 (zstd cost a tenth of replay's instructions
-    // on the benchmark workload, for files about a third smaller).
+    // (what readers prune row groups with) on times and a few low-cardinality strings, not per page; LZ4
+    // (zstd cost a tenth of replay's instructions on the benchmark workload, for files about a third
+    // smaller).
     let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(1 << 20))
