@@ -5,7 +5,8 @@
 //! <lake>/alerts/date=…/part-….parquet, <lake>/dead_letters/date=…/part-….parquet
 //! <lake>/_aifinops/manifest/0000000042.json   the commit point: offsets, files, state dir
 //! <lake>/_aifinops/staging/0000000042/…       data files before the commit point (never globbed)
-//! <lake>/_aifinops/state/0000000042/…         open windows, rule state, outbox
+//! <lake>/_aifinops/state/0000000042/…         rule state, outbox, the list of the open windows' parts
+//! <lake>/_aifinops/parts/0000000042-0003.arrow open window rows written by commit 42 (shared by later states)
 //! <lake>/_aifinops/dedup/0000000042.bin        event ids first seen in commit 42 (append-only segments)
 //! <lake>/_aifinops/published                   last seq whose outbox reached Kafka
 //! ```
@@ -186,6 +187,9 @@ pub struct Lake {
     prefix: String,
     ledger: Option<Arc<Ledger>>,
     last: Option<Manifest>,
+    /// The open window batches of the last committed state and the part files holding them: a batch of
+    /// the next snapshot that is one of these (the same column arrays) is not written again.
+    parts: Vec<Part>,
     /// Exclusive `flock` on the chain's `lock`, released when the lake is dropped (or the process dies).
     _lock: fs::File,
 }
@@ -294,8 +298,81 @@ fn write_files(paths: &[PathBuf], jobs: &[(String, RecordBatch)]) -> Vec<Result<
         .collect()
 }
 
-/// Open window rows of a state directory (`partials-<window>.arrow`).
+/// One open-window part of a state: its window size and its file in the chain's `parts` directory
+/// (`partials.json` of a state directory lists them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct PartRef {
+    window: String,
+    part: String,
+}
+
+/// The state list of a state directory.
+const PARTS_LIST: &str = "partials.json";
+
+/// The `parts` directory of the chain a state directory (`<chain>/state/<seq>`) belongs to.
+fn parts_dir_of(state_dir: &Path) -> PathBuf {
+    state_dir.parent().and_then(Path::parent).unwrap_or(state_dir).join("parts")
+}
+
+/// A written part: its window size, file name and the identity of the batch it holds. The batch's columns
+/// are held weakly, so the state the engine let go of is freed at once; a weak pointer keeps its
+/// allocation's address from being reused, so a match is never a different array at the same address.
+struct Part {
+    window: String,
+    name: String,
+    rows: usize,
+    columns: Vec<std::sync::Weak<dyn datafusion::arrow::array::Array>>,
+}
+
+impl Part {
+    fn new(window: &str, name: String, b: &RecordBatch) -> Part {
+        Part {
+            window: window.to_string(),
+            name,
+            rows: b.num_rows(),
+            columns: b.columns().iter().map(Arc::downgrade).collect(),
+        }
+    }
+
+    /// Whether `b` is the batch this part holds: the same column arrays (an open window batch the engine
+    /// kept unchanged since the last commit).
+    fn holds(&self, window: &str, b: &RecordBatch) -> bool {
+        self.window == window
+            && self.rows == b.num_rows()
+            && self.columns.len() == b.num_columns()
+            && self.columns.iter().zip(b.columns()).all(|(w, c)| std::sync::Weak::ptr_eq(w, &Arc::downgrade(c)))
+    }
+}
+
+/// The batches of an Arrow IPC file, in one batch.
+fn read_ipc(p: &Path) -> Result<RecordBatch, SinkError> {
+    let ae = |e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e };
+    let f = fs::File::open(p).map_err(io_err(format!("opening {}", p.display())))?;
+    let r = FileReader::try_new(f, None).map_err(ae)?;
+    let schema = r.schema();
+    let batches = r.collect::<Result<Vec<_>, _>>().map_err(ae)?;
+    datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(ae)
+}
+
+/// The parts a state directory lists (`partials.json`); `None` for a state written before parts existed.
+fn read_part_list(dir: &Path) -> Result<Option<Vec<PartRef>>, SinkError> {
+    let p = dir.join(PARTS_LIST);
+    match fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| SinkError::Manifest { path: p.display().to_string(), reason: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(SinkError::Io { context: format!("reading {}", p.display()), source: e }),
+    }
+}
+
+/// Open window rows of a state directory: the parts its `partials.json` lists, one batch per part (or,
+/// in a state written before parts existed, its `partials-<window>.arrow` files).
 fn read_partials(dir: &Path) -> Result<Vec<(String, RecordBatch)>, SinkError> {
+    if let Some(list) = read_part_list(dir)? {
+        let parts = parts_dir_of(dir);
+        return list.into_iter().map(|r| Ok((r.window, read_ipc(&parts.join(&r.part))?))).collect();
+    }
     let rd = fs::read_dir(dir).map_err(io_err(format!("listing state {}", dir.display())))?;
     let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
     names.sort();
@@ -303,13 +380,7 @@ fn read_partials(dir: &Path) -> Result<Vec<(String, RecordBatch)>, SinkError> {
     for p in names {
         let name = p.file_name().unwrap_or_default().to_string_lossy().to_string();
         let Some(label) = name.strip_prefix("partials-").and_then(|s| s.strip_suffix(".arrow")) else { continue };
-        let ae = |e| SinkError::Arrow { context: format!("reading {}", p.display()), source: e };
-        let f = fs::File::open(&p).map_err(io_err(format!("opening {}", p.display())))?;
-        let r = FileReader::try_new(f, None).map_err(ae)?;
-        let schema = r.schema();
-        let batches = r.collect::<Result<Vec<_>, _>>().map_err(ae)?;
-        let b = datafusion::arrow::compute::concat_batches(&schema, &batches).map_err(ae)?;
-        out.push((label.to_string(), b));
+        out.push((label.to_string(), read_ipc(&p)?));
     }
     Ok(out)
 }
@@ -412,7 +483,7 @@ impl Lake {
                 writer_meta(root, w)
             }
         };
-        for d in ["manifest", "staging", "state", "dedup"] {
+        for d in ["manifest", "staging", "state", "parts", "dedup"] {
             fs::create_dir_all(meta.join(d)).map_err(io_err(format!("creating {}", meta.join(d).display())))?;
         }
         let what = match writer {
@@ -429,6 +500,7 @@ impl Lake {
             ledger: writer.map(|w| Arc::new(Ledger::new(root, w))),
             meta,
             last: None,
+            parts: Vec::new(),
             _lock,
         };
         let recovered = lake.recover()?;
@@ -454,6 +526,13 @@ impl Lake {
         }
         // Anything newer than the last commit point was never committed: remove it.
         let last = last_seq.unwrap_or(0);
+        lake.parts.clear();
+        for e in fs::read_dir(lake.meta.join("parts")).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.split('-').next().and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s > last) {
+                fs::remove_file(e.path()).map_err(io_err(format!("removing {}", e.path().display())))?;
+            }
+        }
         for d in ["staging", "state"] {
             let dir = lake.meta.join(d);
             for e in fs::read_dir(&dir).map_err(io_err(format!("listing {}", dir.display())))? {
@@ -612,35 +691,56 @@ impl Lake {
         self.meta.join("dedup").join(format!("{}.bin", seq_name(seq)))
     }
 
-    /// The state snapshot's bulk: open windows and the new dedup segment.
-    fn write_state_data(&self, seq: u64, st: &StateSnapshot) -> Result<(), SinkError> {
+    /// The state snapshot's bulk: open windows and the new dedup segment. Returns the parts of the state.
+    ///
+    /// Open window rows are written as parts, one Arrow IPC file per batch, and the state directory lists
+    /// them (`partials.json`). A batch the engine kept unchanged since the last commit (a day window's
+    /// merged rows between compactions, partial rows of windows still open) is the part the last state
+    /// wrote for it: a commit writes the rows that changed, not all open windows again.
+    fn write_state_data(&self, seq: u64, st: &StateSnapshot) -> Result<Vec<Part>, SinkError> {
         let dir = self.state_dir(seq);
         fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        // one file per window size; a size may come as several batches (merged and pending rows)
-        let mut labels: Vec<&str> = Vec::new();
-        for (l, _) in &st.partials {
-            if !labels.contains(&l.as_str()) {
-                labels.push(l);
-            }
+        let parts_dir = self.meta.join("parts");
+        let mut parts = Vec::with_capacity(st.partials.len());
+        let mut wrote = false;
+        for (i, (label, b)) in st.partials.iter().enumerate() {
+            let name = match self.parts.iter().find(|p| p.holds(label, b)) {
+                Some(p) => p.name.clone(),
+                None => {
+                    let name = format!("{}-{i:04}.arrow", seq_name(seq));
+                    let p = parts_dir.join(&name);
+                    let ae = |e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e };
+                    let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
+                    let mut w = FileWriter::try_new(f, &b.schema()).map_err(ae)?;
+                    w.write(b).map_err(ae)?;
+                    w.finish().map_err(ae)?;
+                    let f = w.into_inner().map_err(ae)?;
+                    f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
+                    wrote = true;
+                    name
+                }
+            };
+            parts.push(Part::new(label, name, b));
         }
-        for label in labels {
-            let p = dir.join(format!("partials-{label}.arrow"));
-            let ae = |e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e };
-            let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
-            let mut batches = st.partials.iter().filter(|(l, _)| l == label).map(|(_, b)| b).peekable();
-            let schema = batches.peek().map(|b| b.schema()).expect("a label has a batch");
-            let mut w = FileWriter::try_new(f, &schema).map_err(ae)?;
-            for b in batches {
-                w.write(b).map_err(ae)?;
-            }
-            w.finish().map_err(ae)?;
-            let f = w.into_inner().map_err(ae)?;
-            f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
+        if wrote {
+            fsync_dir(&parts_dir)?;
         }
+        let new = || parts.iter().filter(|p| p.name.starts_with(&seq_name(seq)));
+        tracing::debug!(
+            seq,
+            parts = parts.len(),
+            written = new().count(),
+            rows_written = new().map(|p| p.rows).sum::<usize>(),
+            rows = parts.iter().map(|p| p.rows).sum::<usize>(),
+            "state snapshot parts"
+        );
+        let list: Vec<PartRef> =
+            parts.iter().map(|p| PartRef { window: p.window.clone(), part: p.name.clone() }).collect();
+        write_atomic(&dir.join(PARTS_LIST), serde_json::to_string(&list).expect("json").as_bytes())?;
         if !st.dedup.is_empty() {
             write_atomic(&self.dedup_path(seq), &st.dedup)?;
         }
-        Ok(())
+        Ok(parts)
     }
 
     /// The state snapshot's rule state and the commit's outbox (then the state directory is complete).
@@ -702,7 +802,7 @@ impl Lake {
             let written = write_files(&staged, &jobs);
             (written, state.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
         });
-        state?;
+        let parts = state?;
         for ((rel, _), bytes) in jobs.into_iter().zip(written) {
             info.bytes += bytes?;
             info.files += 1;
@@ -813,6 +913,7 @@ impl Lake {
         }
         fault::point("after_manifest");
         self.last = Some(m.clone());
+        self.parts = parts;
         self.roll_forward(&m)?;
         let _ = fs::remove_dir_all(&staging);
         for s in expired {
@@ -887,6 +988,22 @@ impl Lake {
         }
         for s in seq.saturating_sub(60)..seq.saturating_sub(20) {
             let _ = fs::remove_file(self.meta.join("manifest").join(format!("{}.json", seq_name(s))));
+        }
+        // parts no state left lists (the state of this commit is complete: nothing is being written)
+        let mut live = std::collections::HashSet::new();
+        for e in fs::read_dir(&states).into_iter().flatten().flatten() {
+            match read_part_list(&e.path()) {
+                Ok(list) => live.extend(list.into_iter().flatten().map(|r| r.part)),
+                Err(err) => {
+                    tracing::warn!(error = %err, "not removing unused state parts: a state's list is unreadable");
+                    return;
+                }
+            }
+        }
+        for e in fs::read_dir(self.meta.join("parts")).into_iter().flatten().flatten() {
+            if !live.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = fs::remove_file(e.path());
+            }
         }
     }
 
@@ -1192,5 +1309,106 @@ mod tests {
         assert!(fin.exists(), "committed file rolled forward");
         assert!(!orphan.exists(), "uncommitted file removed");
         assert!(!lake.state_dir(2).exists());
+    }
+
+    /// A one-row rollup batch (window start `ms`, `requests`), for state tests.
+    fn open_rows(ms: i64, requests: i64) -> RecordBatch {
+        use datafusion::arrow::array::{BooleanArray, Int64Array, new_null_array};
+        let schema = rollup_schema();
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.data_type() {
+                    datafusion::arrow::datatypes::DataType::Timestamp(..) => {
+                        Arc::new(TimestampMillisecondArray::from(vec![ms]).with_timezone("UTC"))
+                    }
+                    datafusion::arrow::datatypes::DataType::Utf8 => Arc::new(StringArray::from(vec!["x"])),
+                    datafusion::arrow::datatypes::DataType::Int64 => Arc::new(Int64Array::from(vec![requests])),
+                    datafusion::arrow::datatypes::DataType::Boolean => Arc::new(BooleanArray::from(vec![false])),
+                    other => new_null_array(other, 1), // the money columns (nullable)
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    fn part_files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir.join("_aifinops/parts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn requests_of(rows: &[(String, RecordBatch)]) -> Vec<(String, i64)> {
+        use aifinops_schemas::rollup::REQUESTS;
+        let mut v: Vec<(String, i64)> = rows
+            .iter()
+            .flat_map(|(l, b)| {
+                let r = b.column_by_name(REQUESTS).unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+                r.values().iter().map(|v| (l.clone(), *v)).collect::<Vec<_>>()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_commit_writes_only_the_open_window_rows_that_changed_and_unused_parts_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut lake, _) = Lake::open(dir.path()).unwrap();
+        let day = open_rows(0, 7); // a day window's merged rows, unchanged for a while
+        let hour = open_rows(3_600_000, 2);
+        let commit = |lake: &mut Lake, partials: Vec<(&str, &RecordBatch)>| {
+            let mut c = Commit::default();
+            c.state.partials = partials.into_iter().map(|(l, b)| (l.to_string(), b.clone())).collect();
+            lake.commit(c).unwrap()
+        };
+        commit(&mut lake, vec![("1d", &day), ("1h", &hour)]);
+        assert_eq!(part_files(dir.path()), ["0000000001-0000.arrow", "0000000001-0001.arrow"]);
+        // the day batch is the same; the hour batch is new (even with the same values): only it is written
+        let hour2 = open_rows(3_600_000, 2);
+        commit(&mut lake, vec![("1d", &day), ("1h", &hour2)]);
+        assert_eq!(
+            part_files(dir.path()),
+            ["0000000001-0000.arrow", "0000000001-0001.arrow", "0000000002-0001.arrow"],
+            "the unchanged day rows are not written again"
+        );
+        let rec = lake.recover().unwrap().unwrap();
+        assert_eq!(requests_of(&rec.state.partials), [("1d".to_string(), 7), ("1h".to_string(), 2)]);
+        // recovery forgot which batches were written: the next commit writes everything it holds
+        let later = open_rows(7_200_000, 5);
+        commit(&mut lake, vec![("1d", &day), ("1h", &later)]);
+        commit(&mut lake, vec![("1d", &day), ("1h", &later)]);
+        // states 3 and 4 are kept (the last two); parts only states 1 and 2 listed are gone
+        assert_eq!(part_files(dir.path()), ["0000000003-0000.arrow", "0000000003-0001.arrow"]);
+        drop(lake);
+        let (mut lake, rec) = Lake::open(dir.path()).unwrap();
+        let rec = rec.unwrap();
+        assert_eq!(rec.manifest.seq, 4);
+        assert_eq!(requests_of(&rec.state.partials), [("1d".to_string(), 7), ("1h".to_string(), 5)]);
+        // parts of a commit that never reached its commit point are removed on recovery
+        fs::write(dir.path().join("_aifinops/parts/0000000005-0000.arrow"), b"torn").unwrap();
+        assert!(lake.recover().unwrap().is_some());
+        assert_eq!(part_files(dir.path()), ["0000000003-0000.arrow", "0000000003-0001.arrow"]);
+    }
+
+    #[test]
+    fn a_state_written_before_parts_existed_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut lake, _) = Lake::open(dir.path()).unwrap();
+        let mut c = Commit::default();
+        c.state.partials = vec![("1h".into(), open_rows(0, 3))];
+        lake.commit(c).unwrap();
+        // rewrite state 1 the old way: one partials-<window>.arrow per window size, no list
+        let state = lake.state_dir(1);
+        fs::remove_file(state.join(PARTS_LIST)).unwrap();
+        for e in fs::read_dir(dir.path().join("_aifinops/parts")).unwrap() {
+            fs::rename(e.unwrap().path(), state.join("partials-1h.arrow")).unwrap();
+        }
+        let rec = lake.recover().unwrap().unwrap();
+        assert_eq!(requests_of(&rec.state.partials), [("1h".to_string(), 3)]);
     }
 }
