@@ -15,16 +15,18 @@
 //! additional, additive rows: a window's total is always the SUM of its rows.
 
 use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY};
-use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, rollup_schema};
+use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, count_measures, rollup_schema};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array};
-use datafusion::arrow::compute::{
-    SortColumn, SortOptions, cast, concat, concat_batches, filter, filter_record_batch, lexsort_to_indices, max, min,
-    not, take,
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::datatypes::TimestampMillisecondType;
+use datafusion::arrow::compute::{
+    SortColumn, SortOptions, cast, concat, concat_batches, filter, filter_record_batch, interleave, lexsort_to_indices,
+    max, min, not, take,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType, UInt64Type};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -111,6 +113,74 @@ fn ts_literal(ms: i64) -> String {
     format!("to_timestamp_millis({ms})")
 }
 
+/// The two halves of a row's key hash: a 128-bit xxh3 of its dimensions. Rows of the engine's state carry
+/// them after the rollup columns, so merges group by bounds, late flag and key (five fixed-width columns)
+/// and DataFusion never hashes or compares the eleven dimension strings again; the dimensions of a merged
+/// row are taken from its first input row. Two different keys share a hash with probability 2^-128 a pair
+/// (with 10^6 keys in a window, ~10^-27). Not rollup columns: what the engine emits and snapshots has none.
+const KEY_HI: &str = "__key_hi";
+const KEY_LO: &str = "__key_lo";
+/// The input row a merged row's dimensions come from: (input batch << 32) | row.
+const ROW: &str = "__row";
+
+/// The schema of the engine's state rows: the rollup columns, then the key hash.
+fn state_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut fields: Vec<Field> = rollup_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            fields.push(Field::new(KEY_HI, DataType::UInt64, false));
+            fields.push(Field::new(KEY_LO, DataType::UInt64, false));
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Rollup rows with their key hash added (state rows).
+fn with_keys(rows: RecordBatch) -> Result<RecordBatch, AggregateError> {
+    let dims = DIMENSIONS
+        .iter()
+        .map(|d| {
+            rows.column_by_name(d)
+                .map(|c| c.as_string::<i32>())
+                .ok_or_else(|| AggregateError::State(format!("rollup rows without dimension {d}")))
+        })
+        .collect::<Result<Vec<&StringArray>, _>>()?;
+    let n = rows.num_rows();
+    let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut buf: Vec<u8> = Vec::with_capacity(256);
+    for i in 0..n {
+        buf.clear();
+        for c in &dims {
+            // length-prefixed, so ("ab", "c") and ("a", "bc") differ; a null (never written) is its own value
+            if c.is_null(i) {
+                buf.extend_from_slice(&u32::MAX.to_le_bytes());
+            } else {
+                let v = c.value(i).as_bytes();
+                buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                buf.extend_from_slice(v);
+            }
+        }
+        let h = xxhash_rust::xxh3::xxh3_128(&buf);
+        hi.push((h >> 64) as u64);
+        lo.push(h as u64);
+    }
+    let mut cols = rows.columns()[..rollup_schema().fields().len()].to_vec();
+    cols.push(Arc::new(UInt64Array::from(hi)));
+    cols.push(Arc::new(UInt64Array::from(lo)));
+    RecordBatch::try_new(state_schema(), cols)
+        .map_err(|e| AggregateError::Arrow { context: "adding key hashes".into(), source: e })
+}
+
+/// State rows as rollup rows (the same arrays, without the key hash).
+fn strip_keys(rows: &RecordBatch) -> RecordBatch {
+    let n = rollup_schema().fields().len();
+    if rows.num_columns() == n {
+        return rows.clone();
+    }
+    RecordBatch::try_new(rollup_schema(), rows.columns()[..n].to_vec()).expect("state rows hold the rollup columns")
+}
+
 impl WindowEngine {
     /// `sizes` in any order; the engine keeps them sorted finest first.
     pub fn new(mut sizes: Vec<WindowSize>) -> Result<Self, AggregateError> {
@@ -142,8 +212,8 @@ impl WindowEngine {
     }
 
     /// Applies the key cap to merged rows (one row per window, key and late flag). Only the windows over
-    /// the cap are touched: their rows are ranked with a bounded sort (cost, then requests, then the
-    /// dimensions, so the choice is deterministic), the first `cap` real keys are kept as they are, and the
+    /// the cap are touched: their rows are ranked with a bounded sort (cost, then requests, then the key
+    /// hash, so the choice is deterministic), the first `cap` real keys are kept as they are, and the
     /// rest, together with the window's existing overflow rows, are summed per owner.
     async fn cap(&mut self, merged: RecordBatch) -> Result<RecordBatch, AggregateError> {
         if merged.num_rows() <= self.key_cap {
@@ -189,8 +259,9 @@ impl WindowEngine {
                 SortColumn { values: sub("cost_usd")?, options: Some(desc) },
                 SortColumn { values: sub(REQUESTS)?, options: Some(desc) },
             ];
-            for d in DIMENSIONS {
-                keys.push(SortColumn { values: sub(d)?, options: None });
+            // ties are broken by the key hash (deterministic, and no dimension strings are copied or compared)
+            for k in [KEY_HI, KEY_LO] {
+                keys.push(SortColumn { values: sub(k)?, options: None });
             }
             let top = lexsort_to_indices(&keys, Some(self.key_cap)).map_err(ae("ranking keys"))?;
             let mut kept = vec![false; real.len()];
@@ -210,8 +281,7 @@ impl WindowEngine {
         // the rows to fold, without copying the dimensions they give up; then the merged rows are let go
         // before the fold's GROUP BY (the cap runs on the largest batches the engine holds)
         let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; mask.true_count()]));
-        let cols = merged
-            .schema()
+        let cols = rollup_schema()
             .fields()
             .iter()
             .zip(merged.columns())
@@ -224,24 +294,36 @@ impl WindowEngine {
                 }
             })
             .collect::<Result<Vec<ArrayRef>, _>>()?;
-        let folding = RecordBatch::try_new(merged.schema(), cols).map_err(ae("folding keys"))?;
+        // their keys change: hashed again
+        let folding = with_keys(RecordBatch::try_new(rollup_schema(), cols).map_err(ae("folding keys"))?)?;
         drop(merged);
         let folded = self.merge(vec![folding]).await?;
         self.overflowed += n_folded as u64;
         metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
         tracing::debug!(keys = n_folded, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
-        concat_batches(&rollup_schema(), &[keep, folded]).map_err(ae("concatenating capped rows"))
+        concat_batches(&state_schema(), &[keep, folded]).map_err(ae("concatenating capped rows"))
     }
 
     pub fn sizes(&self) -> Vec<WindowSize> {
         self.series.iter().map(|s| s.size.clone()).collect()
     }
 
-    /// Runs `query` over `batches` (one schema) registered as `table`, without copying them into one batch.
+    /// Runs `query` over `batches` (one schema) registered as `table`, without copying them into one batch;
+    /// the output as rollup rows.
     async fn sql(&self, table: &str, batches: Vec<RecordBatch>, query: &str) -> Result<RecordBatch, AggregateError> {
+        conform(self.query(table, batches, query).await?)
+    }
+
+    /// Runs `query` over `batches` (one schema) registered as `table`; DataFusion's output batches.
+    async fn query(
+        &self,
+        table: &str,
+        batches: Vec<RecordBatch>,
+        query: &str,
+    ) -> Result<Vec<RecordBatch>, AggregateError> {
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         let Some(schema) = batches.first().map(|b| b.schema()) else {
-            return Ok(RecordBatch::new_empty(rollup_schema()));
+            return Ok(vec![]);
         };
         let de = |context: String| move |source| AggregateError::DataFusion { context, source };
         let _ = self.ctx.deregister_table(table);
@@ -255,7 +337,7 @@ impl WindowEngine {
         let out =
             df.collect().await.map_err(|e| AggregateError::DataFusion { context: "aggregating".into(), source: e })?;
         let _ = self.ctx.deregister_table(table);
-        conform(out)
+        Ok(out)
     }
 
     /// SQL that buckets raw events into windows of `size`. Its `window_end` column is the window start: the
@@ -300,7 +382,7 @@ impl WindowEngine {
                 }
                 None => {
                     let part = self.sql("events", vec![events.clone()], &Self::bucket_sql(&size, cutoff)).await?;
-                    let part = with_ends(part, &size)?;
+                    let part = with_keys(with_ends(part, &size)?)?;
                     if part.num_rows() > 0 {
                         self.series[i].pending.push(part.clone());
                     }
@@ -311,17 +393,86 @@ impl WindowEngine {
             // compaction: partial rows waiting for the next close are bounded by keys, not by events
             self.compact(i).await?;
         }
-        Ok(partials.into_iter().next().expect("one series"))
+        Ok(strip_keys(&partials.into_iter().next().expect("one series")))
     }
 
+    /// Merges state rows into one row per window, key and late flag. DataFusion sees only the bounds, the
+    /// late flag, the key hash and the measures (with the number of each row's first input row); the
+    /// dimensions of each merged row are then taken from that input row.
     async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
-        let dims = DIMENSIONS.join(", ");
+        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
+        if batches.is_empty() {
+            return Ok(RecordBatch::new_empty(state_schema()));
+        }
+        let ae = |context: &str| {
+            let context = context.to_string();
+            move |source| AggregateError::Arrow { context: context.clone(), source }
+        };
+        let names: Vec<&str> = [WINDOW_START, WINDOW_END, LATE, KEY_HI, KEY_LO]
+            .into_iter()
+            .chain(count_measures())
+            .chain(EVENT_MONEY)
+            .collect();
+        let state = state_schema();
+        let mut fields: Vec<Field> =
+            names.iter().map(|n| state.field_with_name(n).expect("a state column").clone()).collect();
+        fields.push(Field::new(ROW, DataType::UInt64, false));
+        let narrow_schema = Arc::new(Schema::new(fields));
+        let mut narrow = Vec::with_capacity(batches.len());
+        for (bi, b) in batches.iter().enumerate() {
+            if b.num_columns() != state.fields().len() {
+                return Err(AggregateError::State("rows to merge without their key hash".into()));
+            }
+            let mut cols: Vec<ArrayRef> =
+                names.iter().map(|n| b.column(state.index_of(n).expect("a state column")).clone()).collect();
+            let base = (bi as u64) << 32;
+            cols.push(Arc::new(UInt64Array::from_iter_values((0..b.num_rows() as u64).map(|r| base | r))));
+            narrow.push(RecordBatch::try_new(narrow_schema.clone(), cols).map_err(ae("selecting columns to merge"))?);
+        }
         let q = format!(
-            "SELECT {WINDOW_START}, {WINDOW_END}, {dims}, {measures}, {LATE} FROM partials \
-             GROUP BY {WINDOW_START}, {WINDOW_END}, {dims}, {LATE}",
+            "SELECT {WINDOW_START}, {WINDOW_END}, {LATE}, {KEY_HI}, {KEY_LO}, {measures}, min({ROW}) AS {ROW} \
+             FROM partials GROUP BY {WINDOW_START}, {WINDOW_END}, {LATE}, {KEY_HI}, {KEY_LO}",
             measures = measures_sql(false)
         );
-        self.sql("partials", batches, &q).await
+        let out = self.query("partials", narrow, &q).await?;
+        // DataFusion's output columns, one array each, let go as they are copied
+        let mut parts: Vec<Vec<Option<ArrayRef>>> = out
+            .into_iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| b.columns().iter().cloned().map(Some).collect())
+            .collect();
+        let mut merged: HashMap<&str, ArrayRef> = HashMap::new();
+        for (i, name) in names.iter().copied().chain([ROW]).enumerate() {
+            let arrays: Vec<ArrayRef> = parts.iter_mut().map(|p| p[i].take().expect("each column once")).collect();
+            let c = if arrays.is_empty() {
+                datafusion::arrow::array::new_empty_array(narrow_schema.field(i).data_type())
+            } else {
+                concat(&arrays.iter().map(|a| a.as_ref()).collect::<Vec<_>>())
+                    .map_err(ae("concatenating merged rows"))?
+            };
+            drop(arrays);
+            merged.insert(name, c);
+        }
+        let rows = merged[ROW].as_primitive::<UInt64Type>();
+        let idx: Vec<(usize, usize)> =
+            rows.values().iter().map(|&r| ((r >> 32) as usize, (r & 0xffff_ffff) as usize)).collect();
+        let mut cols = Vec::with_capacity(state.fields().len());
+        for (i, f) in state.fields().iter().enumerate() {
+            let mut c = if DIMENSIONS.contains(&f.name().as_str()) {
+                let inputs: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+                interleave(&inputs, &idx).map_err(ae("taking the dimensions of merged rows"))?
+            } else {
+                let c = merged.remove(f.name().as_str()).expect("a merged column");
+                if c.data_type() == f.data_type() {
+                    c
+                } else {
+                    cast(&c, f.data_type()).map_err(ae(&format!("casting {}", f.name())))?
+                }
+            };
+            c.shrink_to_fit();
+            cols.push(c);
+        }
+        RecordBatch::try_new(state, cols).map_err(ae("building merged rows"))
     }
 
     /// Returns the rows of every window whose end is at or before `watermark_ms` (`None` = end of input:
@@ -360,7 +511,7 @@ impl WindowEngine {
             self.compact(i).await?;
             if !closing.is_empty() {
                 let merged = self.merge_parts(closing).await?;
-                let rows = self.cap(merged).await?;
+                let rows = strip_keys(&self.cap(merged).await?);
                 out.push(Emitted { size, rows });
             }
         }
@@ -408,7 +559,7 @@ impl WindowEngine {
         if !to_merge.is_empty() {
             direct.push(self.merge(to_merge).await?);
         }
-        concat_batches(&rollup_schema(), &direct).map_err(ae)
+        concat_batches(&state_schema(), &direct).map_err(ae)
     }
 
     /// Merges a series' pending rows into its open state once they outnumber the open rows and the
@@ -437,7 +588,7 @@ impl WindowEngine {
         self.series
             .iter()
             .filter(|s| s.open.is_some() || !s.pending.is_empty() || !s.unmerged.is_empty())
-            .map(|s| (s.size.clone(), s.open.iter().chain(&s.pending).chain(&s.unmerged).cloned().collect()))
+            .map(|s| (s.size.clone(), s.open.iter().chain(&s.pending).chain(&s.unmerged).map(strip_keys).collect()))
             .collect()
     }
 
@@ -457,7 +608,7 @@ impl WindowEngine {
     pub fn absorb(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
         for (label, batch) in snapshot {
             let i = self.series_of(&label, &batch)?;
-            self.series[i].unmerged.push(conform(vec![batch])?);
+            self.series[i].unmerged.push(with_keys(conform(vec![batch])?)?);
         }
         Ok(())
     }
@@ -602,6 +753,57 @@ mod tests {
         assert!(WindowSize::parse("1w").is_err());
         assert!(WindowSize::parse("m").is_err());
         assert!(WindowSize::parse("0m").is_err());
+    }
+
+    /// Rollup rows of one window: `dims[i]` gives row i's (team, project), every other dimension "x",
+    /// `requests` row i's.
+    fn rows(dims: &[(&str, &str)], requests: &[i64]) -> RecordBatch {
+        use datafusion::arrow::array::{Int64Array, TimestampMillisecondArray, new_null_array};
+        let n = dims.len();
+        let cols: Vec<ArrayRef> = rollup_schema()
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match (f.name().as_str(), f.data_type()) {
+                    ("team", _) => Arc::new(StringArray::from_iter_values(dims.iter().map(|d| d.0))),
+                    ("project", _) => Arc::new(StringArray::from_iter_values(dims.iter().map(|d| d.1))),
+                    (_, DataType::Utf8) => Arc::new(StringArray::from(vec!["x"; n])),
+                    (_, DataType::Timestamp(..)) => {
+                        Arc::new(TimestampMillisecondArray::from(vec![0; n]).with_timezone("UTC"))
+                    }
+                    (REQUESTS, _) => Arc::new(Int64Array::from(requests.to_vec())),
+                    (_, DataType::Int64) => Arc::new(Int64Array::from(vec![0; n])),
+                    (_, DataType::Boolean) => Arc::new(BooleanArray::from(vec![false; n])),
+                    (_, other) => new_null_array(other, n),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(rollup_schema(), cols).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_merge_by_key_hash_keeps_keys_apart_whose_dimensions_concatenate_alike_and_sums_the_same_key() {
+        let w = WindowEngine::new(vec![WindowSize::parse("1h").unwrap()]).unwrap();
+        // ("ab", "c") and ("a", "bc") are different keys; the second batch repeats both and adds ("", "abc")
+        let a = with_keys(rows(&[("ab", "c"), ("a", "bc")], &[1, 2])).unwrap();
+        let b = with_keys(rows(&[("a", "bc"), ("", "abc"), ("ab", "c")], &[10, 100, 1000])).unwrap();
+        let merged = w.merge(vec![a, b]).await.unwrap();
+        assert_eq!(merged.schema(), state_schema());
+        let out = strip_keys(&merged);
+        assert_eq!(out.schema(), rollup_schema());
+        let team = out.column_by_name("team").unwrap().as_string::<i32>();
+        let project = out.column_by_name("project").unwrap().as_string::<i32>();
+        let req = out.column_by_name(REQUESTS).unwrap().as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+        let mut got: Vec<(String, String, i64)> = (0..out.num_rows())
+            .map(|i| (team.value(i).to_string(), project.value(i).to_string(), req.value(i)))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [("".into(), "abc".into(), 100), ("a".into(), "bc".into(), 12), ("ab".into(), "c".into(), 1001)]
+        );
+        // every other dimension came along from the input rows
+        assert!(out.column_by_name("identity").unwrap().as_string::<i32>().iter().all(|v| v == Some("x")));
     }
 }
 
