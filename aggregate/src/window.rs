@@ -67,8 +67,9 @@ struct Series {
     pending: Vec<RecordBatch>,
     /// Rows restored from a snapshot or adopted, where a key may have several rows.
     unmerged: Vec<RecordBatch>,
-    /// Merged rows of windows not yet emitted.
-    open: Option<RecordBatch>,
+    /// Merged rows of windows not yet emitted (one row per window, key and late flag over all of them: the
+    /// key cap leaves its kept rows and its fold as two batches instead of copying them into one).
+    open: Vec<RecordBatch>,
 }
 
 /// The windowed aggregation of one pipeline.
@@ -192,7 +193,7 @@ impl WindowEngine {
         let mut series: Vec<Series> = Vec::new();
         for s in sizes {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
-            series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: None });
+            series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: vec![] });
         }
         let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
         Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
@@ -215,9 +216,9 @@ impl WindowEngine {
     /// the cap are touched: their rows are ranked with a bounded sort (cost, then requests, then the key
     /// hash, so the choice is deterministic), the first `cap` real keys are kept as they are, and the
     /// rest, together with the window's existing overflow rows, are summed per owner.
-    async fn cap(&mut self, merged: RecordBatch) -> Result<RecordBatch, AggregateError> {
+    async fn cap(&mut self, merged: RecordBatch) -> Result<Vec<RecordBatch>, AggregateError> {
         if merged.num_rows() <= self.key_cap {
-            return Ok(merged);
+            return Ok(vec![merged]);
         }
         let starts = merged.column(0).as_primitive::<TimestampMillisecondType>();
         let late = merged.column_by_name(LATE).expect("late").as_boolean();
@@ -227,7 +228,7 @@ impl WindowEngine {
         }
         let over: Vec<Vec<u32>> = per.into_values().filter(|rows| rows.len() > self.key_cap).collect();
         if over.is_empty() {
-            return Ok(merged);
+            return Ok(vec![merged]);
         }
         let ae = |context: &str| {
             let context = context.to_string();
@@ -274,7 +275,7 @@ impl WindowEngine {
             }
         }
         if n_folded == 0 {
-            return Ok(merged);
+            return Ok(vec![merged]);
         }
         let mask = BooleanArray::from(fold);
         let keep = filter_record_batch(&merged, &not(&mask).map_err(ae("splitting"))?).map_err(ae("splitting"))?;
@@ -301,7 +302,7 @@ impl WindowEngine {
         self.overflowed += n_folded as u64;
         metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
         tracing::debug!(keys = n_folded, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
-        concat_batches(&state_schema(), &[keep, folded]).map_err(ae("concatenating capped rows"))
+        Ok(vec![keep, folded])
     }
 
     pub fn sizes(&self) -> Vec<WindowSize> {
@@ -483,7 +484,7 @@ impl WindowEngine {
         let mut out = Vec::new();
         for i in 0..self.series.len() {
             let s = &mut self.series[i];
-            if s.pending.is_empty() && s.unmerged.is_empty() && s.open.is_none() {
+            if s.pending.is_empty() && s.unmerged.is_empty() && s.open.is_empty() {
                 continue;
             }
             let size = s.size.clone();
@@ -501,17 +502,20 @@ impl WindowEngine {
                 closing.extend(c.map(|c| (c, false)));
                 unmerged.extend(o);
             }
-            let mut open = None;
-            if let Some(b) = s.open.take() {
+            let mut open = Vec::new();
+            for b in std::mem::take(&mut s.open) {
                 let (c, o) = split_at(b, watermark_ms)?;
                 closing.extend(c.map(|c| (c, true)));
-                open = o;
+                open.extend(o);
             }
             (s.pending, s.unmerged, s.open) = (pending, unmerged, open);
             self.compact(i).await?;
             if !closing.is_empty() {
                 let merged = self.merge_parts(closing).await?;
-                let rows = strip_keys(&self.cap(merged).await?);
+                let capped = self.cap(merged).await?;
+                let rows = concat_batches(&state_schema(), &capped)
+                    .map_err(|e| AggregateError::Arrow { context: "concatenating capped rows".into(), source: e })?;
+                let rows = strip_keys(&rows);
                 out.push(Emitted { size, rows });
             }
         }
@@ -569,15 +573,15 @@ impl WindowEngine {
         let floor = COMPACT_ROWS.min(self.key_cap);
         let s = &mut self.series[i];
         let pending: usize = s.pending.iter().chain(&s.unmerged).map(|b| b.num_rows()).sum();
-        let open = s.open.as_ref().map_or(0, |b| b.num_rows());
+        let open: usize = s.open.iter().map(|b| b.num_rows()).sum();
         if pending == 0 || pending <= floor.max(open) {
             return Ok(());
         }
         let mut batches = std::mem::take(&mut s.pending);
         batches.append(&mut s.unmerged);
-        batches.extend(s.open.take());
+        batches.append(&mut s.open);
         let merged = self.merge(batches).await?;
-        self.series[i].open = Some(self.cap(merged).await?);
+        self.series[i].open = self.cap(merged).await?;
         Ok(())
     }
 
@@ -587,7 +591,7 @@ impl WindowEngine {
     pub fn snapshot(&self) -> Vec<(WindowSize, Vec<RecordBatch>)> {
         self.series
             .iter()
-            .filter(|s| s.open.is_some() || !s.pending.is_empty() || !s.unmerged.is_empty())
+            .filter(|s| !s.open.is_empty() || !s.pending.is_empty() || !s.unmerged.is_empty())
             .map(|s| (s.size.clone(), s.open.iter().chain(&s.pending).chain(&s.unmerged).map(strip_keys).collect()))
             .collect()
     }
@@ -597,7 +601,7 @@ impl WindowEngine {
         for s in &mut self.series {
             s.pending.clear();
             s.unmerged.clear();
-            s.open = None;
+            s.open.clear();
         }
         self.absorb(snapshot)
     }
@@ -639,7 +643,7 @@ impl WindowEngine {
         self.series
             .iter()
             .map(|s| {
-                s.open.as_ref().map_or(0, |b| b.num_rows())
+                s.open.iter().map(|b| b.num_rows()).sum::<usize>()
                     + s.pending.iter().chain(&s.unmerged).map(|b| b.num_rows()).sum::<usize>()
             })
             .sum()

@@ -101,6 +101,9 @@ impl std::fmt::Debug for MatchCache {
 impl MatchCache {
     fn best(&mut self, field: usize, m: &FieldMatcher, value: Option<&str>) -> Option<usize> {
         let v = value?;
+        if m.set.is_empty() {
+            return None; // no rule names this field: nothing to look up or remember
+        }
         let memo = &mut self.memo[field];
         if let Some(r) = memo.get(v) {
             return r.map(|r| r as usize);
@@ -288,6 +291,21 @@ mod tests {
         // key ids may be secrets: the memo's Debug names counts, not values
         let shown = format!("{cache:?}");
         assert!(!shown.contains("key-search") && shown.contains("values"), "{shown}");
+    }
+
+    #[test]
+    fn fields_no_rule_names_are_not_looked_up_or_remembered() {
+        let m = OwnerMap::from_toml_str("o.toml", "[[owner]]\nid = \"t\"\nteam = [\"team-1\"]\n").unwrap();
+        let mut cache = MatchCache::default();
+        for i in 0..100 {
+            let key = format!("key-{i}");
+            let team = if i % 2 == 0 { "team-1" } else { "team-2" };
+            let id = Identity { api_key_id: Some(&key), team: Some(team), workflow: Some("w"), ..Default::default() };
+            let want = (i % 2 == 0).then_some(0);
+            assert_eq!(m.resolve_index(&id, &mut cache), want);
+        }
+        // only the team field has rules: only its two values are remembered
+        assert_eq!(cache.memo.each_ref().map(HashMap::len), [0, 0, 2, 0, 0]);
     }
 
     #[test]
