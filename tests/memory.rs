@@ -12,8 +12,8 @@ use common::*;
 const DAY: i64 = 1_764_460_800_000; // 2025-11-30T00:00:00Z
 const EVENTS: usize = 1_000_000;
 const KEY_CAP: usize = 20_000;
-/// The limit this test holds `replay` to (measured: 263 MiB, debug build; before issue 6 ~385 MiB, 707 MiB with the default cap of 100k keys,
-/// 1.9 GiB with no cap).
+/// The limit this test holds `replay` to (measured: 263 MiB, debug build; before issue 6 ~385 MiB, and
+/// 707 MiB with the default cap of 100k keys, 1.9 GiB with no cap).
 const RSS_LIMIT_MIB: i64 = 512;
 
 fn peak_child_rss_mib() -> i64 {
