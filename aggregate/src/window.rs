@@ -435,43 +435,18 @@ impl WindowEngine {
              FROM partials GROUP BY {WINDOW_START}, {WINDOW_END}, {LATE}, {KEY_HI}, {KEY_LO}",
             measures = measures_sql(false)
         );
-        let out = self.query("partials", narrow, &q).await?;
-        // DataFusion's output columns, one array each, let go as they are copied
-        let mut parts: Vec<Vec<Option<ArrayRef>>> = out
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .map(|b| b.columns().iter().cloned().map(Some).collect())
-            .collect();
-        let mut merged: HashMap<&str, ArrayRef> = HashMap::new();
-        for (i, name) in names.iter().copied().chain([ROW]).enumerate() {
-            let arrays: Vec<ArrayRef> = parts.iter_mut().map(|p| p[i].take().expect("each column once")).collect();
-            let c = if arrays.is_empty() {
-                datafusion::arrow::array::new_empty_array(narrow_schema.field(i).data_type())
-            } else {
-                concat(&arrays.iter().map(|a| a.as_ref()).collect::<Vec<_>>())
-                    .map_err(ae("concatenating merged rows"))?
-            };
-            drop(arrays);
-            merged.insert(name, c);
-        }
-        let rows = merged[ROW].as_primitive::<UInt64Type>();
+        let merged = conform_to(&narrow_schema, self.query("partials", narrow, &q).await?)?;
+        let rows = merged.column_by_name(ROW).expect("the row column").as_primitive::<UInt64Type>();
         let idx: Vec<(usize, usize)> =
             rows.values().iter().map(|&r| ((r >> 32) as usize, (r & 0xffff_ffff) as usize)).collect();
         let mut cols = Vec::with_capacity(state.fields().len());
         for (i, f) in state.fields().iter().enumerate() {
-            let mut c = if DIMENSIONS.contains(&f.name().as_str()) {
+            cols.push(if DIMENSIONS.contains(&f.name().as_str()) {
                 let inputs: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
                 interleave(&inputs, &idx).map_err(ae("taking the dimensions of merged rows"))?
             } else {
-                let c = merged.remove(f.name().as_str()).expect("a merged column");
-                if c.data_type() == f.data_type() {
-                    c
-                } else {
-                    cast(&c, f.data_type()).map_err(ae(&format!("casting {}", f.name())))?
-                }
-            };
-            c.shrink_to_fit();
-            cols.push(c);
+                merged.column_by_name(f.name()).expect("a merged column").clone()
+            });
         }
         RecordBatch::try_new(state, cols).map_err(ae("building merged rows"))
     }
@@ -680,7 +655,11 @@ fn with_ends(rows: RecordBatch, size: &WindowSize) -> Result<RecordBatch, Aggreg
 
 /// Casts DataFusion output to the exact rollup schema (types and nullability).
 fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
-    let schema = rollup_schema();
+    conform_to(&rollup_schema(), batches)
+}
+
+/// DataFusion output as one batch of `schema` (columns by position, cast to its types).
+fn conform_to(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
     let ae = |context: String| move |source| AggregateError::Arrow { context, source };
     // each batch's columns, let go one column at a time as they are concatenated: a merge's output is the
     // largest thing the engine holds, and a whole second copy of it was the pipeline's peak of memory
@@ -690,7 +669,7 @@ fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
         .map(|b| b.columns().iter().cloned().map(Some).collect())
         .collect();
     if parts.is_empty() {
-        return Ok(RecordBatch::new_empty(schema));
+        return Ok(RecordBatch::new_empty(schema.clone()));
     }
     let mut cols = Vec::with_capacity(schema.fields().len());
     for (i, f) in schema.fields().iter().enumerate() {
@@ -712,7 +691,7 @@ fn conform(batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
         c.shrink_to_fit();
         cols.push(c);
     }
-    RecordBatch::try_new(schema, cols).map_err(ae("building rollup rows".into()))
+    RecordBatch::try_new(schema.clone(), cols).map_err(ae("building rollup rows".into()))
 }
 
 /// Splits rows into those of windows ending at or before `watermark_ms` (`None`: all) and the others,

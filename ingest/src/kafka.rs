@@ -663,8 +663,10 @@ impl KafkaSource {
                 Ok(Ok(m)) => m,
             };
             // a delivered record proves a broker connection: a short run reports health before librdkafka's
-            // first statistics (every second) arrive
-            if self.shared.brokers_up.compare_exchange(-1, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            // first statistics (every second) arrive (a plain load per record; the exchange only until then)
+            if self.shared.brokers_up.load(Ordering::Relaxed) < 0
+                && self.shared.brokers_up.compare_exchange(-1, 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            {
                 self.shared.ever_up.store(true, Ordering::SeqCst);
             }
             if generation_changed(&self.shared, &mut self.seen_generation) {

@@ -1,6 +1,6 @@
-//! Parquet writing: dictionaries and LZ4 for strings and decimals, delta encoding for counts and times
-//! (plain and LZ4 for a count or time with one value in the file),
-//! chunk statistics, one row group per file of a commit, written to a staging path and fsynced.
+//! Parquet writing: dictionaries for strings, LZ4 for strings and decimals, delta encoding for counts and
+//! times (plain and LZ4 for a count or time with one value in the file), chunk statistics, one row group
+//! per file of a commit, written to a staging path and fsynced.
 
 use std::fs::File;
 use std::path::Path;
@@ -65,9 +65,6 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
                     props = props.set_column_statistics_enabled(col(), EnabledStatistics::None);
                 }
             }
-            // counts and times: delta encoding (most count columns of a rollup file are all zero, and times
-            // repeat) instead of plain values that LZ4 then has to squeeze; statistics on sums prune nothing
-            // a reader asks for (time, owner, model do)
             // A column with one value in the whole file (audio, 1-hour cache writes, failures… are zero in
             // most rollup files; a 1h file's window bounds) is written plain and left to LZ4, which folds
             // the run for a fraction of delta encoding's per-value work.
@@ -79,6 +76,8 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
                     props = props.set_column_statistics_enabled(col(), EnabledStatistics::None);
                 }
             }
+            // other counts and times: delta encoding instead of plain values that LZ4 then has to squeeze;
+            // statistics on sums prune nothing a reader asks for (time, owner, model do)
             DataType::Int64 => {
                 props = props
                     .set_column_statistics_enabled(col(), EnabledStatistics::None)
