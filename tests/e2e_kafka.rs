@@ -255,21 +255,27 @@ fn run_is_exactly_once_under_kill_9() {
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut s = setup(dir.path(), brokers, "crash");
-    let (lines, e) = workload(40_000, DAY, 24, 100, 77);
-    produce(&s.brokers, &s.input, &lines);
-    let env_small = [("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "2000"), ("AIFINOPS__PIPELINE__COMMIT_INTERVAL", "0s")];
+    // Eight days of traffic, so that every day crosses the search budget and raises alerts to publish.
+    let (lines, e) = workload(40_000, DAY, 8 * 24, 100, 77);
     // crashes at every step of the commit protocol (fault injection = abort, like kill -9)
     let points = [
         "mid_parquet:2",
         "before_manifest:3",
         "after_manifest:2",
         "mid_rollforward:2",
+        "before_manifest:6",
         "before_publish:1",
         "after_publish:2",
-        "before_manifest:6",
     ];
+    // Each run gets fresh input, produced before it starts (a day of events, then the rest before the
+    // SIGKILLs). A run that consumed everything left would finish without reaching its fault point, and so
+    // would every run after it.
+    let chunk = lines.len().div_ceil(points.len() + 1);
+    let mut chunks = lines.chunks(chunk);
+    let env_small = [("AIFINOPS__PIPELINE__BATCH_MAX_EVENTS", "500"), ("AIFINOPS__PIPELINE__COMMIT_INTERVAL", "0s")];
     let mut crashed = 0;
     for p in points {
+        produce(&s.brokers, &s.input, chunks.next().unwrap());
         let mut env = env_small.to_vec();
         env.push(("AIFINOPS_FAULT", p));
         eprintln!("fault point {p}");
@@ -278,11 +284,16 @@ fn run_is_exactly_once_under_kill_9() {
         s.group = unique("crash-group");
         let child = start(&s, &["--until-caught-up"], &env);
         let (status, stderr) = wait_output(child, Duration::from_secs(120));
-        if !status.success() {
+        if status.success() {
+            eprintln!("{p}: the run finished without reaching its fault point:\n{stderr}");
+        } else {
             crashed += 1;
             assert!(stderr.contains("fault injection"), "{p}: unexpected failure:\n{stderr}");
         }
         query(&s.lake, "SELECT count(*) FROM rollups"); // every visible file is whole
+    }
+    for rest in chunks {
+        produce(&s.brokers, &s.input, rest);
     }
     // and SIGKILL at arbitrary moments
     for (i, ms) in [700u64, 1500, 2300].iter().enumerate() {
@@ -293,7 +304,7 @@ fn run_is_exactly_once_under_kill_9() {
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = wait_output(child, Duration::from_secs(30));
     }
-    assert!(crashed >= 5, "only {crashed} fault-injected runs crashed");
+    assert_eq!(crashed, points.len(), "every fault-injected run must crash at its point");
     s.group = unique("crash-group");
     let child = start(&s, &["--until-caught-up"], &[]);
     let (status, stderr) = wait_output(child, Duration::from_secs(180));
