@@ -195,9 +195,6 @@ impl WindowEngine {
             let from = series.iter().rposition(|f| s.ms % f.size.ms == 0);
             series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: vec![] });
         }
-        // DataFusion's aggregation materializes its output once and hands it out in slices of `batch_size`
-        // rows, which `conform_to` would copy back into one batch while the original is alive (twice the
-        // largest merge's output at once). Batches as large as any merge's output pass through uncopied.
         let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
         Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
     }
@@ -461,7 +458,7 @@ impl WindowEngine {
         drop(from);
         // the merged columns split one at a time, each let go once copied to both sides
         let narrow = narrow_schema();
-        let mut merged: Vec<Option<ArrayRef>> = merged.columns().iter().cloned().map(Some).collect();
+        let mut merged: Vec<Option<ArrayRef>> = merged.into_parts().1.into_iter().map(Some).collect();
         let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; fold_from.len()]));
         let n_rollup = rollup_schema().fields().len();
         let (mut kept, mut folding) = (Vec::with_capacity(state.fields().len()), Vec::with_capacity(n_rollup));
@@ -808,7 +805,7 @@ fn assemble(
     };
     let state = state_schema();
     let narrow_schema = narrow_schema();
-    let mut merged: Vec<Option<ArrayRef>> = merged.columns().iter().cloned().map(Some).collect();
+    let mut merged: Vec<Option<ArrayRef>> = merged.into_parts().1.into_iter().map(Some).collect();
     let mut cols = Vec::with_capacity(state.fields().len());
     for (i, f) in state.fields().iter().enumerate() {
         let name = f.name().as_str();
