@@ -261,7 +261,7 @@ fn apply(o: &Overrides) -> anyhow::Result<Config> {
 /// At most two glibc malloc arenas (the default allows eight per core). Several threads allocate large
 /// buffers: decoding, the pipeline, and a commit's file writers, each of which glibc would give an arena of
 /// its own, and memory freed into one arena is not reused by the others. Measured on `replay` of 10M events:
-/// peak RSS 580 MiB with two arenas, 656 MiB with the default, at the same speed (bench/README.md).
+/// peak RSS 580–609 MiB with two arenas, 656 MiB with the default, at the same speed (bench/README.md).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any thread.
