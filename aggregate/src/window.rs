@@ -88,6 +88,11 @@ pub const OVERFLOW: &str = "__other__";
 /// The dimensions a folded row keeps.
 const CAP_KEPT: [&str; 2] = ["owner", "risk_owner"];
 
+/// Whether column `name` is a dimension a row folded at the key cap gives up (set to [`OVERFLOW`]).
+fn given_up(name: &str) -> bool {
+    DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name)
+}
+
 /// Rows emitted for one window size.
 #[derive(Debug, Clone)]
 pub struct Emitted {
@@ -230,11 +235,7 @@ impl WindowEngine {
             .zip(merged.columns())
             .map(|(f, c)| {
                 let name = f.name().as_str();
-                if DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name) {
-                    Ok(other.clone())
-                } else {
-                    filter(c, &mask).map_err(ae)
-                }
+                if given_up(name) { Ok(other.clone()) } else { filter(c, &mask).map_err(ae) }
             })
             .collect::<Result<Vec<ArrayRef>, _>>()?;
         drop(merged);
@@ -431,16 +432,14 @@ impl WindowEngine {
         // of the inputs only the dimensions are needed from here on
         let mut inputs = dim_columns(batches);
         let state = state_schema();
-        let given_up: Vec<usize> = (0..state.fields().len())
-            .filter(|&i| {
-                let name = state.field(i).name().as_str();
-                DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name)
-            })
-            .collect();
+        let given_up_cols: Vec<usize> =
+            (0..state.fields().len()).filter(|&i| given_up(state.field(i).name())).collect();
         let folded = {
             let dims: Vec<Vec<&StringArray>> = inputs
                 .iter()
-                .map(|b| given_up.iter().map(|&c| b[c].as_ref().expect("a dimension").as_string::<i32>()).collect())
+                .map(|b| {
+                    given_up_cols.iter().map(|&c| b[c].as_ref().expect("a dimension").as_string::<i32>()).collect()
+                })
                 .collect();
             let is_overflow = |i: usize| {
                 let (b, r) = from[i];
@@ -745,7 +744,7 @@ fn narrow_schema() -> SchemaRef {
 fn folded_dims(rows: &RecordBatch) -> Vec<&StringArray> {
     DIMENSIONS
         .iter()
-        .filter(|d| !CAP_KEPT.contains(d))
+        .filter(|d| given_up(d))
         .map(|d| rows.column_by_name(d).expect("dimension").as_string::<i32>())
         .collect()
 }
