@@ -3,6 +3,7 @@ same data pinned to the same cores, measures wall time, CPU time and peak RSS of
 (os.wait4), cross-checks the totals of a, b, c and e exactly, and prints the table."""
 import argparse
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -141,6 +142,14 @@ def main():
     with open(hourly, "w") as f:
         f.write('[pipeline]\nwindows = ["1h"]\n[spike]\nenabled = false\n')
     res["h1"], lake_h = replay("h1", events, one, hourly)
+    # the floor of a on one core: its first stage (read + decode) and its last (write the rollups it wrote)
+    # alone, timed inside one process (bench/src/main.rs `stages`)
+    for key, lake in (("fa", lake_a), ("fh", lake_h)):
+        out = os.path.join(ARGS.work, f"{key}.json")
+        with open(out, "w") as f:
+            measure(key, [ARGS.bench_bin, "stages", "--owners", OWNERS, "--lake", lake,
+                          "--scratch", os.path.join(ARGS.work, "scratch"), events], one, stdout=f)
+        res[key] = json.load(open(out))
     for key, threads, cpus in (("b1", 1, one), ("b", ARGS.cores, alls)):
         out = os.path.join(ARGS.work, f"duck-{key}.parquet")
         res[key] = measure(key, [sys.executable, os.path.join(HERE, "duck_job.py"), events, prices, owners_csv,
@@ -209,11 +218,23 @@ def main():
         cores = "1" if k in ("a1", "h1", "b1") else str(ARGS.cores)
         lines.append(f"| {names[k]} | {cores} | {n / r['wall']:,.0f} | {mb / r['wall']:.1f} | "
                      f"{r['cpu'] / n * 1e6:.2f} | {r['rss']:.0f} | {r['wall']:.2f} |")
+    dec, wa, wh = res["fa"]["decode"], res["fa"]["write"], res["fh"]["write"]
+    for label, st, rows in (("f. floor: read + decode only", dec, None),
+                            ("g. floor: write a's rollups only", wa, wa["rows"]),
+                            ("g. floor: write the 1h-only rollups only", wh, wh["rows"])):
+        what = f" ({rows:,} rows)" if rows else ""
+        lines.append(f"| {label}{what} | 1 | {n / st['wall']:,.0f} | {mb / st['wall']:.1f} | "
+                     f"{st['cpu'] / n * 1e6:.2f} | – | {st['wall']:.2f} |")
     ratio = lambda x, y: res[y]["wall"] / res[x]["wall"]  # throughput of x over y
     lines += ["",
               f"- a/b, 1 core: **{ratio('a1', 'b1'):.2f}x** DuckDB single-thread (target >= 1.0)",
               f"- a/b, {ARGS.cores} cores: **{ratio('a', 'b'):.2f}x** DuckDB all threads (target >= 1.0)",
               f"- a/b with the 1h rollup only (DuckDB's window), 1 core: **{ratio('h1', 'b1'):.2f}x**",
+              f"- floor of a, 1 core (f + g, nothing between them): {(dec['cpu'] + wa['cpu']) / n * 1e6:.2f} CPU s / M "
+              f"events = {(dec['cpu'] + wa['cpu']) / res['b1']['cpu']:.2f}x DuckDB's whole job; a/b could reach at most "
+              f"**{res['b1']['wall'] / (dec['wall'] + wa['wall']):.2f}x** (1h rollup only: "
+              f"{(dec['cpu'] + wh['cpu']) / n * 1e6:.2f} CPU s / M, at most "
+              f"**{res['b1']['wall'] / (dec['wall'] + wh['wall']):.2f}x**)",
               f"- c/d: **{ratio('c', 'd'):.2f}x** raw consume-and-discard (target >= 0.9)",
               f"- c/e: **{ratio('c', 'e'):.2f}x** the Python consumer (target >= 20)"]
     if scale:

@@ -1,10 +1,14 @@
 //! Helpers of `bench/run` (see bench/README.md):
 //! - `produce`: streams an NDJSON file into a topic (one record per line), creating the topic;
 //! - `consume`: the broker + client limit: reads every message of a topic with rdkafka in a consumer group
-//!   and discards it, counting messages and bytes, until `--expect` messages arrived.
+//!   and discards it, counting messages and bytes, until `--expect` messages arrived;
+//! - `stages`: the floor of `aifinops replay` on this machine: its first stage alone (read the NDJSON and
+//!   decode, validate, price and attribute it into Arrow batches with the same catalog and owner map, then
+//!   discard them) and its last stage alone (write the rollup rows a replay produced, read back from its
+//!   lake beforehand, with the lake's Parquet writer). Whatever else replay does comes on top of both.
 
 use std::io::BufRead;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -49,12 +53,29 @@ enum Cmd {
         #[arg(long, default_value_t = 900)]
         timeout: u64,
     },
+    /// Time replay's first stage (decode `file`) and last stage (write the rollups of `lake` again) alone.
+    Stages {
+        /// The owner map replay used.
+        #[arg(long)]
+        owners: PathBuf,
+        /// A lake a replay of `file` wrote: its rollup files are written again, into `scratch`.
+        #[arg(long)]
+        lake: PathBuf,
+        /// Where the rewritten files go (emptied first, deleted after).
+        #[arg(long)]
+        scratch: PathBuf,
+        /// Records per decoded batch (replay's `pipeline.batch_max_events`).
+        #[arg(long, default_value_t = 50_000)]
+        batch: usize,
+        file: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Produce { brokers, topic, partitions, file } => produce(&brokers, &topic, partitions, &file),
         Cmd::Consume { brokers, topic, group, expect, timeout } => consume(&brokers, &topic, &group, expect, timeout),
+        Cmd::Stages { owners, lake, scratch, batch, file } => stages(&owners, &lake, &scratch, batch, &file),
     }
 }
 
@@ -145,5 +166,98 @@ fn consume(brokers: &str, topic: &str, group: &str, expect: u64, timeout: u64) -
     let join = first.map_or(0.0, |f| (f - started).as_secs_f64());
     eprintln!("consumed {n} messages ({bytes} bytes) in {s:.2}s (first message after {join:.2}s)");
     println!("{n} {bytes} {s:.3} {join:.3}");
+    Ok(())
+}
+
+/// CPU seconds this thread has used (user + system).
+fn thread_cpu() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `t` is a valid timespec to write to; CLOCK_THREAD_CPUTIME_ID exists on every Linux
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Every Parquet file under `dir`, sorted.
+fn parquet_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("listing {}", d.display()))? {
+            let p = e?.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn stages(owners: &Path, lake: &Path, scratch: &Path, batch: usize, file: &Path) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use aifinops_ingest::file::FileSource;
+    use aifinops_ingest::{Decoder, OwnerMap, PriceCatalog, RawPolicy};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    // 1. read + decode: what replay's reader thread does, without anything after it
+    let owners = OwnerMap::load(owners).with_context(|| format!("owner map {}", owners.display()))?;
+    let mut decoder = Decoder::new(Arc::new(PriceCatalog::builtin()), Arc::new(owners), 1 << 20, RawPolicy::Redacted);
+    let mut src = FileSource::new(vec![file.to_path_buf()]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let (wall, cpu) = (Instant::now(), thread_cpu());
+    let (mut events, mut dead) = (0u64, 0u64);
+    loop {
+        let chunk = src.read_into(&mut decoder, batch, now)?;
+        let decoded = decoder.finish();
+        events += decoded.batch.num_rows() as u64;
+        dead += decoded.dead_letters.len() as u64;
+        if chunk.done {
+            break;
+        }
+    }
+    let (decode_wall, decode_cpu) = (wall.elapsed().as_secs_f64(), thread_cpu() - cpu);
+    let bytes = src.bytes_read();
+    eprintln!(
+        "decode: {events} events ({dead} dead letters), {bytes} bytes in {decode_wall:.2}s, {decode_cpu:.2} CPU s"
+    );
+
+    // 2. write: the rollup rows of the lake, read into memory first (not timed), then written as the lake
+    // writes them, one file per input file
+    let files = parquet_files(&lake.join("rollups"))?;
+    if files.is_empty() {
+        bail!("no rollup files under {}", lake.join("rollups").display());
+    }
+    let mut tables = Vec::with_capacity(files.len());
+    for f in &files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f)?)
+            .with_context(|| format!("reading {}", f.display()))?
+            .with_batch_size(1 << 20)
+            .build()?;
+        tables.push(reader.collect::<Result<Vec<_>, _>>().with_context(|| format!("reading {}", f.display()))?);
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let (wall, cpu) = (Instant::now(), thread_cpu());
+    let (mut rows, mut written) = (0u64, 0u64);
+    for (i, batches) in tables.iter().enumerate() {
+        rows += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        written += aifinops_sink::parquet_io::write_parquet(&scratch.join(format!("{i}.parquet")), batches)?;
+    }
+    let (write_wall, write_cpu) = (wall.elapsed().as_secs_f64(), thread_cpu() - cpu);
+    std::fs::remove_dir_all(scratch).ok();
+    eprintln!(
+        "write: {rows} rollup rows in {} files, {written} bytes in {write_wall:.2}s, {write_cpu:.2} CPU s",
+        files.len()
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "decode": {"events": events, "bytes": bytes, "wall": decode_wall, "cpu": decode_cpu},
+            "write": {"rows": rows, "files": files.len(), "bytes": written, "wall": write_wall, "cpu": write_cpu},
+        })
+    );
     Ok(())
 }
