@@ -100,7 +100,7 @@ def main():
     ap.add_argument("--keys", type=int, default=20000)
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--cores", type=int, default=os.cpu_count())
-    ap.add_argument("--scale", default="1000000,10000000", help="event counts of the RSS runs of replay ('' = none)")
+    ap.add_argument("--scale", default="1000000,5000000,10000000", help="event counts of the RSS runs of replay ('' = none)")
     ap.add_argument("--work", default="/var/tmp/aifinops-bench")
     ap.add_argument("--brokers", required=True)
     ap.add_argument("--aifinops", required=True)
