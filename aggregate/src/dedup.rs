@@ -117,7 +117,7 @@ pub struct Deduplicator {
     fresh: Vec<(Id, i64)>,
 }
 
-/// Key ids can be secrets' neighbours: the set shows its size only.
+/// Millions of hashes say nothing in a log: the set shows its sizes only.
 impl std::fmt::Debug for Deduplicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Deduplicator")
@@ -268,17 +268,16 @@ impl Deduplicator {
         let (n, m) = (self.sorted.len(), new.len());
         self.sorted.reserve_exact(m);
         self.sorted.resize(n + m, Entry { key: Key([0; 3]), secs: 0 });
+        // from the back: the largest remaining entry of either part goes last; once the recent ones are all
+        // placed, the sorted ones left are already where they belong (keys are unique across both parts: a
+        // key is only added when the set does not hold it)
         let (mut i, mut j) = (n, m);
-        for k in (0..n + m).rev() {
-            // keys are unique across both parts: a key is only added when the set does not hold it
-            if j == 0 {
-                break;
-            }
+        while j > 0 {
             if i > 0 && self.sorted[i - 1].key > new[j - 1].key {
-                self.sorted[k] = self.sorted[i - 1];
+                self.sorted[i + j - 1] = self.sorted[i - 1];
                 i -= 1;
             } else {
-                self.sorted[k] = new[j - 1];
+                self.sorted[i + j - 1] = new[j - 1];
                 j -= 1;
             }
         }
