@@ -4,7 +4,7 @@
 
 use aifinops_schemas::alert::{Alert, AlertType};
 use aifinops_schemas::money::{ONE_USD, format_usd, format_usd_rounded};
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, Decimal128Array};
 use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 
 use crate::keyhash::FastMap;
@@ -58,11 +58,32 @@ impl Detector for RetryStormDetector {
         let late = b.column_by_name("late").expect("late").as_boolean();
         let ts = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<TimestampMillisecondType>();
         let (start, end) = (ts("window_start"), ts("window_end"));
+        let v = |c: &Decimal128Array, r: usize| if c.is_null(r) { 0 } else { c.value(r) };
         // keys borrow the batch's strings (no allocation per row); ordered once for the alerts
+        let key = |r: usize| (owner.value(r), risk.value(r), workflow.value(r), start.value(r));
+        let live = |r: &usize| !late.value(*r);
+        // A group needs `min_usd` of failed and retried spend to alert, and only rows with some hold any: the
+        // groups are first summed over those rows alone, and the window's other rows are visited only when
+        // a group reaches the floor (most windows have none, and then no row is hashed but the wasteful).
+        let candidates: Option<FastMap<Group<'_>, i128>> = (self.min_usd > 0).then(|| {
+            let mut wasted: FastMap<Group<'_>, i128> = FastMap::default();
+            for r in (0..b.num_rows()).filter(live).filter(|&r| v(failed, r) != 0 || v(retry, r) != 0) {
+                *wasted.entry(key(r)).or_default() += v(failed, r) + v(retry, r);
+            }
+            wasted.retain(|_, w| *w >= self.min_usd);
+            wasted
+        });
+        if candidates.as_ref().is_some_and(|c| c.is_empty()) {
+            return Vec::new();
+        }
         let mut groups: FastMap<Group<'_>, Acc> = FastMap::default();
-        for r in (0..b.num_rows()).filter(|r| !late.value(*r)) {
-            let a = groups.entry((owner.value(r), risk.value(r), workflow.value(r), start.value(r))).or_default();
-            let v = |c: &datafusion::arrow::array::Decimal128Array| if c.is_null(r) { 0 } else { c.value(r) };
+        for r in (0..b.num_rows()).filter(live) {
+            let k = key(r);
+            if candidates.as_ref().is_some_and(|c| !c.contains_key(&k)) {
+                continue;
+            }
+            let a = groups.entry(k).or_default();
+            let v = |c: &Decimal128Array| v(c, r);
             a.cost += v(cost);
             a.failed += v(failed);
             a.retry += v(retry);
@@ -172,5 +193,23 @@ mod tests {
         let mut day = e;
         day.size = WindowSize::parse("1d").unwrap();
         assert!(d.on_closed(&day, 0).is_empty());
+    }
+
+    /// Only rows with failed or retried spend pick the candidate groups, but a candidate's share is of all
+    /// its spend: its rows without any waste count too (and without a floor every group is summed).
+    #[test]
+    fn a_candidate_workflows_share_counts_its_rows_without_waste() {
+        for (min, other_cost, alerts) in [("5", "60", 1), ("5", "70", 0), ("0", "60", 1), ("0", "70", 0)] {
+            let mut d =
+                RetryStormDetector::new("aifinops/t", H, parse_usd("p", "30").unwrap(), parse_usd("m", min).unwrap());
+            // $35 wasted of $110 (31.8 %) or of $120 (29.2 %); the second row wastes nothing
+            let e = hour(&[("agents", "nightly", "50", "20", "15"), ("agents", "nightly", other_cost, "0", "0")]);
+            let got = d.on_closed(&e, 0);
+            assert_eq!(got.len(), alerts, "min {min}, other row {other_cost}: {got:?}");
+            if let Some(a) = got.first() {
+                assert_eq!((a.data["cost_usd"].as_str(), a.data["requests"].as_i64()), (Some("110"), Some(20)));
+                assert_eq!(a.data["wasted_percent"], "31.82");
+            }
+        }
     }
 }
