@@ -871,6 +871,7 @@ fn rows_after(b: &RecordBatch, watermark_ms: Option<i64>) -> usize {
     match (min(ends), max(ends)) {
         (Some(lo), _) if lo > w => b.num_rows(),
         (_, Some(hi)) if hi <= w => ends.null_count(),
+        _ if ends.null_count() == 0 => ends.values().iter().filter(|&&e| e > w).count(),
         _ => ends.iter().filter(|e| e.is_none_or(|e| e > w)).count(),
     }
 }
