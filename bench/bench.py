@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 
@@ -26,46 +25,26 @@ def log(msg):
 
 
 def measure(name, cmd, cpus, env=None, stdout=None):
-    """Runs cmd pinned to `cpus` (taskset list); returns wall s, CPU s (user+sys), peak RSS MiB."""
-    full = ["taskset", "-c", cpus] + cmd
+    """Runs cmd pinned to `cpus` (taskset list) under `aifinops-bench measure`; returns wall s, CPU s
+    (user+sys), peak RSS MiB (wait4) and the sampled peaks of anonymous and file-backed memory. The job is
+    spawned by that small process, not by this one: a child's peak RSS counts the memory of the process that
+    spawned it (Linux keeps its high-water mark across exec), and this one holds hundreds of MiB once DuckDB
+    has cross-checked the lakes."""
+    out = os.path.join(ARGS.work, f"{name}.measure.json")
+    full = ["taskset", "-c", cpus, ARGS.bench_bin, "measure", "--out", out, "--"] + cmd
     log(f"{name}: {' '.join(cmd)} (cpus {cpus})")
     err = open(os.path.join(ARGS.work, f"{name}.log"), "w")
-    t0 = time.monotonic()
-    p = subprocess.Popen(full, stdout=stdout or err, stderr=err, env=env)
-    peaks = {"RssAnon": 0, "RssFile": 0}
-    done = threading.Event()
-    sampler = threading.Thread(target=sample_rss, args=(p.pid, peaks, done), daemon=True)
-    sampler.start()
-    _, status, ru = os.wait4(p.pid, 0)
-    wall = time.monotonic() - t0
-    done.set()
-    sampler.join()
-    p.returncode = os.waitstatus_to_exitcode(status)
+    code = subprocess.run(full, stdout=stdout or err, stderr=err, env=env).returncode
     err.close()
-    if p.returncode != 0:
+    if code != 0:
         sys.stdout.write(open(os.path.join(ARGS.work, f"{name}.log")).read()[-4000:])
-        raise SystemExit(f"{name} failed with exit code {p.returncode}")
-    r = {"name": name, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss": ru.ru_maxrss / 1024,
-         "anon": peaks["RssAnon"] / 1024, "file": peaks["RssFile"] / 1024}
-    log(f"{name}: {wall:.2f}s wall, {r['cpu']:.2f}s CPU, {r['rss']:.0f} MiB peak RSS "
+        raise SystemExit(f"{name} failed with exit code {code}")
+    m = json.load(open(out))
+    r = {"name": name, "wall": m["wall"], "cpu": m["cpu"], "rss": m["rss_kib"] / 1024,
+         "anon": m["anon_kib"] / 1024, "file": m["file_kib"] / 1024}
+    log(f"{name}: {r['wall']:.2f}s wall, {r['cpu']:.2f}s CPU, {r['rss']:.0f} MiB peak RSS "
         f"(sampled peaks: {r['anon']:.0f} MiB anonymous, {r['file']:.0f} MiB file-backed)")
     return r
-
-
-def sample_rss(pid, peaks, done):
-    """The highest RssAnon (heap, stacks) and RssFile (mapped code and files) of /proc/<pid>/status seen every
-    50 ms until `done`: the kernel keeps only the peak of their sum (ru_maxrss)."""
-    path = f"/proc/{pid}/status"
-    while not done.is_set():
-        try:
-            with open(path) as f:
-                for line in f:
-                    key = line.split(":", 1)[0]
-                    if key in peaks:
-                        peaks[key] = max(peaks[key], int(line.split()[1]))
-        except (OSError, ValueError, IndexError):
-            pass
-        done.wait(0.05)
 
 
 def gen(n, out, owners_out=None):

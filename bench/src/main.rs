@@ -6,6 +6,11 @@
 //!   decode, validate, price and attribute it into Arrow batches with the same catalog and owner map, then
 //!   discard them) and its last stage alone (write the rollup rows a replay produced, read back from its
 //!   lake beforehand, with the lake's Parquet writer). Whatever else replay does comes on top of both.
+//! - `measure`: runs a command and writes its wall time, CPU time and peak RSS (from `wait4`), with the peaks
+//!   of its anonymous and file-backed memory sampled every 50 ms, as JSON. The jobs are started from this
+//!   small process, not from the Python driver: a child's peak RSS counts the memory of the process it was
+//!   spawned from (Linux keeps the spawning process's high-water mark across `exec`), and the driver holds
+//!   hundreds of MiB once DuckDB has cross-checked the lakes.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -69,6 +74,13 @@ enum Cmd {
         batch: usize,
         file: PathBuf,
     },
+    /// Run `cmd` and write its wall time, CPU time and memory peaks to `out` (JSON); exits with its code.
+    Measure {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(trailing_var_arg = true, required = true)]
+        cmd: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,7 +88,61 @@ fn main() -> anyhow::Result<()> {
         Cmd::Produce { brokers, topic, partitions, file } => produce(&brokers, &topic, partitions, &file),
         Cmd::Consume { brokers, topic, group, expect, timeout } => consume(&brokers, &topic, &group, expect, timeout),
         Cmd::Stages { owners, lake, scratch, batch, file } => stages(&owners, &lake, &scratch, batch, &file),
+        Cmd::Measure { out, cmd } => measure(&out, &cmd),
     }
+}
+
+fn measure(out: &Path, cmd: &[String]) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let started = Instant::now();
+    let child = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .spawn()
+        .with_context(|| format!("starting {}", cmd.join(" ")))?;
+    let pid = child.id();
+    // the kernel keeps only the peak of their sum (ru_maxrss): sample each
+    let done = Arc::new(AtomicBool::new(false));
+    let (anon, file) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let sampler = {
+        let (done, anon, file) = (done.clone(), anon.clone(), file.clone());
+        std::thread::spawn(move || {
+            let path = format!("/proc/{pid}/status");
+            while !done.load(Ordering::Relaxed) {
+                for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
+                    let kib = || line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    if line.starts_with("RssAnon:") {
+                        anon.fetch_max(kib(), Ordering::Relaxed);
+                    } else if line.starts_with("RssFile:") {
+                        file.fetch_max(kib(), Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut status = 0;
+    // SAFETY: plain system call on our own child; `ru` is a zeroed out-parameter
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut ru) };
+    let wall = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    if r < 0 {
+        bail!("waiting for {}: {}", cmd.join(" "), std::io::Error::last_os_error());
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+    let json = serde_json::json!({
+        "wall": wall,
+        "cpu": secs(ru.ru_utime) + secs(ru.ru_stime),
+        "rss_kib": ru.ru_maxrss,
+        "anon_kib": anon.load(Ordering::Relaxed),
+        "file_kib": file.load(Ordering::Relaxed),
+        "exit": code,
+    });
+    std::fs::write(out, json.to_string()).with_context(|| format!("writing {}", out.display()))?;
+    std::process::exit(code)
 }
 
 fn produce(brokers: &str, topic: &str, partitions: i32, file: &PathBuf) -> anyhow::Result<()> {
