@@ -1033,6 +1033,11 @@ mod engine_tests {
         Ev { ts, id: ts as u128, owner, identity: "k", input, cost }
     }
 
+    /// Event `i` of key `idents[i]`, at `t + i` ms, one input token, costing `i + 1`.
+    fn keyed<'a>(t: i64, i: usize, owner: &'a str, idents: &'a [String]) -> Ev<'a> {
+        Ev { ts: t + i as i64, id: i as u128, owner, identity: &idents[i], input: 1, cost: Some(i as i128 + 1) }
+    }
+
     fn sum(rows: &[Emitted], label: &str, col: &str) -> i64 {
         rows.iter()
             .filter(|e| e.size.label == label)
@@ -1180,14 +1185,7 @@ mod engine_tests {
     async fn a_window_capped_twice_keeps_one_overflow_row_per_owner_and_exact_totals() {
         let mut w = WindowEngine::new(vec![WindowSize::parse("1d").unwrap()]).unwrap().with_key_cap(2);
         let idents: Vec<String> = (0..8).map(|i| format!("key-{i}")).collect();
-        let ev = |i: usize| Ev {
-            ts: T0 + i as i64,
-            id: i as u128,
-            owner: "o",
-            identity: &idents[i],
-            input: 1,
-            cost: Some(i as i128 + 1),
-        };
+        let ev = |i: usize| keyed(T0, i, "o", &idents);
         // compaction runs the cap as rows come in (cap 2: the floor is 2 rows)
         for chunk in [0..3, 3..6, 6..8] {
             let evs: Vec<Ev<'_>> = chunk.map(ev).collect();
@@ -1257,17 +1255,8 @@ mod engine_tests {
     #[tokio::test]
     async fn rows_of_windows_the_watermark_passed_do_not_compact() {
         let idents: Vec<String> = (0..6).map(|i| format!("key-{i}")).collect();
-        let evs = |t: i64, keys: std::ops::Range<usize>| -> Vec<Ev<'_>> {
-            keys.map(|i| Ev {
-                ts: t + i as i64,
-                id: i as u128,
-                owner: "a",
-                identity: &idents[i],
-                input: 1,
-                cost: Some(i as i128 + 1),
-            })
-            .collect()
-        };
+        let evs =
+            |t: i64, keys: std::ops::Range<usize>| -> Vec<Ev<'_>> { keys.map(|i| keyed(t, i, "a", &idents)).collect() };
         // the compaction floor is the key cap (4) here: 3 keys in minute 0, then 3 others in minute 5
         for (watermark, compacted) in [(Some(T0 + 2 * MIN), false), (None, true), (Some(T0 + 30 * 1000), true)] {
             let mut w = WindowEngine::new(vec![WindowSize::parse("1m").unwrap()]).unwrap().with_key_cap(4);
