@@ -26,7 +26,7 @@ use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 use serde::{Deserialize, Serialize};
 
-use crate::keyhash::KeyMap;
+use crate::keyhash::{FastMap, KeyMap};
 use crate::{AggregateError, Detector, Emitted, WindowSize};
 
 const WEEK_MS: i64 = 7 * 86_400_000;
@@ -713,8 +713,10 @@ impl SpikeDetector {
         let (owner, identity) = (s("owner"), s("identity"));
         self.calls += 1;
         let call = self.calls;
-        // keys are built in a reused buffer and copied only when first seen (rows are many, keys few)
-        let mut key = String::new();
+        // summed per window, owner and identity first, with the batch's own strings as keys: each series key
+        // is then built and looked up once per pair in the batch, not once per row and scope (a rollup has
+        // several rows per identity and hour: one per model and workflow)
+        let mut pairs: FastMap<(i64, &str, &str), Spend> = FastMap::default();
         for r in 0..rows.num_rows() {
             if late.as_ref().is_some_and(|l| l.value(r)) {
                 continue; // late rows reach the history on the next start, from the lake
@@ -723,8 +725,13 @@ impl SpikeDetector {
             if self.state.last_eval.is_some_and(|l| idx <= l) {
                 continue;
             }
-            let c = if cost.is_null(r) { 0 } else { cost.value(r) };
-            let (o, ident) = (owner.value(r), identity.value(r));
+            let a = pairs.entry((idx, owner.value(r), identity.value(r))).or_default();
+            a.cost += if cost.is_null(r) { 0 } else { cost.value(r) };
+            a.requests += req.value(r);
+        }
+        // keys are built in a reused buffer and copied only when first seen
+        let mut key = String::new();
+        for ((idx, o, ident), s) in pairs {
             let window = self.pending.entry(idx).or_default();
             if window.call != call {
                 window.call = call;
@@ -738,8 +745,8 @@ impl SpikeDetector {
                     Some(a) => a,
                     None => window.spend.entry(key.clone()).or_default(),
                 };
-                a.cost += c;
-                a.requests += req.value(r);
+                a.cost += s.cost;
+                a.requests += s.requests;
             }
         }
     }
