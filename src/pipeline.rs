@@ -342,14 +342,19 @@ impl Pipeline {
             self.dirty = true;
         }
         self.dead.extend(decoded.dead_letters);
+        // each stage's input is let go once the next holds what it needs: the windows free the events
+        // before they compact, where memory peaks
         let (events, dups) = self.dedup.filter(&decoded.batch)?;
+        drop(decoded.batch);
         self.totals.duplicates += dups;
         metrics::counter!("aifinops_duplicate_events_total").increment(dups);
-        let (events, retries) = self.dedup.mark_retries(&events)?;
+        let (marked, retries) = self.dedup.mark_retries(&events)?;
+        drop(events);
+        let events = marked;
         metrics::counter!("aifinops_step_retries_total").increment(retries);
         if events.num_rows() > 0 {
             let lateness = self.cfg.pipeline.allowed_lateness.as_millis() as i64;
-            let finest = self.windows.add(&events, self.watermark, lateness).await?;
+            let finest = self.windows.add(events, self.watermark, lateness).await?;
             let late: u64 = late_requests(&finest);
             self.totals.late_rows += late;
             metrics::counter!("aifinops_late_events_total").increment(late);

@@ -606,7 +606,7 @@ mod tests {
 
     async fn partial(evs: &[Ev<'_>]) -> RecordBatch {
         let mut w = WindowEngine::new(vec![WindowSize::parse("1m").unwrap()]).unwrap();
-        w.add(&batch(evs), None, DAY).await.unwrap()
+        w.add(batch(evs), None, DAY).await.unwrap()
     }
 
     fn budget(limit: &str, period: Period) -> BudgetConfig {

@@ -371,10 +371,12 @@ impl WindowEngine {
     ///
     /// Only the finest size is aggregated here (one GROUP BY per micro-batch); a coarser size takes the
     /// finer partial rows with their window bounds moved to its own windows, as rows to merge when the
-    /// window closes (or at compaction), so each row goes through one GROUP BY per size, not two.
+    /// window closes (or at compaction), so each row goes through one GROUP BY per size, not two. The events
+    /// are let go before any compaction runs: a micro-batch of events is as large as a tenth of the state, and
+    /// compactions are where the engine's memory peaks.
     pub async fn add(
         &mut self,
-        events: &RecordBatch,
+        events: RecordBatch,
         watermark_ms: Option<i64>,
         allowed_lateness_ms: i64,
     ) -> Result<RecordBatch, AggregateError> {
@@ -400,7 +402,10 @@ impl WindowEngine {
                 }
             };
             partials.push(part);
-            // compaction: partial rows waiting for the next close are bounded by keys, not by events
+        }
+        drop(events);
+        // compaction: partial rows waiting for the next close are bounded by keys, not by events
+        for i in 0..self.series.len() {
             self.compact(i, watermark_ms).await?;
         }
         Ok(strip_keys(&partials.into_iter().next().expect("one series")))
@@ -1001,8 +1006,8 @@ mod engine_tests {
                 cost: Some((i as i128 + 1) * 1_000),
             })
             .collect();
-        w.add(&batch(&evs[..6]), None, HOUR).await.unwrap();
-        w.add(&batch(&evs[6..]), None, HOUR).await.unwrap();
+        w.add(batch(&evs[..6]), None, HOUR).await.unwrap();
+        w.add(batch(&evs[6..]), None, HOUR).await.unwrap();
         let out = w.close(None).await.unwrap();
         let rows = &out[0].rows;
         assert_eq!(w.overflowed(), 9, "12 keys, cap 3");
@@ -1068,7 +1073,7 @@ mod engine_tests {
             ev(T0 + 2 * MIN, "b", 11, None),
             ev(T0 + 2 * MIN + 1, "b", 13, Some(1)),
         ];
-        w.add(&batch(&evs), None, 24 * HOUR).await.unwrap();
+        w.add(batch(&evs), None, 24 * HOUR).await.unwrap();
         let closed = w.close(Some(T0 + 2 * MIN)).await.unwrap();
         // only the 1m windows [0,1) and [1,2) have ended
         assert_eq!(closed.len(), 1);
@@ -1092,7 +1097,7 @@ mod engine_tests {
     async fn partials_of_many_batches_merge_into_one_row_per_window_and_key() {
         let mut w = engine();
         for i in 0..5 {
-            w.add(&batch(&[ev(T0 + i * 1000, "a", 1, Some(1))]), None, 24 * HOUR).await.unwrap();
+            w.add(batch(&[ev(T0 + i * 1000, "a", 1, Some(1))]), None, 24 * HOUR).await.unwrap();
         }
         let out = w.close(None).await.unwrap();
         for e in &out {
@@ -1104,11 +1109,11 @@ mod engine_tests {
     #[tokio::test]
     async fn events_behind_the_allowed_lateness_are_additional_late_rows_not_dropped() {
         let mut w = engine();
-        w.add(&batch(&[ev(T0 + 10, "a", 1, Some(10))]), None, 24 * HOUR).await.unwrap();
+        w.add(batch(&[ev(T0 + 10, "a", 1, Some(10))]), None, 24 * HOUR).await.unwrap();
         let first = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
         assert_eq!(sum(&first, "1h", "requests"), 1);
         // 30 h later an event for the first minute arrives (e.g. a batch API result)
-        w.add(&batch(&[ev(T0 + 20, "a", 1, Some(10))]), Some(T0 + 30 * HOUR), 24 * HOUR).await.unwrap();
+        w.add(batch(&[ev(T0 + 20, "a", 1, Some(10))]), Some(T0 + 30 * HOUR), 24 * HOUR).await.unwrap();
         let late = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
         for e in &late {
             let flags = e.rows.column_by_name("late").unwrap().as_boolean();
@@ -1152,11 +1157,11 @@ mod engine_tests {
             cost: Some(cost),
         };
         // three batches into the same hour and day, a close in between that only closes minutes
-        w.add(&batch(&[e(T0, "k1", 1), e(T0 + 1, "k2", 2)]), None, 24 * HOUR).await.unwrap();
+        w.add(batch(&[e(T0, "k1", 1), e(T0 + 1, "k2", 2)]), None, 24 * HOUR).await.unwrap();
         let first = w.close(Some(T0 + 5 * MIN)).await.unwrap();
         assert!(first.iter().all(|e| e.size.label == "1m"), "only minutes closed");
-        w.add(&batch(&[e(T0 + 6 * MIN, "k1", 10)]), Some(T0 + 5 * MIN), 24 * HOUR).await.unwrap();
-        w.add(&batch(&[e(T0 + 7 * MIN, "k1", 100), e(T0 + 7 * MIN, "k2", 20)]), Some(T0 + 6 * MIN), 24 * HOUR)
+        w.add(batch(&[e(T0 + 6 * MIN, "k1", 10)]), Some(T0 + 5 * MIN), 24 * HOUR).await.unwrap();
+        w.add(batch(&[e(T0 + 7 * MIN, "k1", 100), e(T0 + 7 * MIN, "k2", 20)]), Some(T0 + 6 * MIN), 24 * HOUR)
             .await
             .unwrap();
         // the waiting rows of the hour and the day are not merged yet: the snapshot carries them as they are
@@ -1167,7 +1172,7 @@ mod engine_tests {
         let mut w2 = engine();
         w2.restore(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect())
             .unwrap();
-        w2.add(&batch(&[e(T0 + 8 * MIN, "k2", 200)]), Some(T0 + 7 * MIN), 24 * HOUR).await.unwrap();
+        w2.add(batch(&[e(T0 + 8 * MIN, "k2", 200)]), Some(T0 + 7 * MIN), 24 * HOUR).await.unwrap();
         let rest = w2.close(None).await.unwrap();
         let got = per_key(&rest);
         for label in ["1h", "1d"] {
@@ -1188,7 +1193,7 @@ mod engine_tests {
         // compaction runs the cap as rows come in (cap 2: the floor is 2 rows)
         for chunk in [0..3, 3..6, 6..8] {
             let evs: Vec<Ev<'_>> = chunk.map(ev).collect();
-            w.add(&batch(&evs), None, HOUR).await.unwrap();
+            w.add(batch(&evs), None, HOUR).await.unwrap();
         }
         let out = w.close(None).await.unwrap();
         let got = per_key(&out);
@@ -1224,7 +1229,7 @@ mod engine_tests {
             let evs: Vec<Ev<'_>> = chunk.map(ev).collect();
             // the last batch arrives late for the first hour
             let wm = (n == 2).then_some(T0 + 3 * HOUR);
-            src.add(&batch(&evs), wm, 0).await.unwrap();
+            src.add(batch(&evs), wm, 0).await.unwrap();
             batches.append(&mut src.series[0].pending);
         }
         let sorted = |rows: Vec<RecordBatch>| {
@@ -1242,7 +1247,7 @@ mod engine_tests {
         assert_eq!(sorted(first.clone()), sorted(reference));
         let mut again = first;
         let evs: Vec<Ev<'_>> = (120..160).map(ev).collect();
-        src.add(&batch(&evs), None, 0).await.unwrap();
+        src.add(batch(&evs), None, 0).await.unwrap();
         again.append(&mut src.series[0].pending);
         let merged = w.merge(again.clone()).await.unwrap();
         let reference = w.cap(merged).await.unwrap();
@@ -1259,9 +1264,9 @@ mod engine_tests {
         // the compaction floor is the key cap (4) here: 3 keys in minute 0, then 3 others in minute 5
         for (watermark, compacted) in [(Some(T0 + 2 * MIN), false), (None, true), (Some(T0 + 30 * 1000), true)] {
             let mut w = WindowEngine::new(vec![WindowSize::parse("1m").unwrap()]).unwrap().with_key_cap(4);
-            w.add(&batch(&evs(T0, 0..3)), None, HOUR).await.unwrap();
+            w.add(batch(&evs(T0, 0..3)), None, HOUR).await.unwrap();
             assert!(w.series[0].open.is_empty(), "3 rows are under the floor");
-            w.add(&batch(&evs(T0 + 5 * MIN, 3..6)), watermark, HOUR).await.unwrap();
+            w.add(batch(&evs(T0 + 5 * MIN, 3..6)), watermark, HOUR).await.unwrap();
             let s = &w.series[0];
             assert_eq!(!s.open.is_empty(), compacted, "watermark {watermark:?}");
             assert_eq!(s.pending.len(), if compacted { 0 } else { 2 }, "watermark {watermark:?}");
@@ -1276,7 +1281,7 @@ mod engine_tests {
     #[tokio::test]
     async fn snapshot_and_restore_keep_open_windows() {
         let mut w = engine();
-        w.add(&batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]), None, 24 * HOUR).await.unwrap();
+        w.add(batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]), None, 24 * HOUR).await.unwrap();
         let snap = w.snapshot();
         let mut w2 = engine();
         w2.restore(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect())
