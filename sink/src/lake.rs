@@ -299,11 +299,16 @@ fn write_files(paths: &[PathBuf], jobs: &[(String, RecordBatch)]) -> Vec<Result<
 }
 
 /// One open-window part of a state: its window size and its file in the chain's `parts` directory
-/// (`partials.json` of a state directory lists them).
+/// (`partials.json` of a state directory lists them). A part with a `base` holds only the columns in which
+/// it differs from that (whole) part; its other columns are the base's. A coarser window holds the finer
+/// window's partial rows with only their bounds and late flag changed (`1h` and `1d` share the `1m`
+/// GROUP BY's dimensions and measures), so those rows are written once, not once per window size.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct PartRef {
     window: String,
     part: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base: Option<String>,
 }
 
 /// The state list of a state directory.
@@ -320,18 +325,32 @@ fn parts_dir_of(state_dir: &Path) -> PathBuf {
 struct Part {
     window: String,
     name: String,
+    /// The whole part whose columns this one shares (see [`PartRef`]).
+    base: Option<String>,
     rows: usize,
     columns: Vec<std::sync::Weak<dyn datafusion::arrow::array::Array>>,
 }
 
 impl Part {
-    fn new(window: &str, name: String, b: &RecordBatch) -> Part {
+    fn new(window: &str, name: String, base: Option<String>, b: &RecordBatch) -> Part {
         Part {
             window: window.to_string(),
             name,
+            base,
             rows: b.num_rows(),
             columns: b.columns().iter().map(Arc::downgrade).collect(),
         }
+    }
+
+    /// Which columns of `b` this (whole) part already holds, when it holds at least half of them: `b` is
+    /// then written as its other columns on this base.
+    fn shared_with(&self, b: &RecordBatch) -> Option<Vec<bool>> {
+        if self.base.is_some() || self.rows != b.num_rows() || self.columns.len() != b.num_columns() {
+            return None;
+        }
+        let same: Vec<bool> =
+            self.columns.iter().zip(b.columns()).map(|(w, c)| std::sync::Weak::ptr_eq(w, &Arc::downgrade(c))).collect();
+        (same.iter().filter(|&&s| s).count() * 2 >= same.len()).then_some(same)
     }
 
     /// Whether `b` is the batch this part holds: the same column arrays (an open window batch the engine
@@ -342,6 +361,34 @@ impl Part {
             && self.columns.len() == b.num_columns()
             && self.columns.iter().zip(b.columns()).all(|(w, c)| std::sync::Weak::ptr_eq(w, &Arc::downgrade(c)))
     }
+}
+
+/// A part written on a base: the base's columns, with those the part holds (by name) in their place.
+fn on_base(own: &RecordBatch, base: &RecordBatch, part: &str, base_name: &str) -> Result<RecordBatch, SinkError> {
+    let bad = |reason: String| SinkError::Manifest { path: part.to_string(), reason };
+    if own.num_rows() != base.num_rows() {
+        return Err(bad(format!("{} rows on base part {base_name} of {} rows", own.num_rows(), base.num_rows())));
+    }
+    let schema = base.schema();
+    if let Some(f) = own.schema().fields().iter().find(|f| schema.index_of(f.name()).is_err()) {
+        return Err(bad(format!("column {} that its base part {base_name} lacks", f.name())));
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(base.columns()) {
+        match own.schema().index_of(f.name()) {
+            Ok(i) => {
+                fields.push(own.schema().field(i).clone());
+                cols.push(own.column(i).clone());
+            }
+            Err(_) => {
+                fields.push(f.as_ref().clone());
+                cols.push(c.clone());
+            }
+        }
+    }
+    let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+    RecordBatch::try_new(schema, cols).map_err(|e| bad(format!("on base part {base_name}: {e}")))
 }
 
 /// The batches of an Arrow IPC file, in one batch.
@@ -371,7 +418,20 @@ fn read_part_list(dir: &Path) -> Result<Option<Vec<PartRef>>, SinkError> {
 fn read_partials(dir: &Path) -> Result<Vec<(String, RecordBatch)>, SinkError> {
     if let Some(list) = read_part_list(dir)? {
         let parts = parts_dir_of(dir);
-        return list.into_iter().map(|r| Ok((r.window, read_ipc(&parts.join(&r.part))?))).collect();
+        let mut bases: std::collections::HashMap<String, RecordBatch> = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(list.len());
+        for r in list {
+            let own = read_ipc(&parts.join(&r.part))?;
+            let Some(base) = r.base else {
+                out.push((r.window, own));
+                continue;
+            };
+            if !bases.contains_key(&base) {
+                bases.insert(base.clone(), read_ipc(&parts.join(&base))?);
+            }
+            out.push((r.window, on_base(&own, &bases[&base], &r.part, &base)?));
+        }
+        return Ok(out);
     }
     let rd = fs::read_dir(dir).map_err(io_err(format!("listing state {}", dir.display())))?;
     let mut names: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
@@ -704,23 +764,35 @@ impl Lake {
         let mut parts = Vec::with_capacity(st.partials.len());
         let mut wrote = false;
         for (i, (label, b)) in st.partials.iter().enumerate() {
-            let name = match self.parts.iter().find(|p| p.holds(label, b)) {
-                Some(p) => p.name.clone(),
-                None => {
-                    let name = format!("{}-{i:04}.arrow", seq_name(seq));
-                    let p = parts_dir.join(&name);
-                    let ae = |e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e };
-                    let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
-                    let mut w = FileWriter::try_new(f, &b.schema()).map_err(ae)?;
-                    w.write(b).map_err(ae)?;
-                    w.finish().map_err(ae)?;
-                    let f = w.into_inner().map_err(ae)?;
-                    f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
-                    wrote = true;
-                    name
+            if let Some(p) = self.parts.iter().find(|p| p.holds(label, b)) {
+                parts.push(Part::new(label, p.name.clone(), p.base.clone(), b));
+                continue;
+            }
+            // a batch sharing most columns with a whole part of this state (a coarser window's copy of a
+            // finer window's partial rows) is written as the columns it does not share
+            let shared = parts.iter().chain(&self.parts).find_map(|p| Some((p.name.clone(), p.shared_with(b)?)));
+            let (own, base) = match shared {
+                Some((base, same)) => {
+                    let keep: Vec<usize> = (0..b.num_columns()).filter(|&c| !same[c]).collect();
+                    let own = b.project(&keep).map_err(|e| SinkError::Arrow {
+                        context: format!("selecting the columns of a part on {base}"),
+                        source: e,
+                    })?;
+                    (own, Some(base))
                 }
+                None => (b.clone(), None),
             };
-            parts.push(Part::new(label, name, b));
+            let name = format!("{}-{i:04}.arrow", seq_name(seq));
+            let p = parts_dir.join(&name);
+            let ae = |e| SinkError::Arrow { context: format!("writing {}", p.display()), source: e };
+            let f = fs::File::create(&p).map_err(io_err(format!("creating {}", p.display())))?;
+            let mut w = FileWriter::try_new(f, &own.schema()).map_err(ae)?;
+            w.write(&own).map_err(ae)?;
+            w.finish().map_err(ae)?;
+            let f = w.into_inner().map_err(ae)?;
+            f.sync_all().map_err(io_err(format!("fsync {}", p.display())))?;
+            wrote = true;
+            parts.push(Part::new(label, name, base, b));
         }
         if wrote {
             fsync_dir(&parts_dir)?;
@@ -734,8 +806,10 @@ impl Lake {
             rows = parts.iter().map(|p| p.rows).sum::<usize>(),
             "state snapshot parts"
         );
-        let list: Vec<PartRef> =
-            parts.iter().map(|p| PartRef { window: p.window.clone(), part: p.name.clone() }).collect();
+        let list: Vec<PartRef> = parts
+            .iter()
+            .map(|p| PartRef { window: p.window.clone(), part: p.name.clone(), base: p.base.clone() })
+            .collect();
         write_atomic(&dir.join(PARTS_LIST), serde_json::to_string(&list).expect("json").as_bytes())?;
         if !st.dedup.is_empty() {
             write_atomic(&self.dedup_path(seq), &st.dedup)?;
@@ -993,7 +1067,7 @@ impl Lake {
         let mut live = std::collections::HashSet::new();
         for e in fs::read_dir(&states).into_iter().flatten().flatten() {
             match read_part_list(&e.path()) {
-                Ok(list) => live.extend(list.into_iter().flatten().map(|r| r.part)),
+                Ok(list) => live.extend(list.into_iter().flatten().flat_map(|r| std::iter::once(r.part).chain(r.base))),
                 Err(err) => {
                     tracing::warn!(error = %err, "not removing unused state parts: a state's list is unreadable");
                     return;
@@ -1393,6 +1467,55 @@ mod tests {
         fs::write(dir.path().join("_aifinops/parts/0000000005-0000.arrow"), b"torn").unwrap();
         assert!(lake.recover().unwrap().is_some());
         assert_eq!(part_files(dir.path()), ["0000000003-0000.arrow", "0000000003-0001.arrow"]);
+    }
+
+    #[test]
+    fn a_coarser_windows_copy_of_partial_rows_is_written_once_and_its_base_outlives_the_finer_window() {
+        use aifinops_schemas::rollup::{LATE, WINDOW_END, WINDOW_START};
+        use datafusion::arrow::array::BooleanArray;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut lake, _) = Lake::open(dir.path()).unwrap();
+        let hour = open_rows(3_600_000, 2);
+        // the day window's copy of the hour's rows: other bounds and late flag, the same other arrays
+        let mut cols = hour.columns().to_vec();
+        let ts = |ms: i64| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![ms]).with_timezone("UTC")) };
+        let schema = hour.schema();
+        cols[schema.index_of(WINDOW_START).unwrap()] = ts(0);
+        cols[schema.index_of(WINDOW_END).unwrap()] = ts(86_400_000);
+        cols[schema.index_of(LATE).unwrap()] = Arc::new(BooleanArray::from(vec![true]));
+        let day = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let commit = |lake: &mut Lake, partials: Vec<(&str, &RecordBatch)>| {
+            let mut c = Commit::default();
+            c.state.partials = partials.into_iter().map(|(l, b)| (l.to_string(), b.clone())).collect();
+            lake.commit(c).unwrap()
+        };
+        commit(&mut lake, vec![("1h", &hour), ("1d", &day)]);
+        let parts = dir.path().join("_aifinops/parts");
+        let list = read_part_list(&lake.state_dir(1)).unwrap().unwrap();
+        assert_eq!(list[1].base.as_deref(), Some("0000000001-0000.arrow"), "the day rows are based on the hour's");
+        let day_file = read_ipc(&parts.join(&list[1].part)).unwrap();
+        let written: Vec<String> = day_file.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(written, [WINDOW_START, WINDOW_END, LATE], "only the columns the day rows do not share");
+        // the hour closes; the day rows stay for three more commits, longer than the hour's state is kept
+        for _ in 0..3 {
+            commit(&mut lake, vec![("1d", &day)]);
+        }
+        assert!(!lake.state_dir(1).exists(), "the state that listed the hour's part is gone");
+        assert!(parts.join("0000000001-0000.arrow").exists(), "a base is kept while a state lists a part on it");
+        drop(lake);
+        let (_lake, rec) = Lake::open(dir.path()).unwrap();
+        let st = rec.unwrap().state;
+        assert_eq!(st.partials.len(), 1);
+        let (label, b) = &st.partials[0];
+        assert_eq!(label, "1d");
+        assert_eq!(b.schema(), schema, "columns in the rollup order");
+        assert_eq!(
+            b.column_by_name(WINDOW_START).unwrap().as_ref(),
+            day.column_by_name(WINDOW_START).unwrap().as_ref()
+        );
+        assert_eq!(b.column_by_name(LATE).unwrap().as_ref(), day.column_by_name(LATE).unwrap().as_ref());
+        assert_eq!(requests_of(&st.partials), [("1d".to_string(), 2)]);
+        assert_eq!(b.column_by_name("owner").unwrap().as_string::<i32>().value(0), "x");
     }
 
     #[test]
