@@ -426,10 +426,11 @@ fn read_partials(dir: &Path) -> Result<Vec<(String, RecordBatch)>, SinkError> {
                 out.push((r.window, own));
                 continue;
             };
-            if !bases.contains_key(&base) {
-                bases.insert(base.clone(), read_ipc(&parts.join(&base))?);
-            }
-            out.push((r.window, on_base(&own, &bases[&base], &r.part, &base)?));
+            let whole = match bases.entry(base.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(read_ipc(&parts.join(&base))?),
+            };
+            out.push((r.window, on_base(&own, whole, &r.part, &base)?));
         }
         return Ok(out);
     }
