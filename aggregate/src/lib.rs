@@ -12,6 +12,7 @@ mod keyhash;
 pub mod retry;
 pub mod rules;
 pub mod spike;
+mod sums;
 pub mod watermark;
 pub mod window;
 

@@ -4,8 +4,9 @@
 //! Each micro-batch of priced events is aggregated with SQL into partial rollup rows for the finest
 //! window size; a coarser size that the finer divides takes those partial rows with their window bounds
 //! moved (no second GROUP BY per batch; else it aggregates the events). Partial rows wait until their
-//! window closes: [`WindowEngine::close`] merges the rows of the windows the watermark has passed (a second
-//! SQL: sums of sums, skipped for a window whose rows are all in one GROUP BY's output) and emits them.
+//! window closes: [`WindowEngine::close`] merges the rows of the windows the watermark has passed (sums of
+//! sums by window, late flag and key hash, [`crate::sums`]; skipped for a window whose rows are all in one
+//! GROUP BY's output) and emits them.
 //! Rows of windows still open are merged into the open state only when they outnumber it (compaction), so
 //! a day window is not re-aggregated at every commit. State is therefore O(open windows x keys) within a
 //! small factor, never O(events).
@@ -26,7 +27,7 @@ use datafusion::arrow::compute::{
     SortColumn, SortOptions, cast, concat, concat_batches, filter, filter_record_batch, interleave, lexsort_to_indices,
     max, min, not, take,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType, UInt64Type};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -121,13 +122,11 @@ fn ts_literal(ms: i64) -> String {
 
 /// The two halves of a row's key hash: a 128-bit xxh3 of its dimensions. Rows of the engine's state carry
 /// them after the rollup columns, so merges group by bounds, late flag and key (five fixed-width columns)
-/// and DataFusion never hashes or compares the eleven dimension strings again; the dimensions of a merged
+/// and never hash or compare the eleven dimension strings again; the dimensions of a merged
 /// row are taken from its first input row. Two different keys share a hash with probability 2^-128 a pair
 /// (with 10^6 keys in a window, ~10^-27). Not rollup columns: what the engine emits and snapshots has none.
 const KEY_HI: &str = "__key_hi";
 const KEY_LO: &str = "__key_lo";
-/// The input row a merged row's dimensions come from: (input batch << 32) | row.
-const ROW: &str = "__row";
 
 /// The schema of the engine's state rows: the rollup columns, then the key hash.
 fn state_schema() -> SchemaRef {
@@ -220,14 +219,14 @@ impl WindowEngine {
     /// Applies the key cap to merged rows (one row per window, key and late flag). Only the windows over
     /// the cap are touched: the first `cap` real keys are kept as they are, and the rest, together with the
     /// window's existing overflow rows, are summed per owner (see [`WindowEngine::fold_mask`]).
-    async fn cap(&mut self, merged: RecordBatch) -> Result<Vec<RecordBatch>, AggregateError> {
+    fn cap(&mut self, merged: RecordBatch) -> Result<Vec<RecordBatch>, AggregateError> {
         let folded_dims = folded_dims(&merged);
         let is_overflow = |i: usize| folded_dims.iter().all(|c| c.is_valid(i) && c.value(i) == OVERFLOW);
         let Some((mask, n_folded)) = self.fold_mask(&merged, is_overflow)? else { return Ok(vec![merged]) };
         let ae = |source| AggregateError::Arrow { context: "splitting rows at the key cap".into(), source };
         let keep = filter_record_batch(&merged, &not(&mask).map_err(ae)?).map_err(ae)?;
         // the rows to fold, without copying the dimensions they give up; then the merged rows are let go
-        // before the fold's GROUP BY (the cap runs on the largest batches the engine holds)
+        // before the fold's merge (the cap runs on the largest batches the engine holds)
         let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; mask.true_count()]));
         let cols = rollup_schema()
             .fields()
@@ -239,7 +238,7 @@ impl WindowEngine {
             })
             .collect::<Result<Vec<ArrayRef>, _>>()?;
         drop(merged);
-        Ok(vec![keep, self.fold(cols, n_folded).await?])
+        Ok(vec![keep, self.fold(cols, n_folded)?])
     }
 
     /// Which merged rows the key cap folds: in each window (and late flag) over the cap, the rows beyond the
@@ -303,11 +302,11 @@ impl WindowEngine {
 
     /// Sums rows the key cap folds (the rollup columns, their given-up dimensions already [`OVERFLOW`]) per
     /// window, late flag and kept dimensions.
-    async fn fold(&mut self, cols: Vec<ArrayRef>, n_folded: usize) -> Result<RecordBatch, AggregateError> {
+    fn fold(&mut self, cols: Vec<ArrayRef>, n_folded: usize) -> Result<RecordBatch, AggregateError> {
         let folding = RecordBatch::try_new(rollup_schema(), cols)
             .map_err(|source| AggregateError::Arrow { context: "folding keys".into(), source })?;
         // their keys change: hashed again
-        let folded = self.merge(vec![with_keys(folding)?]).await?;
+        let folded = self.merge(vec![with_keys(folding)?])?;
         self.overflowed += n_folded as u64;
         metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
         tracing::debug!(keys = n_folded, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
@@ -406,20 +405,20 @@ impl WindowEngine {
         drop(events);
         // compaction: partial rows waiting for the next close are bounded by keys, not by events
         for i in 0..self.series.len() {
-            self.compact(i, watermark_ms).await?;
+            self.compact(i, watermark_ms)?;
         }
         Ok(strip_keys(&partials.into_iter().next().expect("one series")))
     }
 
-    /// Merges state rows into one row per window, key and late flag. DataFusion sees only the bounds, the
-    /// late flag, the key hash and the measures (with the number of each row's first input row); the
-    /// dimensions of each merged row are then taken from that input row.
-    async fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
+    /// Merges state rows into one row per window, key and late flag. The sums see only the bounds, the late
+    /// flag, the key hash and the measures, and give each merged row's first input row; the dimensions of
+    /// each merged row are then taken from that input row.
+    fn merge(&self, batches: Vec<RecordBatch>) -> Result<RecordBatch, AggregateError> {
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         if batches.is_empty() {
             return Ok(RecordBatch::new_empty(state_schema()));
         }
-        let (merged, from) = self.merge_narrow(&batches).await?;
+        let (merged, from) = Self::merge_narrow(&batches)?;
         let mut inputs = dim_columns(batches);
         assemble(&mut inputs, merged, &from)
     }
@@ -428,12 +427,12 @@ impl WindowEngine {
     /// dimensions are taken: the rows it folds get only the dimensions they keep, no merged row is copied a
     /// second time, and each column is let go once used (this is the day window's compaction, the largest
     /// merge the engine does).
-    async fn merge_capped(&mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, AggregateError> {
+    fn merge_capped(&mut self, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, AggregateError> {
         let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
         if batches.is_empty() {
             return Ok(vec![]);
         }
-        let (merged, from) = self.merge_narrow(&batches).await?;
+        let (merged, from) = Self::merge_narrow(&batches)?;
         // of the inputs only the dimensions are needed from here on
         let mut inputs = dim_columns(batches);
         let state = state_schema();
@@ -487,43 +486,16 @@ impl WindowEngine {
         }
         drop((inputs, merged));
         let kept = RecordBatch::try_new(state, kept).map_err(ae)?;
-        Ok(vec![kept, self.fold(folding, n_folded).await?])
+        Ok(vec![kept, self.fold(folding, n_folded)?])
     }
 
-    /// The DataFusion half of a merge of (non-empty) state rows: the merged bounds, late flag, key hash and
+    /// The first half of a merge of (non-empty) state rows: the merged bounds, late flag, key hash and
     /// measures ([`narrow_schema`]), and for each merged row the (input batch, row) of its first input row.
-    async fn merge_narrow(
-        &self,
-        batches: &[RecordBatch],
-    ) -> Result<(RecordBatch, Vec<(usize, usize)>), AggregateError> {
-        let ae = |context: &str| {
-            let context = context.to_string();
-            move |source| AggregateError::Arrow { context: context.clone(), source }
-        };
-        let state = state_schema();
-        let narrow_schema = narrow_schema();
-        let mut narrow = Vec::with_capacity(batches.len());
-        for (bi, b) in batches.iter().enumerate() {
-            if b.num_columns() != state.fields().len() {
-                return Err(AggregateError::State("rows to merge without their key hash".into()));
-            }
-            let mut cols: Vec<ArrayRef> = narrow_schema.fields()[..narrow_schema.fields().len() - 1]
-                .iter()
-                .map(|f| b.column(state.index_of(f.name()).expect("a state column")).clone())
-                .collect();
-            let base = (bi as u64) << 32;
-            cols.push(Arc::new(UInt64Array::from_iter_values((0..b.num_rows() as u64).map(|r| base | r))));
-            narrow.push(RecordBatch::try_new(narrow_schema.clone(), cols).map_err(ae("selecting columns to merge"))?);
+    fn merge_narrow(batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<(usize, usize)>), AggregateError> {
+        if batches.iter().any(|b| b.num_columns() != state_schema().fields().len()) {
+            return Err(AggregateError::State("rows to merge without their key hash".into()));
         }
-        let q = format!(
-            "SELECT {WINDOW_START}, {WINDOW_END}, {LATE}, {KEY_HI}, {KEY_LO}, {measures}, min({ROW}) AS {ROW} \
-             FROM partials GROUP BY {WINDOW_START}, {WINDOW_END}, {LATE}, {KEY_HI}, {KEY_LO}",
-            measures = measures_sql(false)
-        );
-        let merged = conform_to(&narrow_schema, self.query("partials", narrow, &q).await?)?;
-        let rows = merged.column_by_name(ROW).expect("the row column").as_primitive::<UInt64Type>();
-        let from = rows.values().iter().map(|&r| ((r >> 32) as usize, (r & 0xffff_ffff) as usize)).collect();
-        Ok((merged, from))
+        crate::sums::sum_by_key(batches, &state_schema(), &narrow_schema(), KEY_HI, KEY_LO)
     }
 
     /// Returns the rows of every window whose end is at or before `watermark_ms` (`None` = end of input:
@@ -559,10 +531,10 @@ impl WindowEngine {
                 open.extend(o);
             }
             (s.pending, s.unmerged, s.open) = (pending, unmerged, open);
-            self.compact(i, watermark_ms).await?;
+            self.compact(i, watermark_ms)?;
             if !closing.is_empty() {
-                let merged = self.merge_parts(closing).await?;
-                let capped = self.cap(merged).await?;
+                let merged = self.merge_parts(closing)?;
+                let capped = self.cap(merged)?;
                 let rows = concat_batches(&state_schema(), &capped)
                     .map_err(|e| AggregateError::Arrow { context: "concatenating capped rows".into(), source: e })?;
                 let rows = strip_keys(&rows);
@@ -574,8 +546,8 @@ impl WindowEngine {
 
     /// Merges parts into one row per window, key and late flag. A window whose rows are all in one part
     /// that already has one row per key (a 1m window inside one micro-batch, the usual case) is passed
-    /// through; only the windows spread over several parts go through the GROUP BY.
-    async fn merge_parts(&self, parts: Vec<(RecordBatch, bool)>) -> Result<RecordBatch, AggregateError> {
+    /// through; only the windows spread over several parts are merged.
+    fn merge_parts(&self, parts: Vec<(RecordBatch, bool)>) -> Result<RecordBatch, AggregateError> {
         if let [(_, true)] = parts.as_slice() {
             return Ok(parts.into_iter().next().expect("one part").0);
         }
@@ -611,7 +583,7 @@ impl WindowEngine {
             }
         }
         if !to_merge.is_empty() {
-            direct.push(self.merge(to_merge).await?);
+            direct.push(self.merge(to_merge)?);
         }
         concat_batches(&state_schema(), &direct).map_err(ae)
     }
@@ -623,7 +595,7 @@ impl WindowEngine {
     /// holds have grown by a bounded number. (Counting them had the 1m and 1h windows, whose rows come
     /// almost one per event on a workload of many keys, merged twice: at 2M events, 3M of the 6.2M rows
     /// compactions merged were theirs, and the merges gave back as many rows as they took.)
-    async fn compact(&mut self, i: usize, watermark_ms: Option<i64>) -> Result<(), AggregateError> {
+    fn compact(&mut self, i: usize, watermark_ms: Option<i64>) -> Result<(), AggregateError> {
         let floor = COMPACT_ROWS.min(self.key_cap);
         let s = &mut self.series[i];
         let pending: usize = s.pending.iter().chain(&s.unmerged).map(|b| rows_after(b, watermark_ms)).sum();
@@ -634,7 +606,7 @@ impl WindowEngine {
         let mut batches = std::mem::take(&mut s.pending);
         batches.append(&mut s.unmerged);
         batches.append(&mut s.open);
-        self.series[i].open = self.merge_capped(batches).await?;
+        self.series[i].open = self.merge_capped(batches)?;
         Ok(())
     }
 
@@ -731,19 +703,18 @@ fn with_ends(rows: RecordBatch, size: &WindowSize) -> Result<RecordBatch, Aggreg
         .map_err(|e| AggregateError::Arrow { context: format!("ends of {} windows", size.label), source: e })
 }
 
-/// The columns a merge's GROUP BY sees: bounds, late flag, key hash, measures, and [`ROW`].
+/// The columns of a merge's output before the dimensions are taken: bounds, late flag, key hash, measures.
 fn narrow_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
     SCHEMA
         .get_or_init(|| {
             let state = state_schema();
-            let mut fields: Vec<Field> = [WINDOW_START, WINDOW_END, LATE, KEY_HI, KEY_LO]
+            let fields: Vec<Field> = [WINDOW_START, WINDOW_END, LATE, KEY_HI, KEY_LO]
                 .into_iter()
                 .chain(count_measures())
                 .chain(EVENT_MONEY)
                 .map(|n| state.field_with_name(n).expect("a state column").clone())
                 .collect();
-            fields.push(Field::new(ROW, DataType::UInt64, false));
             Arc::new(Schema::new(fields))
         })
         .clone()
@@ -759,7 +730,7 @@ fn folded_dims(rows: &RecordBatch) -> Vec<&StringArray> {
 }
 
 /// The dimension columns of state rows, per batch and state column (`None` for the others, and for a
-/// column once taken): what a merge needs of its inputs after DataFusion's GROUP BY.
+/// column once taken): what a merge needs of its inputs once the measures are summed.
 type DimColumns = Vec<Vec<Option<ArrayRef>>>;
 
 fn dim_columns(batches: Vec<RecordBatch>) -> DimColumns {
@@ -956,7 +927,7 @@ mod tests {
         // ("ab", "c") and ("a", "bc") are different keys; the second batch repeats both and adds ("", "abc")
         let a = with_keys(rows(&[("ab", "c"), ("a", "bc")], &[1, 2])).unwrap();
         let b = with_keys(rows(&[("a", "bc"), ("", "abc"), ("ab", "c")], &[10, 100, 1000])).unwrap();
-        let merged = w.merge(vec![a, b]).await.unwrap();
+        let merged = w.merge(vec![a, b]).unwrap();
         assert_eq!(merged.schema(), state_schema());
         let out = strip_keys(&merged);
         assert_eq!(out.schema(), rollup_schema());
@@ -1240,18 +1211,18 @@ mod engine_tests {
             lines
         };
         // once from partial rows, then again with the first result's overflow rows among the inputs
-        let first = w.merge_capped(batches.clone()).await.unwrap();
-        let merged = w.merge(batches.clone()).await.unwrap();
-        let reference = w.cap(merged).await.unwrap();
+        let first = w.merge_capped(batches.clone()).unwrap();
+        let merged = w.merge(batches.clone()).unwrap();
+        let reference = w.cap(merged).unwrap();
         assert!(first.len() == 2 && first[1].num_rows() > 0, "the cap folded rows");
         assert_eq!(sorted(first.clone()), sorted(reference));
         let mut again = first;
         let evs: Vec<Ev<'_>> = (120..160).map(ev).collect();
         src.add(batch(&evs), None, 0).await.unwrap();
         again.append(&mut src.series[0].pending);
-        let merged = w.merge(again.clone()).await.unwrap();
-        let reference = w.cap(merged).await.unwrap();
-        assert_eq!(sorted(w.merge_capped(again).await.unwrap()), sorted(reference));
+        let merged = w.merge(again.clone()).unwrap();
+        let reference = w.cap(merged).unwrap();
+        assert_eq!(sorted(w.merge_capped(again).unwrap()), sorted(reference));
     }
 
     /// Rows of windows the watermark has passed wait for the next close instead of being merged into the
