@@ -139,8 +139,8 @@ fn duckdb_and_pyarrow_read_the_lake() {
     let input = write_input(dir.path(), &lines);
     let lake = dir.path().join("lake");
     ok(&aifinops(&["replay", "--lake", lake.to_str().unwrap(), input.to_str().unwrap()]));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_lake.py");
-    let out = Command::new("python3").args([script, lake.to_str().unwrap()]).output().expect("python3");
+    let script = common::repo().join("tests/read_lake.py");
+    let out = Command::new("python3").arg(script).arg(&lake).output().expect("python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() && stderr.contains("No module named") && std::env::var("CI").is_err() {
@@ -212,7 +212,8 @@ fn replay_reads_gzip_and_stdin_into_the_same_totals() {
 #[test]
 fn prices_from_litellm_json_and_a_toml_override_are_applied_per_event_time() {
     let dir = tempfile::tempdir().unwrap();
-    let litellm = concat!(env!("CARGO_MANIFEST_DIR"), "/ingest/tests/fixtures/litellm_prices_sample.json");
+    let litellm = common::repo().join("ingest/tests/fixtures/litellm_prices_sample.json");
+    let litellm = litellm.to_str().unwrap();
     let negotiated = dir.path().join("negotiated.toml");
     // from 2025-12-01 our negotiated price for sonnet output is $12 / 1M instead of $15
     std::fs::write(

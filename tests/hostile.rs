@@ -581,7 +581,7 @@ fn kafka_run_dead_letters_every_hostile_record_at_its_offset_and_keeps_running()
 /// `AIFINOPS_WRITE_FUZZ_SEEDS=1` to rewrite them after changing the corpus.
 #[test]
 fn the_fuzz_seeds_are_the_hostile_corpus() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let root = common::repo().join("fuzz/seeds");
     let slug = |name: &str| -> String {
         let s: String =
             name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();

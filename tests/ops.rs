@@ -269,7 +269,7 @@ fn ops_config_example_is_fully_commented_and_config_check_says_precisely_what_is
         assert!(example.contains(section), "{section} in the example");
     }
     // docs/config.md documents every key of the example
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md")).unwrap();
+    let doc = std::fs::read_to_string(common::repo().join("docs/config.md")).unwrap();
     let mut section = String::new();
     let mut keys = 0;
     for l in example.lines() {

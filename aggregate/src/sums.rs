@@ -258,9 +258,11 @@ mod tests {
         Arc::new(Schema::new(fields))
     }
 
-    /// Rows of (start, late, hi, lo, requests, cost_usd); every other count is 1, every other money column
-    /// null.
-    fn rows(rows: &[(i64, bool, u64, u64, i64, Option<i128>)]) -> RecordBatch {
+    /// (window start, late, key hi, key lo, requests, cost_usd)
+    type Row = (i64, bool, u64, u64, i64, Option<i128>);
+
+    /// State rows; every other count is 1, every other money column null.
+    fn rows(rows: &[Row]) -> RecordBatch {
         let s = schema();
         let n = rows.len();
         let cols: Vec<ArrayRef> = s

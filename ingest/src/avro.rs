@@ -671,7 +671,12 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn fixtures() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/avro")
+        // the checkout the tests run in (cargo sets it at run time; a test binary built from another checkout
+        // with the same target directory has that one's path compiled in)
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+            .join("tests/fixtures/avro")
     }
 
     fn local() -> AvroDecoder {

@@ -2,7 +2,7 @@
 //! is decoded with its format and with `auto`, and the normalized, priced rows (or the dead letter) must
 //! equal `<case>.expected.json`. `AIFINOPS_BLESS=1` rewrites the expected files (review the diff!).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use aifinops_ingest::{Decoder, Format, OwnerMap, PriceCatalog, RawPolicy};
@@ -15,7 +15,11 @@ use arrow_schema::DataType;
 use serde_json::{Map, Value, json};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/formats")
+    // the checkout the tests run in (set by cargo at run time, not compiled in: see tests/common/mod.rs `repo`)
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+        .join("../tests/fixtures/formats")
 }
 
 fn decoder() -> Decoder {

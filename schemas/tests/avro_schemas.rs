@@ -3,7 +3,12 @@
 use apache_avro::{Schema, types::Record, types::Value};
 
 fn read(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    // the checkout the tests run in (cargo sets it at run time; a binary built from another checkout with the
+    // same target directory would have that one's path compiled in)
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    std::fs::read_to_string(dir.join(name)).unwrap()
 }
 
 #[test]

@@ -9,6 +9,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// The checkout the tests run in. Cargo sets `CARGO_MANIFEST_DIR` when it runs a test; `env!` would compile in
+/// the path of whichever checkout built the test binary, which is another one (maybe deleted since) when
+/// several clones share a target directory, as CI's clean clones and the working tree do.
+pub fn repo() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from).unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into())
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_aifinops"))
 }
@@ -322,7 +329,7 @@ pub fn render_in_chromium(browser: &Path, html: &Path) -> Rendered {
     };
     let dom = String::from_utf8_lossy(&run(&["--dump-dom"]).stdout).to_string();
     run(&[&format!("--screenshot={}", shot.display())]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/png_stats.py");
+    let script = repo().join("tests/png_stats.py");
     let out = Command::new("python3").arg(script).arg(&shot).output().expect("python3");
     assert!(out.status.success(), "png_stats: {}", String::from_utf8_lossy(&out.stderr));
     let shot = serde_json::from_slice(&out.stdout).expect("png stats json");
