@@ -20,14 +20,13 @@ use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, count_m
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
-};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::compute::{
-    SortColumn, SortOptions, cast, concat, concat_batches, filter, filter_record_batch, interleave, lexsort_to_indices,
-    max, min, not, take,
+    cast, concat, concat_batches, filter, filter_record_batch, interleave, max, min, not,
 };
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampMillisecondType};
+use datafusion::arrow::datatypes::{
+    DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
+};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
@@ -242,9 +241,9 @@ impl WindowEngine {
     }
 
     /// Which merged rows the key cap folds: in each window (and late flag) over the cap, the rows beyond the
-    /// `cap` most expensive real keys, ranked with a bounded sort (cost, then requests, then the key hash, so
-    /// the choice is deterministic), and the window's existing overflow rows (`is_overflow`). `rows` needs
-    /// the bounds, late flag, cost, requests and key hash, not the dimensions. `None`: nothing to fold.
+    /// `cap` most expensive real keys, ranked by cost (nulls last), then requests, then the key hash, so the
+    /// choice is deterministic, and the window's existing overflow rows (`is_overflow`). `rows` needs the
+    /// bounds, late flag, cost, requests and key hash, not the dimensions. `None`: nothing to fold.
     fn fold_mask(
         &self,
         rows: &RecordBatch,
@@ -256,45 +255,68 @@ impl WindowEngine {
         let col = |name: &str| {
             rows.column_by_name(name).ok_or_else(|| AggregateError::State(format!("rows to cap without column {name}")))
         };
-        let starts = col(WINDOW_START)?.as_primitive::<TimestampMillisecondType>();
+        let starts = col(WINDOW_START)?.as_primitive::<TimestampMillisecondType>().values();
         let late = col(LATE)?.as_boolean();
-        let mut per: HashMap<(i64, bool), Vec<u32>> = HashMap::new();
-        for i in 0..rows.num_rows() {
-            per.entry((starts.value(i), late.value(i))).or_default().push(i as u32);
+        // rows per window and late flag; merged rows come in runs of one window, counted without a lookup
+        let mut count: crate::keyhash::FastMap<(i64, bool), usize> = Default::default();
+        let mut run: Option<((i64, bool), usize)> = None;
+        for (i, &st) in starts.iter().enumerate() {
+            let w = (st, late.value(i));
+            match &mut run {
+                Some((cur, n)) if *cur == w => *n += 1,
+                _ => {
+                    if let Some((cur, n)) = run.replace((w, 1)) {
+                        *count.entry(cur).or_default() += n;
+                    }
+                }
+            }
         }
-        let over: Vec<Vec<u32>> = per.into_values().filter(|rows| rows.len() > self.key_cap).collect();
+        if let Some((cur, n)) = run {
+            *count.entry(cur).or_default() += n;
+        }
+        let over: crate::keyhash::FastMap<(i64, bool), usize> =
+            count.into_iter().filter(|&(_, n)| n > self.key_cap).collect();
         if over.is_empty() {
             return Ok(None);
         }
-        let ae = |source| AggregateError::Arrow { context: "ranking keys at the key cap".into(), source };
+        let mut per: crate::keyhash::FastMap<(i64, bool), Vec<u32>> =
+            over.iter().map(|(&w, &n)| (w, Vec::with_capacity(n))).collect();
+        for (i, &st) in starts.iter().enumerate() {
+            if let Some(v) = per.get_mut(&(st, late.value(i))) {
+                v.push(i as u32);
+            }
+        }
+        let cost = col("cost_usd")?
+            .as_primitive_opt::<Decimal128Type>()
+            .ok_or_else(|| AggregateError::State("rows to cap have a cost_usd that is not a Decimal128".into()))?;
+        let requests = col(REQUESTS)?.as_primitive::<Int64Type>().values();
+        let hi = col(KEY_HI)?.as_primitive::<UInt64Type>().values();
+        let lo = col(KEY_LO)?.as_primitive::<UInt64Type>().values();
+        // most expensive first: a cost before no cost, then larger cost, more requests, smaller key hash
+        let rank = |&a: &u32, &b: &u32| {
+            let (a, b) = (a as usize, b as usize);
+            let c = |i: usize| cost.is_valid(i).then(|| cost.value(i));
+            match (c(a), c(b)) {
+                (Some(x), Some(y)) => y.cmp(&x),
+                (x, y) => y.is_some().cmp(&x.is_some()),
+            }
+            .then(requests[b].cmp(&requests[a]))
+            .then(hi[a].cmp(&hi[b]))
+            .then(lo[a].cmp(&lo[b]))
+        };
         let mut fold = vec![false; rows.num_rows()];
         let mut n_folded = 0usize;
-        for window in over {
-            let (old, real): (Vec<u32>, Vec<u32>) = window.into_iter().partition(|&i| is_overflow(i as usize));
+        for (_, window) in per {
+            let (old, mut real): (Vec<u32>, Vec<u32>) = window.into_iter().partition(|&i| is_overflow(i as usize));
             old.iter().for_each(|&i| fold[i as usize] = true);
             if real.len() <= self.key_cap {
                 continue;
             }
-            // only the ranking columns of the window's rows are copied
-            let idx = UInt32Array::from(real.clone());
-            let sub = |name: &str| take(col(name)?, &idx, None).map_err(ae);
-            let desc = SortOptions { descending: true, nulls_first: false };
-            let mut keys = vec![
-                SortColumn { values: sub("cost_usd")?, options: Some(desc) },
-                SortColumn { values: sub(REQUESTS)?, options: Some(desc) },
-            ];
-            // ties are broken by the key hash (deterministic, and no dimension strings are copied or compared)
-            for k in [KEY_HI, KEY_LO] {
-                keys.push(SortColumn { values: sub(k)?, options: None });
-            }
-            let top = lexsort_to_indices(&keys, Some(self.key_cap)).map_err(ae)?;
-            let mut kept = vec![false; real.len()];
-            top.values().iter().for_each(|&t| kept[t as usize] = true);
-            for (j, &i) in real.iter().enumerate() {
-                if !kept[j] {
-                    fold[i as usize] = true;
-                    n_folded += 1;
-                }
+            // the top `cap` before the rest (neither half sorted): linear, not a sort of the window
+            real.select_nth_unstable_by(self.key_cap, rank);
+            for &i in &real[self.key_cap..] {
+                fold[i as usize] = true;
+                n_folded += 1;
             }
         }
         Ok((n_folded > 0).then(|| (BooleanArray::from(fold), n_folded)))
@@ -944,6 +966,65 @@ mod tests {
         );
         // every other dimension came along from the input rows
         assert!(out.column_by_name("identity").unwrap().as_string::<i32>().iter().all(|v| v == Some("x")));
+    }
+    #[test]
+    fn the_key_cap_keeps_the_most_expensive_keys_nulls_last_then_requests_then_the_key_hash() {
+        use datafusion::arrow::array::{Decimal128Array, Int64Array, TimestampMillisecondArray};
+        // one window; (cost, requests, key hi) per row
+        let keys: [(Option<i128>, i64, u64); 7] = [
+            (None, 100, 1),
+            (Some(5), 1, 2),
+            (Some(5), 3, 3),
+            (Some(7), 1, 4),
+            (Some(5), 3, 0),
+            (None, 1, 5),
+            (Some(1), 1, 6),
+        ];
+        let n = keys.len();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                WINDOW_START,
+                DataType::Timestamp(datafusion::arrow::datatypes::TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new(LATE, DataType::Boolean, false),
+            Field::new("cost_usd", DataType::Decimal128(38, 18), true),
+            Field::new(REQUESTS, DataType::Int64, false),
+            Field::new(KEY_HI, DataType::UInt64, false),
+            Field::new(KEY_LO, DataType::UInt64, false),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampMillisecondArray::from(vec![0; n])),
+                Arc::new(BooleanArray::from(vec![false; n])),
+                Arc::new(
+                    Decimal128Array::from_iter(keys.iter().map(|k| k.0)).with_precision_and_scale(38, 18).unwrap(),
+                ),
+                Arc::new(Int64Array::from_iter_values(keys.iter().map(|k| k.1))),
+                Arc::new(UInt64Array::from_iter_values(keys.iter().map(|k| k.2))),
+                Arc::new(UInt64Array::from(vec![0; n])),
+            ],
+        )
+        .unwrap();
+        let kept = |cap: usize| -> Vec<u64> {
+            let w = WindowEngine::new(vec![WindowSize::parse("1h").unwrap()]).unwrap().with_key_cap(cap);
+            let (mask, folded) = w.fold_mask(&rows, |_| false).unwrap().unwrap();
+            assert_eq!(folded, n - cap);
+            let mut k: Vec<u64> = (0..n).filter(|&i| !mask.value(i)).map(|i| keys[i].2).collect();
+            k.sort();
+            k
+        };
+        // 7 first; of the three costing 5, the two with 3 requests, the smaller key hash first
+        assert_eq!(kept(1), [4]);
+        assert_eq!(kept(2), [0, 4]);
+        assert_eq!(kept(3), [0, 3, 4]);
+        assert_eq!(kept(5), [0, 2, 3, 4, 6]);
+        // a key without a price comes after every priced one, whatever its requests
+        assert_eq!(kept(6), [0, 1, 2, 3, 4, 6]);
+        // at the cap or under it, nothing folds
+        let w = WindowEngine::new(vec![WindowSize::parse("1h").unwrap()]).unwrap().with_key_cap(n);
+        assert!(w.fold_mask(&rows, |_| false).unwrap().is_none());
     }
 }
 
