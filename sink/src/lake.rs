@@ -1242,6 +1242,64 @@ mod tests {
         assert!(!dir.path().join("_aifinops/dedup/0000000001.bin").exists());
     }
 
+    #[test]
+    fn rollup_batches_of_one_window_size_are_written_as_one_file_per_date() {
+        use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{DataType, Int64Type};
+        use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        const DAY: i64 = 86_400_000;
+        // rows at (day, requests); every other column a constant
+        let rows = |at: &[(i64, i64)]| {
+            let schema = rollup_schema();
+            let cols: Vec<ArrayRef> = schema
+                .fields()
+                .iter()
+                .map(|f| -> ArrayRef {
+                    match (f.name().as_str(), f.data_type()) {
+                        ("window_start" | "window_end", _) => Arc::new(
+                            TimestampMillisecondArray::from_iter_values(at.iter().map(|a| a.0 * DAY))
+                                .with_timezone("UTC"),
+                        ),
+                        ("requests", _) => Arc::new(Int64Array::from_iter_values(at.iter().map(|a| a.1))),
+                        (_, DataType::Utf8) => Arc::new(StringArray::from(vec!["x"; at.len()])),
+                        (_, DataType::Int64) => Arc::new(Int64Array::from(vec![0; at.len()])),
+                        (_, DataType::Boolean) => {
+                            Arc::new(datafusion::arrow::array::BooleanArray::from(vec![false; at.len()]))
+                        }
+                        (_, t) => datafusion::arrow::array::new_null_array(t, at.len()),
+                    }
+                })
+                .collect();
+            RecordBatch::try_new(schema, cols).unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (mut lake, _) = Lake::open(dir.path()).unwrap();
+        let mut c = Commit::default();
+        // several batches of one window size (e.g. closes since the last commit); one spans two dates
+        c.rollups.push(("1m".into(), rows(&[(0, 1), (1, 2)])));
+        c.rollups.push(("1m".into(), rows(&[(0, 10), (0, 20)])));
+        c.rollups.push(("1h".into(), rows(&[(1, 100)])));
+        let info = lake.commit(c).unwrap();
+        assert_eq!((info.files, info.rollup_rows), (3, 5));
+        let read = |rel: &str| -> Vec<i64> {
+            let f = std::fs::File::open(dir.path().join(rel)).unwrap();
+            let mut v: Vec<i64> = ParquetRecordBatchReaderBuilder::try_new(f)
+                .unwrap()
+                .build()
+                .unwrap()
+                .flat_map(|b| {
+                    let b = b.unwrap();
+                    b.column_by_name("requests").unwrap().as_primitive::<Int64Type>().values().to_vec()
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(read("rollups/window=1m/date=1970-01-01/part-0000000001-000.parquet"), [1, 10, 20]);
+        assert_eq!(read("rollups/window=1m/date=1970-01-02/part-0000000001-000.parquet"), [2]);
+        assert_eq!(read("rollups/window=1h/date=1970-01-02/part-0000000001-000.parquet"), [100]);
+    }
+
     fn entry(key: u8, ts: i64) -> Vec<u8> {
         [[key; 16].as_slice(), &ts.to_le_bytes()].concat()
     }
