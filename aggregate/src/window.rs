@@ -274,13 +274,12 @@ impl WindowEngine {
         if let Some((cur, n)) = run {
             *count.entry(cur).or_default() += n;
         }
-        let over: crate::keyhash::FastMap<(i64, bool), usize> =
-            count.into_iter().filter(|&(_, n)| n > self.key_cap).collect();
-        if over.is_empty() {
+        // the rows of the windows over the cap
+        let mut per: crate::keyhash::FastMap<(i64, bool), Vec<u32>> =
+            count.into_iter().filter(|&(_, n)| n > self.key_cap).map(|(w, n)| (w, Vec::with_capacity(n))).collect();
+        if per.is_empty() {
             return Ok(None);
         }
-        let mut per: crate::keyhash::FastMap<(i64, bool), Vec<u32>> =
-            over.iter().map(|(&w, &n)| (w, Vec::with_capacity(n))).collect();
         for (i, &st) in starts.iter().enumerate() {
             if let Some(v) = per.get_mut(&(st, late.value(i))) {
                 v.push(i as u32);
