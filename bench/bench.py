@@ -126,10 +126,10 @@ def main():
     owners_csv = os.path.join(ARGS.work, "owners.csv")
     with open(OWNERS, "rb") as f, open(owners_csv, "w", newline="") as o:
         w = csv.writer(o)
-        w.writerow(["team", "owner"])
+        w.writerow(["team", "owner", "risk_owner"])
         for rule in tomllib.load(f)["owner"]:
             for t in rule.get("team", []):
-                w.writerow([t, rule["id"]])
+                w.writerow([t, rule["id"], rule.get("risk_owner", "")])
     topic = f"bench-{n}-{int(time.time())}"
     log(f"   producing into topic {topic} ({ARGS.partitions} partitions) on {ARGS.brokers}")
     subprocess.run([ARGS.bench_bin, "produce", "--brokers", ARGS.brokers, "--topic", topic,
@@ -159,6 +159,12 @@ def main():
         out = os.path.join(ARGS.work, f"duck-{key}.parquet")
         res[key] = measure(key, [sys.executable, os.path.join(HERE, "duck_job.py"), events, prices, owners_csv,
                                  out, str(threads)], cpus)
+    # b*: DuckDB writing what a writes (1m, 1h, 1d rollups with all of replay's dimensions and measures)
+    for key, threads, cpus in (("B1", 1, one), ("B", ARGS.cores, alls)):
+        out = os.path.join(ARGS.work, f"duck-{key}")
+        shutil.rmtree(out, ignore_errors=True)
+        res[key] = measure(key, [sys.executable, os.path.join(HERE, "duck_full.py"), events, prices, owners_csv,
+                                 out, str(threads)], cpus)
     lake_c = os.path.join(ARGS.work, "lake-c")
     shutil.rmtree(lake_c, ignore_errors=True)
     cfg = os.path.join(ARGS.work, "run.toml")
@@ -181,19 +187,38 @@ def main():
                       f"FROM read_parquet('{ARGS.work}/duck-b1.parquet')"),
         ("b: duckdb all threads", f"SELECT epoch_ms(hour) AS hour, owner, model, * EXCLUDE (hour, owner, model, "
                                   f"long_context_requests) FROM read_parquet('{ARGS.work}/duck-b.parquet')"),
+        ("b*: duckdb, a's rollups", f"SELECT epoch_ms(window_start) AS hour, owner, model, sum(requests) AS requests, "
+                                    f"sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens, "
+                                    f"sum(cache_read_tokens) AS cache_read_tokens, "
+                                    f"sum(cache_write_tokens) AS cache_write_tokens, "
+                                    f"sum(reasoning_tokens) AS reasoning_tokens, sum(cost_usd) AS cost_usd "
+                                    f"FROM read_parquet('{ARGS.work}/duck-B1/1h.parquet') GROUP BY ALL"),
         ("a: aifinops replay", lake_hourly(lake_a)),
         ("a, 1h only", lake_hourly(lake_h)),
         ("c: aifinops run", lake_hourly(lake_c)),
         ("e: python consumer", f"SELECT epoch_ms(CAST(hour AS TIMESTAMPTZ)) AS hour, owner, model, "
                                f"* EXCLUDE (hour, owner, model) FROM read_csv('{py_out}', all_varchar = true)"),
     ])
+    # b* and a wrote the same 1m and 1h rollups: every row, every column (the 1d rollups differ in which keys
+    # the cap kept, see duck_full.py)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    for w in ("1m", "1h"):
+        ours = f"SELECT * FROM read_parquet('{lake_a}/rollups/window={w}/**/*.parquet', hive_partitioning = false)"
+        theirs = f"SELECT * FROM read_parquet('{ARGS.work}/duck-B1/{w}.parquet')"
+        n_ours, n_theirs = (con.execute(f"SELECT count(*) FROM ({q})").fetchone()[0] for q in (ours, theirs))
+        diff = sum(con.execute(f"SELECT count(*) FROM ({x} EXCEPT ALL {y})").fetchone()[0]
+                   for x, y in ((ours, theirs), (theirs, ours)))
+        log(f"check {w} rollups of a ({n_ours} rows) and b* ({n_theirs} rows), all columns: {diff} rows differ")
+        ok = ok and diff == 0 and n_ours > 0
     lc = duckdb.connect().execute(f"SELECT sum(long_context_requests) FROM read_parquet('{ARGS.work}/duck-b1.parquet')").fetchone()[0]
     if lc:
         ok = False
         log(f"check: {lc} requests reach a long-context tier: the exported base rates do not price them")
 
     # disk: the lakes and the workload are not needed any more (the 10M run needs ~5 GB)
-    for lake in (lake_a, lake_h, lake_c, os.path.join(ARGS.work, "lake-a")):
+    for lake in (lake_a, lake_h, lake_c, os.path.join(ARGS.work, "lake-a"), os.path.join(ARGS.work, "duck-B1"),
+                 os.path.join(ARGS.work, "duck-B")):
         shutil.rmtree(lake, ignore_errors=True)
     os.remove(events)
 
@@ -223,11 +248,13 @@ def main():
              "|---|---|---:|---:|---:|---:|---:|"]
     names = {"a1": "a. aifinops replay", "a": "a. aifinops replay", "h1": "a. replay, 1h rollup only",
              "b1": "b. DuckDB, 1 thread",
-             "b": f"b. DuckDB, {ARGS.cores} threads", "c": "c. aifinops run (Kafka)",
+             "b": f"b. DuckDB, {ARGS.cores} threads",
+             "B1": "b*. DuckDB writing a's rollups, 1 thread", "B": f"b*. DuckDB writing a's rollups, {ARGS.cores} threads",
+             "c": "c. aifinops run (Kafka)",
              "d": "d. rdkafka consume-and-discard", "e": "e. Python consumer (confluent-kafka)"}
-    for k in ("a1", "a", "h1", "b1", "b", "c", "d", "e"):
+    for k in ("a1", "a", "h1", "b1", "b", "B1", "B", "c", "d", "e"):
         r = res[k]
-        cores = "1" if k in ("a1", "h1", "b1") else str(ARGS.cores)
+        cores = "1" if k in ("a1", "h1", "b1", "B1") else str(ARGS.cores)
         lines.append(f"| {names[k]} | {cores} | {n / r['wall']:,.0f} | {mb / r['wall']:.1f} | "
                      f"{r['cpu'] / n * 1e6:.2f} | {r['rss']:.0f} | {r['wall']:.2f} |")
     dec, wa, wh = res["fa"]["decode"], res["fa"]["write"], res["fh"]["write"]
@@ -242,6 +269,9 @@ def main():
               f"- a/b, 1 core: **{ratio('a1', 'b1'):.2f}x** DuckDB single-thread (target >= 1.0)",
               f"- a/b, {ARGS.cores} cores: **{ratio('a', 'b'):.2f}x** DuckDB all threads (target >= 1.0)",
               f"- a/b with the 1h rollup only (DuckDB's window), 1 core: **{ratio('h1', 'b1'):.2f}x**",
+              f"- a/b*, the same rollups written by both: **{ratio('a1', 'B1'):.2f}x** DuckDB single-thread, "
+              f"**{ratio('a', 'B'):.2f}x** DuckDB all threads; peak RSS {res['a1']['rss']:.0f} vs "
+              f"{res['B1']['rss']:.0f} MiB",
               f"- floor of a, 1 core (f + g, nothing between them): {(dec['cpu'] + wa['cpu']) / n * 1e6:.2f} CPU s / M "
               f"events = {(dec['cpu'] + wa['cpu']) / res['b1']['cpu']:.2f}x DuckDB's whole job; a/b could reach at most "
               f"**{res['b1']['wall'] / (dec['wall'] + wa['wall']):.2f}x** (1h rollup only: "
@@ -256,7 +286,8 @@ def main():
         split = ", ".join(f"{s:,}: {r['anon']:.0f} + {r['file']:.0f}" for s, r in scale.items())
         lines.append(f"- of which, in the median run, anonymous memory (heap) + file-backed pages (the binary's "
                      f"code) at their sampled peaks, MiB: {split}")
-    lines.append(f"- cross-check of a, b, c, e (per hour, owner and model: requests, tokens, exact cost): "
+    lines.append(f"- cross-check of a, b, b*, c, e (per hour, owner and model: requests, tokens, exact cost) and of "
+                 f"a's and b*'s 1m and 1h rollups (every row and column): "
                  f"**{'PASS' if ok else 'FAIL'}**")
     table = "\n".join(lines)
     print("\n" + table)
