@@ -186,25 +186,25 @@ fn toml_defaults() -> SpikeConfig {
     }
 }
 
-/// One series' history: sparse window costs (missing = 0 after `first`) and the EWMAs.
+/// One series' history: its window costs (missing = 0 after `first`) and the EWMAs.
 ///
-/// The history is what grows with time (a value per series and window with spend, for `seasonal_weeks`), so
-/// an entry is 8 bytes: the window index relative to `first` and the cost as `f32` (7 significant digits;
-/// baselines are medians of these, while alerts report the window's exact cost).
+/// The history is what grows with time (a cost per series and window with spend, for `seasonal_weeks`:
+/// 22 000 series of hourly costs over 8 weeks are 30M values), so a cost is an `f32` (7 significant digits;
+/// baselines are medians of these, while alerts report the window's exact cost), held as [`History`].
 #[derive(Debug, Clone)]
 struct Series {
     /// First window index with spend: the start of the history.
     first: i64,
     /// Last window index seen (activity, for eviction).
     last: i64,
-    hist: VecDeque<(i32, f32)>,
+    hist: History,
     fast: f64,
     slow: f64,
 }
 
 impl Series {
     fn new(idx: i64) -> Self {
-        Series { first: idx, last: idx, hist: VecDeque::new(), fast: 0.0, slow: 0.0 }
+        Series { first: idx, last: idx, hist: History::Sparse(VecDeque::new()), fast: 0.0, slow: 0.0 }
     }
 
     /// `idx` relative to `first` (an i32 covers 4 000 years of minutes).
@@ -213,10 +213,7 @@ impl Series {
     }
 
     fn value_at(&self, idx: i64) -> f64 {
-        match self.hist.binary_search_by_key(&self.rel(idx), |(i, _)| *i) {
-            Ok(p) => f64::from(self.hist[p].1),
-            Err(_) => 0.0,
-        }
+        f64::from(self.hist.get(self.rel(idx)))
     }
 
     /// EWMAs decayed over the empty windows since the last value, as of just before `idx`.
@@ -237,15 +234,120 @@ impl Series {
             self.fast = a_fast * x + (1.0 - a_fast) * f;
             self.slow = a_slow * x + (1.0 - a_slow) * s;
         }
-        let rel = self.rel(idx);
-        match self.hist.back_mut() {
-            Some(b) if b.0 == rel => b.1 += x as f32,
-            _ => self.hist.push_back((rel, x as f32)),
-        }
+        self.hist.add(self.rel(idx), x as f32);
         self.last = self.last.max(idx);
-        let keep_from = self.rel(keep_from);
-        while self.hist.front().is_some_and(|(i, _)| *i < keep_from) {
-            self.hist.pop_front();
+        self.hist.evict_before(self.rel(keep_from));
+    }
+}
+
+/// A series' window costs by window index (relative to the series' first): sparse (index, cost) pairs, 8
+/// bytes a window with spend, or, once at least half of the windows in its span have spend, the costs of
+/// consecutive windows with 0 where none, 4 bytes a window (back to sparse below a third). A series that
+/// spends every hour, the usual case, takes half the memory, and looking a window up is an index, not a
+/// binary search. Adding to a window already held adds to its cost.
+#[derive(Debug, Clone)]
+enum History {
+    Sparse(VecDeque<(i32, f32)>),
+    Dense { start: i32, costs: VecDeque<f32> },
+}
+
+impl History {
+    /// Sparse histories at least this long are checked for density.
+    const MIN_DENSE: usize = 16;
+
+    fn is_empty(&self) -> bool {
+        match self {
+            History::Sparse(v) => v.is_empty(),
+            History::Dense { costs, .. } => costs.is_empty(),
+        }
+    }
+
+    fn get(&self, rel: i32) -> f32 {
+        match self {
+            History::Sparse(v) => v.binary_search_by_key(&rel, |(i, _)| *i).map_or(0.0, |p| v[p].1),
+            History::Dense { start, costs } => usize::try_from(i64::from(rel) - i64::from(*start))
+                .ok()
+                .and_then(|k| costs.get(k))
+                .copied()
+                .unwrap_or(0.0),
+        }
+    }
+
+    fn add(&mut self, rel: i32, x: f32) {
+        match self {
+            History::Sparse(v) => {
+                match v.back_mut() {
+                    Some(b) if b.0 == rel => b.1 += x,
+                    Some(b) if b.0 > rel => match v.binary_search_by_key(&rel, |(i, _)| *i) {
+                        Ok(p) => v[p].1 += x,
+                        Err(p) => v.insert(p, (rel, x)),
+                    },
+                    _ => v.push_back((rel, x)),
+                }
+                let span = v.back().map_or(0, |b| i64::from(b.0) - i64::from(v[0].0) + 1);
+                if v.len() >= Self::MIN_DENSE && 2 * v.len() as i64 >= span {
+                    let start = v[0].0;
+                    let mut costs = VecDeque::with_capacity(span as usize);
+                    for &(i, c) in v.iter() {
+                        costs.resize((i - start) as usize, 0.0);
+                        costs.push_back(c);
+                    }
+                    *self = History::Dense { start, costs };
+                }
+            }
+            History::Dense { start, costs } => {
+                if costs.is_empty() {
+                    *start = rel;
+                }
+                let k = i64::from(rel) - i64::from(*start);
+                if k < 0 {
+                    for _ in 0..-k {
+                        costs.push_front(0.0);
+                    }
+                    *start = rel;
+                    costs[0] += x;
+                    return;
+                }
+                let (k, len) = (k as usize, costs.len());
+                if k < len {
+                    costs[k] += x;
+                    return;
+                }
+                if costs.capacity() < k + 1 {
+                    // by half, not doubling: a full history of 8 weeks of hours is 1 345 costs
+                    costs.reserve_exact((k + 1 - len).max(len / 2).max(8));
+                }
+                costs.resize(k, 0.0);
+                costs.push_back(x);
+                if k > len && costs.len() >= Self::MIN_DENSE {
+                    let held = costs.iter().filter(|&&c| c != 0.0).count();
+                    if 3 * held < costs.len() {
+                        let sparse: VecDeque<(i32, f32)> = (*start..)
+                            .zip(costs.iter())
+                            .enumerate()
+                            .filter(|&(j, (_, &c))| c != 0.0 || j + 1 == costs.len())
+                            .map(|(_, (i, &c))| (i, c))
+                            .collect();
+                        *self = History::Sparse(sparse);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets the windows before `rel`.
+    fn evict_before(&mut self, rel: i32) {
+        match self {
+            History::Sparse(v) => {
+                while v.front().is_some_and(|(i, _)| *i < rel) {
+                    v.pop_front();
+                }
+            }
+            History::Dense { start, costs } => {
+                let k = (i64::from(rel) - i64::from(*start)).clamp(0, costs.len() as i64) as usize;
+                costs.drain(..k);
+                *start += k as i32;
+            }
         }
     }
 }
@@ -935,6 +1037,63 @@ impl Detector for SpikeDetector {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    /// A history holds the same costs, in either form, as a map of (window, cost) with the same adds and
+    /// evictions: through dense and sparse phases, gaps, repeated and out-of-order windows.
+    #[test]
+    fn a_history_reads_like_a_map_of_window_costs_through_dense_and_sparse_phases() {
+        let mut h = History::Sparse(VecDeque::new());
+        let mut model: BTreeMap<i32, f32> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut rel, mut forms, mut keep) = (0i32, [0usize; 2], 0i32);
+        for step in 0..20_000 {
+            // phases of 500 steps: every window, then one window in 5, then a mix
+            let gap = match (step / 500) % 3 {
+                0 => 1,
+                1 => 5,
+                _ => 1 + rnd(3) as i32,
+            };
+            let r = match rnd(20) {
+                0 => rel,                                       // the same window again
+                1 if rel > keep + 3 => rel - 1 - rnd(3) as i32, // an earlier window still held
+                _ => rel + gap,
+            };
+            rel = rel.max(r);
+            let x = (rnd(1000) as f32) / 8.0; // 0 now and then, as a window with calls and no cost
+            h.add(r, x);
+            *model.entry(r).or_default() += x;
+            if rnd(10) == 0 {
+                keep = rel - 200 - rnd(50) as i32;
+                h.evict_before(keep);
+                model.retain(|&i, _| i >= keep);
+            }
+            forms[usize::from(matches!(h, History::Dense { .. }))] += 1;
+            assert_eq!(h.is_empty(), model.is_empty(), "step {step}");
+            for q in (rel - 260)..=(rel + 2) {
+                assert_eq!(h.get(q), model.get(&q).copied().unwrap_or(0.0), "step {step}, window {q}");
+            }
+        }
+        assert!(forms[0] > 1000 && forms[1] > 1000, "both forms were exercised: {forms:?}");
+        // a dense history of every window takes 4 bytes a window, a sparse one 8 a window with spend
+        let mut dense = History::Sparse(VecDeque::new());
+        (0..1345).for_each(|i| dense.add(i, 1.0));
+        let History::Dense { costs, .. } = &dense else { panic!("a series with spend in every window is dense") };
+        assert!(costs.capacity() < 1345 * 3 / 2, "capacity {}", costs.capacity());
+        // a window with calls and no cost, the newest, is still held once the history turns sparse
+        let mut h = History::Sparse(VecDeque::new());
+        (0..20).for_each(|i| h.add(i, 1.0));
+        h.add(100, 0.0);
+        assert!(matches!(h, History::Sparse(_)), "{h:?}");
+        h.evict_before(50);
+        assert!(!h.is_empty());
+        assert_eq!(h.get(100), 0.0);
+    }
 
     use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 
