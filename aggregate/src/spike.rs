@@ -299,40 +299,39 @@ impl History {
                 if costs.is_empty() {
                     *start = rel;
                 }
-                let k = i64::from(rel) - i64::from(*start);
-                if k < 0 {
-                    for _ in 0..-k {
-                        costs.push_front(0.0);
-                    }
-                    *start = rel;
-                    costs[0] += x;
+                let (k, len) = (i64::from(rel) - i64::from(*start), costs.len());
+                if (0..len as i64).contains(&k) {
+                    costs[k as usize] += x;
                     return;
                 }
-                let (k, len) = (k as usize, costs.len());
-                if k < len {
-                    costs[k] += x;
+                // a window before the history, or after a gap that would leave it less than a third full:
+                // sparse (never an allocation for the windows of a long gap)
+                let held = costs.iter().filter(|&&c| c != 0.0).count() + 1;
+                if k < 0 || (k > len as i64 && k as usize + 1 >= Self::MIN_DENSE && 3 * held < k as usize + 1) {
+                    *self = History::Sparse(Self::sparse(*start, costs));
+                    self.add(rel, x);
                     return;
                 }
+                let k = k as usize;
                 if costs.capacity() < k + 1 {
                     // by half, not doubling: a full history of 8 weeks of hours is 1 345 costs
                     costs.reserve_exact((k + 1 - len).max(len / 2).max(8));
                 }
                 costs.resize(k, 0.0);
                 costs.push_back(x);
-                if k > len && costs.len() >= Self::MIN_DENSE {
-                    let held = costs.iter().filter(|&&c| c != 0.0).count();
-                    if 3 * held < costs.len() {
-                        let sparse: VecDeque<(i32, f32)> = (*start..)
-                            .zip(costs.iter())
-                            .enumerate()
-                            .filter(|&(j, (_, &c))| c != 0.0 || j + 1 == costs.len())
-                            .map(|(_, (i, &c))| (i, c))
-                            .collect();
-                        *self = History::Sparse(sparse);
-                    }
-                }
             }
         }
+    }
+
+    /// The (window, cost) pairs of a dense history: its windows with a cost, and its newest window (which
+    /// may have calls and no cost).
+    fn sparse(start: i32, costs: &VecDeque<f32>) -> VecDeque<(i32, f32)> {
+        (start..)
+            .zip(costs.iter())
+            .enumerate()
+            .filter(|&(j, (_, &c))| c != 0.0 || j + 1 == costs.len())
+            .map(|(_, (i, &c))| (i, c))
+            .collect()
     }
 
     /// Forgets the windows before `rel`.
@@ -1038,6 +1037,11 @@ impl Detector for SpikeDetector {
 mod tests {
     use std::sync::Arc;
 
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
+
+    use super::*;
+    use crate::testutil::{rollup_window, usd_column};
+
     /// A history holds the same costs, in either form, as a map of (window, cost) with the same adds and
     /// evictions: through dense and sparse phases, gaps, repeated and out-of-order windows.
     #[test]
@@ -1093,12 +1097,16 @@ mod tests {
         h.evict_before(50);
         assert!(!h.is_empty());
         assert_eq!(h.get(100), 0.0);
+        // a dense history: a window before its start, then one after a long gap, neither allocating the gap
+        let mut h = History::Sparse(VecDeque::new());
+        (100..140).for_each(|i| h.add(i, 2.0));
+        assert!(matches!(h, History::Dense { .. }));
+        h.add(90, 1.0);
+        h.add(1_000_000_000, 3.0);
+        let History::Sparse(v) = &h else { panic!("a long gap makes the history sparse: {h:?}") };
+        assert_eq!(v.len(), 42);
+        assert_eq!((h.get(90), h.get(99), h.get(139), h.get(1_000_000_000)), (1.0, 0.0, 2.0, 3.0));
     }
-
-    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
-
-    use super::*;
-    use crate::testutil::{rollup_window, usd_column};
 
     /// (owner, identity, cost, requests) rows of the hour `h` (hours since a Monday 00:00 UTC).
     fn hour(h: i64, rows: &[(&str, &str, f64, i64)]) -> Emitted {
