@@ -23,7 +23,7 @@ rates = ["input", "cache_read", "cache_write", "cache_write_1h", "audio_input", 
 con.execute(
     f"CREATE TABLE prices AS SELECT provider, model, price_id, "
     + ", ".join(f"CAST({r} AS {dec}) AS p_{r}" for r in rates)
-    + f" FROM read_csv('{prices}', all_varchar = true, header = true)"
+    + f" FROM read_csv('{prices}', all_varchar = true, header = true) WHERE tier = 'default'"
 )
 con.execute(f"CREATE TABLE owners AS SELECT * FROM read_csv('{owners}', all_varchar = true, header = true)")
 counts = ["input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cache_write_1h_tokens",
