@@ -1106,6 +1106,14 @@ mod tests {
         let History::Sparse(v) = &h else { panic!("a long gap makes the history sparse: {h:?}") };
         assert_eq!(v.len(), 42);
         assert_eq!((h.get(90), h.get(99), h.get(139), h.get(1_000_000_000)), (1.0, 0.0, 2.0, 3.0));
+        // a dense history whose newest window has calls and no cost keeps that window when it turns sparse
+        let mut h = History::Sparse(VecDeque::new());
+        (0..20).for_each(|i| h.add(i, 1.0));
+        h.add(20, 0.0);
+        h.add(-100, 1.0);
+        assert!(matches!(h, History::Sparse(_)), "{h:?}");
+        h.evict_before(20);
+        assert!(!h.is_empty(), "{h:?}");
     }
 
     /// (owner, identity, cost, requests) rows of the hour `h` (hours since a Monday 00:00 UTC).
