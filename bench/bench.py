@@ -211,7 +211,7 @@ def main():
                    for x, y in ((ours, theirs), (theirs, ours)))
         log(f"check {w} rollups of a ({n_ours} rows) and b* ({n_theirs} rows), all columns: {diff} rows differ")
         ok = ok and diff == 0 and n_ours > 0
-    lc = duckdb.connect().execute(f"SELECT sum(long_context_requests) FROM read_parquet('{ARGS.work}/duck-b1.parquet')").fetchone()[0]
+    lc = con.execute(f"SELECT sum(long_context_requests) FROM read_parquet('{ARGS.work}/duck-b1.parquet')").fetchone()[0]
     if lc:
         ok = False
         log(f"check: {lc} requests reach a long-context tier: the exported base rates do not price them")
