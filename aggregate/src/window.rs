@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::compute::{
-    cast, concat, concat_batches, filter, filter_record_batch, interleave, max, min, not,
+    FilterBuilder, cast, concat, concat_batches, filter, filter_record_batch, interleave, max, min, not,
 };
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
@@ -223,21 +223,27 @@ impl WindowEngine {
         let is_overflow = |i: usize| folded_dims.iter().all(|c| c.is_valid(i) && c.value(i) == OVERFLOW);
         let Some((mask, n_folded)) = self.fold_mask(&merged, is_overflow)? else { return Ok(vec![merged]) };
         let ae = |source| AggregateError::Arrow { context: "splitting rows at the key cap".into(), source };
-        let keep = filter_record_batch(&merged, &not(&mask).map_err(ae)?).map_err(ae)?;
-        // the rows to fold, without copying the dimensions they give up; then the merged rows are let go
-        // before the fold's merge (the cap runs on the largest batches the engine holds)
+        let keep = FilterBuilder::new(&not(&mask).map_err(ae)?).optimize().build();
+        let fold = FilterBuilder::new(&mask).optimize().build();
+        // the rows kept and the rows to fold (without copying the dimensions they give up), one column at a
+        // time, each merged column let go once both sides have it: the cap runs on the largest batches the
+        // engine holds, the day window's rows at its close
         let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; mask.true_count()]));
-        let cols = rollup_schema()
-            .fields()
-            .iter()
-            .zip(merged.columns())
-            .map(|(f, c)| {
-                let name = f.name().as_str();
-                if given_up(name) { Ok(other.clone()) } else { filter(c, &mask).map_err(ae) }
-            })
-            .collect::<Result<Vec<ArrayRef>, _>>()?;
-        drop(merged);
-        Ok(vec![keep, self.fold(cols, n_folded)?])
+        let n_rollup = rollup_schema().fields().len();
+        let (schema, columns, _) = merged.into_parts();
+        let (mut kept, mut folding) = (Vec::with_capacity(columns.len()), Vec::with_capacity(n_rollup));
+        for (i, c) in columns.into_iter().enumerate() {
+            kept.push(keep.filter(c.as_ref()).map_err(ae)?);
+            if i < n_rollup {
+                folding.push(if given_up(schema.field(i).name()) {
+                    other.clone()
+                } else {
+                    fold.filter(c.as_ref()).map_err(ae)?
+                });
+            }
+        }
+        let kept = RecordBatch::try_new(schema, kept).map_err(ae)?;
+        Ok(vec![kept, self.fold(folding, n_folded)?])
     }
 
     /// Which merged rows the key cap folds: in each window (and late flag) over the cap, the rows beyond the
@@ -886,19 +892,30 @@ fn split_at(
         (_, Some(hi)) if hi <= w && ends.null_count() == 0 => return Ok((some(b), None)),
         _ => {}
     }
-    let (c, o) = split_closed(&b, w)?;
+    let (c, o) = split_closed(b, w)?;
     Ok((some(c), some(o)))
 }
 
-fn split_closed(b: &RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
+fn split_closed(b: RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
     let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
     let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= watermark_ms))).collect();
-    let open = datafusion::arrow::compute::not(&closed)
-        .map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })?;
-    let f = |m: &BooleanArray| {
-        filter_record_batch(b, m).map_err(|e| AggregateError::Arrow { context: "splitting windows".into(), source: e })
-    };
-    Ok((f(&closed)?, f(&open)?))
+    split_by(b, &closed, "splitting windows")
+}
+
+/// Splits rows into those `mask` selects and the others, one column at a time: each column of `b` is let
+/// go once both sides have their rows. (The day window's open rows are the largest batch the engine holds;
+/// a split that kept them whole until both copies were made held them twice, at the day's close.)
+fn split_by(b: RecordBatch, mask: &BooleanArray, context: &str) -> Result<(RecordBatch, RecordBatch), AggregateError> {
+    let ae = |source| AggregateError::Arrow { context: context.into(), source };
+    let yes = FilterBuilder::new(mask).optimize().build();
+    let no = FilterBuilder::new(&not(mask).map_err(ae)?).optimize().build();
+    let (schema, columns, _) = b.into_parts();
+    let (mut a, mut o) = (Vec::with_capacity(columns.len()), Vec::with_capacity(columns.len()));
+    for c in columns {
+        a.push(yes.filter(c.as_ref()).map_err(ae)?);
+        o.push(no.filter(c.as_ref()).map_err(ae)?);
+    }
+    Ok((RecordBatch::try_new(schema.clone(), a).map_err(ae)?, RecordBatch::try_new(schema, o).map_err(ae)?))
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use aifinops_schemas::{Alert, DeadLetter};
 use datafusion::arrow::array::{
     ArrayRef, AsArray, BinaryArray, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::{FilterBuilder, FilterPredicate};
 use datafusion::arrow::datatypes::TimestampMillisecondType;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
@@ -485,24 +485,36 @@ fn date_of(ms: i64) -> String {
 }
 
 /// Splits rows by the UTC date of a timestamp column (a date is formatted once per distinct day).
-fn by_date(batch: &RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatch)>, SinkError> {
+fn by_date(batch: RecordBatch, ts_col: usize) -> Result<Vec<(String, RecordBatch)>, SinkError> {
     const DAY_MS: i64 = 86_400_000;
-    let ts = batch.column(ts_col).as_primitive::<TimestampMillisecondType>();
-    let days: Vec<i64> = ts.values().iter().map(|&v| v.div_euclid(DAY_MS)).collect();
+    let days: Vec<i64> = {
+        let ts = batch.column(ts_col).as_primitive::<TimestampMillisecondType>();
+        ts.values().iter().map(|&v| v.div_euclid(DAY_MS)).collect()
+    };
     let mut uniq = days.clone();
     uniq.sort_unstable();
     uniq.dedup();
     if uniq.len() == 1 {
-        return Ok(vec![(date_of(uniq[0] * DAY_MS), batch.clone())]);
+        return Ok(vec![(date_of(uniq[0] * DAY_MS), batch)]);
     }
-    let mut out = Vec::new();
-    for d in uniq {
-        let mask: BooleanArray = days.iter().map(|x| Some(*x == d)).collect();
-        let part = filter_record_batch(batch, &mask)
-            .map_err(|e| SinkError::Arrow { context: "partitioning by date".into(), source: e })?;
-        out.push((date_of(d * DAY_MS), part));
+    let ae = |source| SinkError::Arrow { context: "partitioning by date".into(), source };
+    let preds: Vec<FilterPredicate> = uniq
+        .iter()
+        .map(|d| FilterBuilder::new(&days.iter().map(|x| Some(x == d)).collect::<BooleanArray>()).optimize().build())
+        .collect();
+    // column by column, each of the batch's columns let go once every date has its rows: a commit that
+    // spans midnight holds its rollup rows once, not twice, while it writes them
+    let (schema, columns, _) = batch.into_parts();
+    let mut parts: Vec<Vec<ArrayRef>> = vec![Vec::with_capacity(columns.len()); uniq.len()];
+    for c in columns {
+        for (p, part) in preds.iter().zip(&mut parts) {
+            part.push(p.filter(c.as_ref()).map_err(ae)?);
+        }
     }
-    Ok(out)
+    uniq.into_iter()
+        .zip(parts)
+        .map(|(d, cols)| Ok((date_of(d * DAY_MS), RecordBatch::try_new(schema.clone(), cols).map_err(ae)?)))
+        .collect()
 }
 
 impl Lake {
@@ -844,17 +856,21 @@ impl Lake {
         let mut added = Vec::new();
         // the data files of this commit: rollups (one file per window size and date) and dead letters
         let mut jobs: Vec<(String, RecordBatch)> = Vec::new();
-        let mut by_label: BTreeMap<&str, Vec<&RecordBatch>> = BTreeMap::new();
-        for (label, b) in &c.rollups {
+        // the commit's rollup rows are moved out of it: each batch is let go once split into its files' rows
+        let mut by_label: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+        for (label, b) in std::mem::take(&mut c.rollups) {
             if b.num_rows() > 0 {
-                by_label.entry(label.as_str()).or_default().push(b);
+                by_label.entry(label).or_default().push(b);
             }
         }
         for (label, batches) in by_label {
-            let all = datafusion::arrow::compute::concat_batches(&batches[0].schema(), batches.iter().copied())
-                .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?;
+            let all = match <[RecordBatch; 1]>::try_from(batches) {
+                Ok([one]) => one,
+                Err(batches) => datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches)
+                    .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?,
+            };
             info.rollup_rows += all.num_rows();
-            for (date, part) in by_date(&all, 0)? {
+            for (date, part) in by_date(all, 0)? {
                 let rel =
                     format!("rollups/window={label}/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq));
                 jobs.push((rel, part));
@@ -862,7 +878,7 @@ impl Lake {
         }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
-            for (date, part) in by_date(&b, 4)? {
+            for (date, part) in by_date(b, 4)? {
                 jobs.push((
                     format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
                     part,
@@ -919,7 +935,7 @@ impl Lake {
         };
         if !c.alerts.is_empty() {
             let b = alerts_batch(&c.alerts)?;
-            for (date, part) in by_date(&b, 2)? {
+            for (date, part) in by_date(b, 2)? {
                 let rel = format!("alerts/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq));
                 info.bytes += write_parquet(&self.staged_path(seq, &rel), &[part])?;
                 info.files += 1;
