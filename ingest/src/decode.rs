@@ -609,6 +609,9 @@ pub struct Decoder {
     retry_key: FixedSizeBinaryBuilder,
     dead: Vec<DeadLetter>,
     stats: DecodeStats,
+    /// The size of the last finished batch (rows, bytes per dimension), to size the builders for at the
+    /// next batch's first row.
+    presize_for: Option<(usize, [usize; 11])>,
 }
 
 impl Decoder {
@@ -636,6 +639,7 @@ impl Decoder {
             retry_key: FixedSizeBinaryBuilder::new(aifinops_schemas::event::EVENT_KEY_LEN),
             dead: Vec::new(),
             stats: DecodeStats::default(),
+            presize_for: None,
         }
     }
 
@@ -1022,6 +1026,9 @@ impl Decoder {
     }
 
     fn append(&mut self, r: Row<'_>) {
+        if let Some((rows, dim_bytes)) = self.presize_for.take() {
+            self.presize(rows, dim_bytes);
+        }
         // All checks passed: append (nothing below can fail, so columns stay aligned).
         self.ts.append_value(r.ts);
         self.key.append_value(r.key).expect("16 bytes");
@@ -1086,12 +1093,15 @@ impl Decoder {
         }
         cols.push(Arc::new(self.retry_key.finish()));
         let batch = RecordBatch::try_new(priced_event_schema(), cols).expect("decoder builds the priced event schema");
-        self.presize(rows, dim_bytes);
+        self.presize_for = Some((rows, dim_bytes));
         Decoded { batch, dead_letters: std::mem::take(&mut self.dead), stats: std::mem::take(&mut self.stats) }
     }
 
     /// Builders sized for a batch like the last one: a finished builder starts from nothing and would grow
     /// by doubling, copying each column about once more than it holds (a tenth of replay's memory copies).
+    /// Done at the next batch's first row, not when a batch is finished: a decoder that runs a batch ahead
+    /// (replay's decoding thread) holds the finished batch until it is taken, and would hold a whole empty
+    /// batch's worth of builders next to it.
     fn presize(&mut self, rows: usize, dim_bytes: [usize; 11]) {
         use aifinops_schemas::event::EVENT_KEY_LEN;
         self.ts = TimestampMillisecondBuilder::with_capacity(rows);
@@ -1133,6 +1143,39 @@ mod tests {
         let dl = &out.dead_letters[0];
         assert_eq!(dl.source, "in.ndjson:7");
         (dl.kind.to_string(), dl.reason.clone())
+    }
+
+    #[test]
+    fn batches_after_the_first_hold_exactly_their_own_rows() {
+        // the builders are sized for the last batch at the next batch's first row: a batch of several rows,
+        // an empty one (a dead letter only), then smaller and larger ones, each with its own values
+        let line = |id: &str, input: i64, key: &str| {
+            format!(
+                r#"{{"event_id":"{id}","timestamp":"2026-11-30T10:00:00Z","provider":"openai","model":"gpt-4o","input_tokens":{input},"output_tokens":1,"api_key_id":"{key}"}}"#
+            )
+        };
+        let mut d = decoder();
+        for (n, batch) in [5usize, 0, 2, 9].into_iter().enumerate() {
+            if batch == 0 {
+                assert!(d.push(b"not json", Format::Canonical, src, 0).is_none());
+            }
+            for i in 0..batch {
+                let key = if i % 2 == 0 { "key-search-1" } else { "key-other" };
+                let l = line(&format!("b{n}-{i}"), (100 * n + i) as i64, key);
+                assert!(d.push(l.as_bytes(), Format::Canonical, src, 0).is_some(), "{l}");
+            }
+            let out = d.finish();
+            let b = out.batch;
+            assert_eq!(b.num_rows(), batch, "batch {n}");
+            assert!(b.columns().iter().all(|c| c.len() == batch), "batch {n}: every column holds its rows");
+            let input = b.column_by_name("input_tokens").unwrap().as_primitive::<Int64Type>();
+            let owner = b.column_by_name("owner").unwrap().as_string::<i32>();
+            for i in 0..batch {
+                assert_eq!(input.value(i), (100 * n + i) as i64, "batch {n} row {i}");
+                assert_eq!(owner.value(i), if i % 2 == 0 { "search" } else { UNATTRIBUTED }, "batch {n} row {i}");
+            }
+            assert_eq!(out.dead_letters.len(), usize::from(batch == 0), "batch {n}");
+        }
     }
 
     #[test]
