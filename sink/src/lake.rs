@@ -864,11 +864,10 @@ impl Lake {
             }
         }
         for (label, batches) in by_label {
-            let all = match <[RecordBatch; 1]>::try_from(batches) {
-                Ok([one]) => one,
-                Err(batches) => datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches)
-                    .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?,
-            };
+            // one batch comes back as itself (its arrays, not a copy); the inputs are let go here
+            let all = datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches)
+                .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?;
+            drop(batches);
             info.rollup_rows += all.num_rows();
             for (date, part) in by_date(all, 0)? {
                 let rel =
