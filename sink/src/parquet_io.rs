@@ -17,6 +17,9 @@ use crate::{SinkError, io_err};
 /// String columns that keep chunk statistics (what readers filter rollups, alerts and dead letters by).
 const PRUNED_BY: [&str; 5] = ["owner", "provider", "model", "type", "kind"];
 
+/// Rows handed to the Parquet writer at a time (see [`write_parquet`]).
+const WRITE_SLICE_ROWS: usize = 16_384;
+
 /// Whether 64-bit integer (or timestamp) column `i` holds one value, and no null, in all of `batches`.
 fn constant(batches: &[RecordBatch], i: usize) -> bool {
     let mut value = None;
@@ -97,10 +100,19 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
     }
     let props = props.build();
     let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(pe)?;
-    for (i, b) in batches.iter().enumerate() {
-        w.write(b).map_err(pe)?;
-        if i == 0 {
-            crate::fault::point("mid_parquet");
+    let mut first = true;
+    for b in batches {
+        // In slices: the writer converts each call's decimals to a `FixedLenByteArray` per value (~60 bytes
+        // a cell) and reserves a `u64` per row for each string column's dictionary indices, so one call with
+        // a commit's 100k-row batch held ~20 MB of temporaries per file next to the encoded pages.
+        let mut at = 0;
+        while at < b.num_rows() {
+            let n = WRITE_SLICE_ROWS.min(b.num_rows() - at);
+            w.write(&b.slice(at, n)).map_err(pe)?;
+            at += n;
+            if std::mem::take(&mut first) {
+                crate::fault::point("mid_parquet");
+            }
         }
     }
     let file = w.into_inner().map_err(pe)?;
@@ -146,6 +158,41 @@ mod tests {
         for i in [1, 2] {
             assert!(col(i).0.contains(&Encoding::DELTA_BINARY_PACKED), "{:?}", col(i));
         }
+        let back: Vec<RecordBatch> = r.build().unwrap().collect::<Result<_, _>>().unwrap();
+        let back = datafusion::arrow::compute::concat_batches(&schema, &back).unwrap();
+        assert_eq!(back, datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap());
+    }
+
+    #[test]
+    fn batches_larger_than_a_write_slice_come_back_whole_in_one_row_group() {
+        use datafusion::arrow::array::{Decimal128Array, StringArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("tokens", DataType::Int64, false),
+            Field::new("cost_usd", DataType::Decimal128(38, 18), true),
+        ]));
+        let batch = |from: usize, n: usize| {
+            let rows = from..from + n;
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(rows.clone().map(|i| format!("team-{}", i % 97)))),
+                Arc::new(Int64Array::from_iter_values(rows.clone().map(|i| (i * 7 % 1000) as i64))),
+                Arc::new(
+                    Decimal128Array::from_iter(rows.map(|i| (i % 11 != 0).then(|| i as i128 * 1_000_000_000_000_003)))
+                        .with_precision_and_scale(38, 18)
+                        .unwrap(),
+                ),
+            ];
+            RecordBatch::try_new(schema.clone(), cols).unwrap()
+        };
+        // two slices and a part of one, then a batch smaller than a slice
+        let n = 2 * WRITE_SLICE_ROWS + 1_234;
+        let batches = [batch(0, n), batch(n, 10)];
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.parquet");
+        write_parquet(&p, &batches).unwrap();
+        let r = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap();
+        assert_eq!(r.metadata().num_row_groups(), 1);
+        assert_eq!(r.metadata().row_group(0).num_rows(), (n + 10) as i64);
         let back: Vec<RecordBatch> = r.build().unwrap().collect::<Result<_, _>>().unwrap();
         let back = datafusion::arrow::compute::concat_batches(&schema, &back).unwrap();
         assert_eq!(back, datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap());
