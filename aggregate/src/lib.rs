@@ -1,4 +1,4 @@
-//! aifinops aggregate: event-time windows over priced event batches (DataFusion SQL, partial per batch and
+//! aifinops aggregate: event-time windows over priced event batches (a DataFusion GROUP BY per batch and
 //! merge of partials), deduplication, and the alert rules (budgets, unattributed spend, unpriced models).
 //!
 //! Detectors that need closed windows (spikes, retry storms, forecasts) implement [`Detector`] and are

@@ -1,7 +1,7 @@
 //! Event-time tumbling windows on DataFusion: partial aggregation per micro-batch, merge of partials,
 //! emission of windows the watermark has passed.
 //!
-//! Each micro-batch of priced events is aggregated with SQL into partial rollup rows for the finest
+//! Each micro-batch of priced events is aggregated by a DataFusion GROUP BY into partial rollup rows for the finest
 //! window size; a coarser size that the finer divides takes those partial rows with their window bounds
 //! moved (no second GROUP BY per batch; else it aggregates the events). Partial rows wait until their
 //! window closes: [`WindowEngine::close`] merges the rows of the windows the watermark has passed (sums of
@@ -15,7 +15,7 @@
 //! watermark when its events arrived. Late rows and rows for windows that closed earlier are emitted as
 //! additional, additive rows: a window's total is always the SUM of its rows.
 
-use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY};
+use aifinops_schemas::event::{DIMENSIONS, EVENT_COUNTS, EVENT_MONEY, TS};
 use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, count_measures, rollup_schema};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +27,11 @@ use datafusion::arrow::compute::{
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
 };
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::functions::expr_fn::date_bin;
+use datafusion::functions_aggregate::count::count_all;
+use datafusion::functions_aggregate::expr_fn::sum;
+use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
+use datafusion::scalar::ScalarValue;
 
 use crate::AggregateError;
 
@@ -100,24 +103,8 @@ pub struct Emitted {
     pub rows: RecordBatch,
 }
 
-fn measures_sql(from_events: bool) -> String {
-    let mut cols =
-        vec![if from_events { format!("count(*) AS {REQUESTS}") } else { format!("sum({REQUESTS}) AS {REQUESTS}") }];
-    for c in EVENT_COUNTS {
-        cols.push(format!("sum({c}) AS {c}"));
-    }
-    for m in EVENT_MONEY {
-        cols.push(format!("sum({m}) AS {m}"));
-    }
-    cols.join(", ")
-}
-
 /// Pending partial rows of a series beyond which they are merged into the open state before the next close.
 const COMPACT_ROWS: usize = 200_000;
-
-fn ts_literal(ms: i64) -> String {
-    format!("to_timestamp_millis({ms})")
-}
 
 /// The two halves of a row's key hash: a 128-bit xxh3 of its dimensions. Rows of the engine's state carry
 /// them after the rollup columns, so merges group by bounds, late flag and key (five fixed-width columns)
@@ -344,51 +331,55 @@ impl WindowEngine {
         self.series.iter().map(|s| s.size.clone()).collect()
     }
 
-    /// Runs `query` over `batches` (one schema) registered as `table`, without copying them into one batch;
-    /// the output as rollup rows.
-    async fn sql(&self, table: &str, batches: Vec<RecordBatch>, query: &str) -> Result<RecordBatch, AggregateError> {
-        conform(self.query(table, batches, query).await?)
-    }
-
-    /// Runs `query` over `batches` (one schema) registered as `table`; DataFusion's output batches.
-    async fn query(
+    /// Buckets raw events into windows of `size` with DataFusion: one GROUP BY of window start, dimensions and
+    /// late flag, summing the measures. Its `window_end` column is the window start: the end is added after
+    /// the query ([`with_ends`]), since timestamp + interval arithmetic goes through calendar math per row (4 %
+    /// of replay's instructions). The late flag compares the start with the cutoff minus the size (the same
+    /// test as end <= cutoff). The plan is built with expressions, not SQL text: parsing SQL for every
+    /// micro-batch mapped ~5.5 MiB more of the binary's code (the SQL parser and planner) into memory.
+    async fn bucket(
         &self,
-        table: &str,
-        batches: Vec<RecordBatch>,
-        query: &str,
-    ) -> Result<Vec<RecordBatch>, AggregateError> {
-        let batches: Vec<RecordBatch> = batches.into_iter().filter(|b| b.num_rows() > 0).collect();
-        let Some(schema) = batches.first().map(|b| b.schema()) else {
-            return Ok(vec![]);
+        events: RecordBatch,
+        size: &WindowSize,
+        late_cutoff_ms: i64,
+    ) -> Result<RecordBatch, AggregateError> {
+        if events.num_rows() == 0 {
+            return conform(vec![]);
+        }
+        let de = |context: &str| {
+            let context = format!("{context} of {} windows", size.label);
+            move |source| AggregateError::DataFusion { context, source }
         };
-        let de = |context: String| move |source| AggregateError::DataFusion { context, source };
-        let _ = self.ctx.deregister_table(table);
-        let mem = MemTable::try_new(schema, vec![batches]).map_err(de(format!("registering {table}")))?;
-        self.ctx.register_table(table, Arc::new(mem)).map_err(de(format!("registering {table}")))?;
-        let df = self
+        let ts = |ms: i64| lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())));
+        let start =
+            date_bin(lit(ScalarValue::new_interval_mdn(0, 0, size.ms.saturating_mul(1_000_000))), col(TS), ts(0));
+        let late = start.clone().lt_eq(ts(late_cutoff_ms.saturating_sub(size.ms)));
+        let mut group = vec![start.alias(WINDOW_START)];
+        group.extend(DIMENSIONS.iter().map(|d| col(*d)));
+        group.push(late.alias(LATE));
+        let mut measures = vec![count_all().alias(REQUESTS)];
+        measures.extend(EVENT_COUNTS.iter().chain(EVENT_MONEY.iter()).map(|c| sum(col(*c)).alias(*c)));
+        // the rollup's column order: bounds, dimensions, measures, late flag
+        let mut out = vec![col(WINDOW_START), col(WINDOW_START).alias(WINDOW_END)];
+        out.extend(
+            DIMENSIONS
+                .iter()
+                .chain([REQUESTS].iter())
+                .chain(EVENT_COUNTS.iter())
+                .chain(EVENT_MONEY.iter())
+                .map(|c| col(*c)),
+        );
+        out.push(col(LATE));
+        let batches = self
             .ctx
-            .sql(query)
+            .read_batch(events)
+            .and_then(|df| df.aggregate(group, measures))
+            .and_then(|df| df.select(out))
+            .map_err(de("planning the GROUP BY"))?
+            .collect()
             .await
-            .map_err(|e| AggregateError::DataFusion { context: format!("planning {query}"), source: e })?;
-        let out =
-            df.collect().await.map_err(|e| AggregateError::DataFusion { context: "aggregating".into(), source: e })?;
-        let _ = self.ctx.deregister_table(table);
-        Ok(out)
-    }
-
-    /// SQL that buckets raw events into windows of `size`. Its `window_end` column is the window start: the
-    /// end is added after the query ([`with_ends`]), since timestamp + interval arithmetic in SQL goes through
-    /// calendar math per row (4 % of replay's instructions). The late flag compares the start with the cutoff
-    /// minus the size (the same test as end <= cutoff).
-    fn bucket_sql(size: &WindowSize, late_cutoff_ms: i64) -> String {
-        let start = format!("date_bin(INTERVAL '{} milliseconds', ts, to_timestamp_millis(0))", size.ms);
-        let dims = DIMENSIONS.join(", ");
-        format!(
-            "SELECT {start} AS {WINDOW_START}, {start} AS {WINDOW_END}, {dims}, {measures}, \
-             ({start} <= {cutoff}) AS {LATE} FROM events GROUP BY {start}, {dims}, ({start} <= {cutoff})",
-            measures = measures_sql(true),
-            cutoff = ts_literal(late_cutoff_ms.saturating_sub(size.ms)),
-        )
+            .map_err(de("aggregating"))?;
+        conform(batches)
     }
 
     /// Adds one micro-batch of (deduplicated) priced events. `watermark_ms` is the watermark before this
@@ -419,7 +410,7 @@ impl WindowEngine {
                     part
                 }
                 None => {
-                    let part = self.sql("events", vec![events.clone()], &Self::bucket_sql(&size, cutoff)).await?;
+                    let part = self.bucket(events.clone(), &size, cutoff).await?;
                     let part = with_keys(with_ends(part, &size)?)?;
                     if part.num_rows() > 0 {
                         self.series[i].pending.push(part.clone());
