@@ -1,8 +1,8 @@
 //! Event-time tumbling windows on DataFusion: partial aggregation per micro-batch, merge of partials,
 //! emission of windows the watermark has passed.
 //!
-//! Each micro-batch of priced events is aggregated by a DataFusion GROUP BY into partial rollup rows for the finest
-//! window size; a coarser size that the finer divides takes those partial rows with their window bounds
+//! Each micro-batch of priced events is aggregated by a DataFusion GROUP BY into partial rollup rows for the
+//! finest window size; a coarser size that the finer divides takes those partial rows with their window bounds
 //! moved (no second GROUP BY per batch; else it aggregates the events). Partial rows wait until their
 //! window closes: [`WindowEngine::close`] merges the rows of the windows the watermark has passed (sums of
 //! sums by window, late flag and key hash, [`crate::sums`]; skipped for a window whose rows are all in one
