@@ -452,7 +452,11 @@ impl Pipeline {
         let commit = Commit {
             offsets: all_offsets,
             files: all_files,
-            rollups: self.emitted.drain(..).map(|e| (e.size.label, e.rows)).collect(),
+            rollups: self
+                .emitted
+                .drain(..)
+                .flat_map(|e| e.parts.into_iter().map(move |b| (e.size.label.clone(), b)))
+                .collect(),
             alerts: std::mem::take(&mut self.alerts),
             dead_letters: std::mem::take(&mut self.dead),
             state,

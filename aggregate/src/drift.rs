@@ -42,42 +42,44 @@ impl Detector for DriftDetector {
     }
 
     fn on_closed(&mut self, e: &Emitted, now_ms: i64) -> Vec<Alert> {
-        if e.size.ms != 86_400_000 || e.rows.num_rows() == 0 {
+        if e.size.ms != 86_400_000 || e.num_rows() == 0 {
             return Vec::new();
         }
-        let b = &e.rows;
-        let s = |n: &str| b.column_by_name(n).expect("rollup column").as_string::<i32>();
-        let i = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Int64Type>();
-        let m = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Decimal128Type>();
-        let (owner, model, provider) = (s("owner"), s("model"), s("provider"));
-        let (requests, reported_n, unpriced, missing) =
-            (i("requests"), i("reported_requests"), i("unpriced_requests"), i("usage_missing_requests"));
-        let (cost, reported) = (m("cost_usd"), m("reported_cost_usd"));
-        let late = b.column_by_name("late").expect("late").as_boolean();
-        let start = b.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMillisecondType>();
         let mut groups: BTreeMap<(String, String, String, i64), Acc> = BTreeMap::new();
-        for r in 0..b.num_rows() {
-            let fair = !late.value(r)
-                && requests.value(r) > 0
-                && reported_n.value(r) == requests.value(r)
-                && unpriced.value(r) == 0
-                && missing.value(r) == 0
-                && !cost.is_null(r)
-                && !reported.is_null(r);
-            if !fair {
-                continue;
+        for b in &e.parts {
+            let s = |n: &str| b.column_by_name(n).expect("rollup column").as_string::<i32>();
+            let i = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Int64Type>();
+            let m = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Decimal128Type>();
+            let (owner, model, provider) = (s("owner"), s("model"), s("provider"));
+            let (requests, reported_n, unpriced, missing) =
+                (i("requests"), i("reported_requests"), i("unpriced_requests"), i("usage_missing_requests"));
+            let (cost, reported) = (m("cost_usd"), m("reported_cost_usd"));
+            let late = b.column_by_name("late").expect("late").as_boolean();
+            let start =
+                b.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMillisecondType>();
+            for r in 0..b.num_rows() {
+                let fair = !late.value(r)
+                    && requests.value(r) > 0
+                    && reported_n.value(r) == requests.value(r)
+                    && unpriced.value(r) == 0
+                    && missing.value(r) == 0
+                    && !cost.is_null(r)
+                    && !reported.is_null(r);
+                if !fair {
+                    continue;
+                }
+                let a = groups
+                    .entry((
+                        owner.value(r).to_string(),
+                        provider.value(r).to_string(),
+                        model.value(r).to_string(),
+                        start.value(r),
+                    ))
+                    .or_default();
+                a.ours += cost.value(r);
+                a.reported += reported.value(r);
+                a.requests += requests.value(r);
             }
-            let a = groups
-                .entry((
-                    owner.value(r).to_string(),
-                    provider.value(r).to_string(),
-                    model.value(r).to_string(),
-                    start.value(r),
-                ))
-                .or_default();
-            a.ours += cost.value(r);
-            a.reported += reported.value(r);
-            a.requests += requests.value(r);
         }
         let mut alerts = Vec::new();
         for ((owner, provider, model, day_ms), a) in groups {

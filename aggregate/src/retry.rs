@@ -4,7 +4,7 @@
 
 use aifinops_schemas::alert::{Alert, AlertType};
 use aifinops_schemas::money::{ONE_USD, format_usd, format_usd_rounded};
-use datafusion::arrow::array::{Array, AsArray, Decimal128Array};
+use datafusion::arrow::array::{Array, AsArray, Decimal128Array, RecordBatch};
 use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 
 use crate::keyhash::FastMap;
@@ -23,32 +23,9 @@ impl RetryStormDetector {
     pub fn new(source: &str, window_ms: i64, share_percent: i128, min_usd: i128) -> Self {
         RetryStormDetector { source: source.to_string(), window_ms, share_percent, min_usd }
     }
-}
 
-/// A workflow's window: owner, risk owner, workflow, window start.
-type Group<'a> = (&'a str, &'a str, &'a str, i64);
-
-#[derive(Default)]
-struct Acc {
-    cost: i128,
-    failed: i128,
-    retry: i128,
-    requests: i64,
-    errors: i64,
-    retries: i64,
-    end_ms: i64,
-}
-
-impl Detector for RetryStormDetector {
-    fn name(&self) -> &'static str {
-        "retry_storm"
-    }
-
-    fn on_closed(&mut self, e: &Emitted, now_ms: i64) -> Vec<Alert> {
-        if e.size.ms != self.window_ms || e.rows.num_rows() == 0 {
-            return Vec::new();
-        }
-        let b = &e.rows;
+    /// The groups of one part of a closed window's rows over the thresholds.
+    fn storms<'b>(&self, b: &'b RecordBatch) -> Vec<(Group<'b>, Acc)> {
         let s = |n: &str| b.column_by_name(n).expect("rollup column").as_string::<i32>();
         let i = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Int64Type>();
         let m = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Decimal128Type>();
@@ -92,8 +69,8 @@ impl Detector for RetryStormDetector {
             a.retries += retries.value(r);
             a.end_ms = end.value(r);
         }
-        // only the groups over the thresholds are ordered (for the alerts), not every group of the window
-        let mut storms: Vec<(Group<'_>, Acc)> = groups
+        // only the groups over the thresholds are kept (to be ordered for the alerts), not every group
+        groups
             .into_iter()
             .filter(|(_, a)| {
                 let wasted = a.failed + a.retry;
@@ -102,7 +79,35 @@ impl Detector for RetryStormDetector {
                     && a.cost != 0
                     && wasted * 100_000_000 >= self.share_percent / 1_000_000_000_000 * a.cost
             })
-            .collect();
+            .collect()
+    }
+}
+
+/// A workflow's window: owner, risk owner, workflow, window start.
+type Group<'a> = (&'a str, &'a str, &'a str, i64);
+
+#[derive(Default)]
+struct Acc {
+    cost: i128,
+    failed: i128,
+    retry: i128,
+    requests: i64,
+    errors: i64,
+    retries: i64,
+    end_ms: i64,
+}
+
+impl Detector for RetryStormDetector {
+    fn name(&self) -> &'static str {
+        "retry_storm"
+    }
+
+    fn on_closed(&mut self, e: &Emitted, now_ms: i64) -> Vec<Alert> {
+        if e.size.ms != self.window_ms {
+            return Vec::new();
+        }
+        // a window's rows are all in one part: each part's groups are complete
+        let mut storms: Vec<(Group<'_>, Acc)> = e.parts.iter().flat_map(|b| self.storms(b)).collect();
         storms.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         let mut alerts = Vec::with_capacity(storms.len());
         for ((owner, risk, workflow, start_ms), a) in storms {
@@ -142,7 +147,7 @@ mod tests {
     use std::sync::Arc;
 
     use aifinops_schemas::money::parse_usd;
-    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray};
+    use datafusion::arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 
     use super::*;
     use crate::WindowSize;
@@ -193,6 +198,30 @@ mod tests {
         let mut day = e;
         day.size = WindowSize::parse("1d").unwrap();
         assert!(d.on_closed(&day, 0).is_empty());
+    }
+
+    /// A close emits its rows in parts (each window's rows in one part): every part's storms alert, in the
+    /// order of their groups whatever the order of the parts.
+    #[test]
+    fn storms_in_every_part_of_a_close_alert_in_group_order() {
+        let mut d =
+            RetryStormDetector::new("aifinops/t", H, parse_usd("p", "30").unwrap(), parse_usd("m", "5").unwrap());
+        let ten = hour(&[("agents", "nightly", "50", "20", "15"), ("search", "rag", "100", "1", "1")]);
+        let mut nine = hour(&[("agents", "nightly", "60", "30", "0")]);
+        // the same workflow's hour before, in a part of its own
+        let part = nine.parts.pop().unwrap();
+        let start = TimestampMillisecondArray::from(vec![9 * H]).with_timezone("UTC");
+        let end = TimestampMillisecondArray::from(vec![10 * H]).with_timezone("UTC");
+        let mut cols = part.columns().to_vec();
+        cols[part.schema().index_of("window_start").unwrap()] = Arc::new(start);
+        cols[part.schema().index_of("window_end").unwrap()] = Arc::new(end);
+        let nine = RecordBatch::try_new(part.schema(), cols).unwrap();
+        let e = Emitted { size: ten.size.clone(), parts: vec![ten.parts[0].clone(), nine] };
+        let alerts = d.on_closed(&e, 0);
+        let starts: Vec<&str> = alerts.iter().map(|a| a.data["window_start"].as_str().unwrap()).collect();
+        assert_eq!(starts, ["1970-01-01T09:00:00+00:00", "1970-01-01T10:00:00+00:00"], "{alerts:?}");
+        assert_eq!(alerts[0].data["failed_cost_usd"], "30");
+        assert_eq!(alerts[1].data["retry_cost_usd"], "15");
     }
 
     /// Only rows with failed or retried spend pick the candidate groups, but a candidate's share is of all

@@ -940,8 +940,10 @@ impl Detector for SpikeDetector {
     }
 
     fn on_closed(&mut self, e: &Emitted, _now_ms: i64) -> Vec<Alert> {
-        if e.size.ms == self.size.ms && e.rows.num_rows() > 0 {
-            self.collect(&e.rows);
+        if e.size.ms == self.size.ms {
+            for rows in e.parts.iter().filter(|b| b.num_rows() > 0) {
+                self.collect(rows);
+            }
         }
         Vec::new()
     }
@@ -1321,10 +1323,11 @@ mod tests {
         let hist: Vec<RecordBatch> = rows_seen
             .iter()
             .filter(|e| {
-                let s = e.rows.column_by_name("window_start").unwrap().as_primitive::<TimestampMillisecondType>();
+                let rows = e.rows();
+                let s = rows.column_by_name("window_start").unwrap().as_primitive::<TimestampMillisecondType>();
                 s.value(0) >= from && s.value(0) < to
             })
-            .map(|e| e.rows.clone())
+            .map(|e| e.rows())
             .collect();
         let hist = datafusion::arrow::compute::concat_batches(&hist[0].schema(), &hist).unwrap();
         r.warm(&hist).unwrap();

@@ -87,7 +87,7 @@ pub fn rollup_window(n: usize, size: &str, column: impl Fn(&str) -> Option<Array
             })
         })
         .collect();
-    crate::Emitted { size, rows: RecordBatch::try_new(schema, cols).unwrap() }
+    crate::Emitted { size, parts: vec![RecordBatch::try_new(schema, cols).unwrap()] }
 }
 
 /// A Decimal128(38, 18) column of USD amounts (`None` = NULL).

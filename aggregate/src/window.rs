@@ -21,9 +21,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt64Array};
-use datafusion::arrow::compute::{
-    FilterBuilder, cast, concat, concat_batches, filter, filter_record_batch, interleave, max, min, not,
-};
+use datafusion::arrow::compute::{FilterBuilder, cast, concat, filter, filter_record_batch, interleave, max, min, not};
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
 };
@@ -96,11 +94,24 @@ fn given_up(name: &str) -> bool {
     DIMENSIONS.contains(&name) && !CAP_KEPT.contains(&name)
 }
 
-/// Rows emitted for one window size.
+/// Rows emitted for one window size by one close, in parts as the close found or merged them (not copied
+/// into one batch): each window's rows are all in one part.
 #[derive(Debug, Clone)]
 pub struct Emitted {
     pub size: WindowSize,
-    pub rows: RecordBatch,
+    pub parts: Vec<RecordBatch>,
+}
+
+impl Emitted {
+    pub fn num_rows(&self) -> usize {
+        self.parts.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// The parts as one batch (tests).
+    #[cfg(test)]
+    pub(crate) fn rows(&self) -> RecordBatch {
+        datafusion::arrow::compute::concat_batches(&rollup_schema(), &self.parts).expect("rollup rows")
+    }
 }
 
 /// Pending partial rows of a series beyond which they are merged into the open state before the next close.
@@ -533,30 +544,31 @@ impl WindowEngine {
             let mut pending = Vec::new();
             for b in std::mem::take(&mut s.pending) {
                 let (c, o) = split_at(b, watermark_ms)?;
-                closing.extend(c.map(|c| (c, true)));
+                closing.extend(c.into_iter().map(|c| (c, true)));
                 pending.extend(o);
             }
             let mut unmerged = Vec::new();
             for b in std::mem::take(&mut s.unmerged) {
                 let (c, o) = split_at(b, watermark_ms)?;
-                closing.extend(c.map(|c| (c, false)));
+                closing.extend(c.into_iter().map(|c| (c, false)));
                 unmerged.extend(o);
             }
             let mut open = Vec::new();
             for b in std::mem::take(&mut s.open) {
                 let (c, o) = split_at(b, watermark_ms)?;
-                closing.extend(c.map(|c| (c, true)));
+                closing.extend(c.into_iter().map(|c| (c, true)));
                 open.extend(o);
             }
             (s.pending, s.unmerged, s.open) = (pending, unmerged, open);
             self.compact(i, watermark_ms)?;
             if !closing.is_empty() {
-                let merged = self.merge_parts(closing)?;
-                let capped = self.cap(merged)?;
-                let rows = concat_batches(&state_schema(), &capped)
-                    .map_err(|e| AggregateError::Arrow { context: "concatenating capped rows".into(), source: e })?;
-                let rows = strip_keys(&rows);
-                out.push(Emitted { size, rows });
+                // each part capped on its own (a window's rows are all in one part), none copied into one
+                // batch: at a close of many micro-batches' 1m rows that copy was the heap's peak
+                let mut parts = Vec::new();
+                for part in self.merge_parts(closing)? {
+                    parts.extend(self.cap(part)?.iter().filter(|b| b.num_rows() > 0).map(strip_keys));
+                }
+                out.push(Emitted { size, parts });
             }
         }
         Ok(out)
@@ -564,10 +576,11 @@ impl WindowEngine {
 
     /// Merges parts into one row per window, key and late flag. A window whose rows are all in one part
     /// that already has one row per key (a 1m window inside one micro-batch, the usual case) is passed
-    /// through; only the windows spread over several parts are merged.
-    fn merge_parts(&self, parts: Vec<(RecordBatch, bool)>) -> Result<RecordBatch, AggregateError> {
+    /// through; only the windows spread over several parts are merged (into one more part). Every window's
+    /// rows end up in one part.
+    fn merge_parts(&self, parts: Vec<(RecordBatch, bool)>) -> Result<Vec<RecordBatch>, AggregateError> {
         if let [(_, true)] = parts.as_slice() {
-            return Ok(parts.into_iter().next().expect("one part").0);
+            return Ok(parts.into_iter().map(|p| p.0).collect());
         }
         // window start -> the part it was first seen in, or usize::MAX once it needs a merge
         let mut seen: HashMap<i64, usize> = HashMap::new();
@@ -594,16 +607,27 @@ impl WindowEngine {
             match mask.true_count() {
                 0 => direct.push(b),
                 n if n == b.num_rows() => to_merge.push(b),
-                _ => {
-                    to_merge.push(filter_record_batch(&b, &mask).map_err(ae)?);
-                    direct.push(filter_record_batch(&b, &not(&mask).map_err(ae)?).map_err(ae)?);
-                }
+                // a micro-batch's rows come in the order of their windows' first events: on ordered input
+                // the windows shared with the batches before and after are its first and last rows, and
+                // both sides are slices of it, not copies (the direct side is let go once written). The
+                // direct side must be one slice: the parts emitted hold each window's rows in one part.
+                _ => match runs(&mask).filter(|r| r.iter().filter(|r| !r.2).count() == 1) {
+                    Some(runs) => {
+                        for (at, len, merge) in runs {
+                            if merge { &mut to_merge } else { &mut direct }.push(b.slice(at, len));
+                        }
+                    }
+                    None => {
+                        to_merge.push(filter_record_batch(&b, &mask).map_err(ae)?);
+                        direct.push(filter_record_batch(&b, &not(&mask).map_err(ae)?).map_err(ae)?);
+                    }
+                },
             }
         }
         if !to_merge.is_empty() {
             direct.push(self.merge(to_merge)?);
         }
-        concat_batches(&state_schema(), &direct).map_err(ae)
+        Ok(direct)
     }
 
     /// Merges a series' pending rows into its open state once they outnumber the open rows and the
@@ -869,28 +893,57 @@ fn rows_after(b: &RecordBatch, watermark_ms: Option<i64>) -> usize {
     }
 }
 
-/// Splits rows into those of windows ending at or before `watermark_ms` (`None`: all) and the others,
-/// without copying when a batch lies entirely on one side.
-fn split_at(
-    b: RecordBatch,
-    watermark_ms: Option<i64>,
-) -> Result<(Option<RecordBatch>, Option<RecordBatch>), AggregateError> {
-    let some = |b: RecordBatch| (b.num_rows() > 0).then_some(b);
-    let Some(w) = watermark_ms else { return Ok((some(b), None)) };
-    let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
-    match (min(ends), max(ends)) {
-        (Some(lo), _) if lo > w => return Ok((None, some(b))),
-        (_, Some(hi)) if hi <= w && ends.null_count() == 0 => return Ok((some(b), None)),
-        _ => {}
+/// Most runs of rows a batch is split into as slices rather than copies (see [`runs`]).
+const MAX_RUNS: usize = 8;
+
+/// The runs of equal values of `mask` as (offset, length, value), when there are at most [`MAX_RUNS`].
+fn runs(mask: &BooleanArray) -> Option<Vec<(usize, usize, bool)>> {
+    let mut out: Vec<(usize, usize, bool)> = Vec::new();
+    for (i, v) in mask.values().iter().enumerate() {
+        if let Some(run) = out.last_mut()
+            && run.2 == v
+        {
+            run.1 += 1;
+        } else if out.len() == MAX_RUNS {
+            return None;
+        } else {
+            out.push((i, 1, v));
+        }
     }
-    let (c, o) = split_closed(b, w)?;
-    Ok((some(c), some(o)))
+    Some(out)
 }
 
-fn split_closed(b: RecordBatch, watermark_ms: i64) -> Result<(RecordBatch, RecordBatch), AggregateError> {
+/// Splits rows into those of windows ending at or before `watermark_ms` (`None`: all) and the others,
+/// without copying when a batch lies entirely on one side. On ordered input the closing rows are the
+/// batch's first rows: they are then slices of it (emitted and let go at this commit), and so are the rows
+/// that stay when they are at least half of it; a smaller remainder is copied, so the state does not keep
+/// the whole batch alive for a few rows.
+fn split_at(b: RecordBatch, watermark_ms: Option<i64>) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>), AggregateError> {
+    let some = |b: RecordBatch| if b.num_rows() > 0 { vec![b] } else { vec![] };
+    let Some(w) = watermark_ms else { return Ok((some(b), vec![])) };
     let ends = b.column(1).as_primitive::<TimestampMillisecondType>();
-    let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= watermark_ms))).collect();
-    split_by(b, &closed, "splitting windows")
+    match (min(ends), max(ends)) {
+        (Some(lo), _) if lo > w => return Ok((vec![], some(b))),
+        (_, Some(hi)) if hi <= w && ends.null_count() == 0 => return Ok((some(b), vec![])),
+        _ => {}
+    }
+    let closed: BooleanArray = ends.iter().map(|e| Some(e.is_some_and(|e| e <= w))).collect();
+    if let Some(runs) = runs(&closed) {
+        let open_rows = b.num_rows() - closed.true_count();
+        if open_rows * 2 >= b.num_rows() {
+            let (mut c, mut o) = (Vec::new(), Vec::new());
+            for (at, len, is_closed) in runs {
+                if is_closed { &mut c } else { &mut o }.push(b.slice(at, len));
+            }
+            return Ok((c, o));
+        }
+        let ae = |source| AggregateError::Arrow { context: "splitting windows".into(), source };
+        let open = filter_record_batch(&b, &not(&closed).map_err(ae)?).map_err(ae)?;
+        let c = runs.into_iter().filter(|r| r.2).map(|(at, len, _)| b.slice(at, len)).collect();
+        return Ok((c, vec![open]));
+    }
+    let (c, o) = split_by(b, &closed, "splitting windows")?;
+    Ok((some(c), some(o)))
 }
 
 /// Splits rows into those `mask` selects and the others, one column at a time: each column of `b` is let
@@ -912,6 +965,72 @@ fn split_by(b: RecordBatch, mask: &BooleanArray, context: &str) -> Result<(Recor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_a_mask_up_to_the_most_a_batch_is_sliced_into() {
+        let mask = |v: &[bool]| BooleanArray::from(v.to_vec());
+        assert_eq!(
+            runs(&mask(&[true, true, false, false, false, true])),
+            Some(vec![(0, 2, true), (2, 3, false), (5, 1, true)])
+        );
+        assert_eq!(runs(&mask(&[false; 4])), Some(vec![(0, 4, false)]));
+        let alternating: Vec<bool> = (0..MAX_RUNS + 1).map(|i| i % 2 == 0).collect();
+        assert_eq!(runs(&mask(&alternating[..MAX_RUNS])).map(|r| r.len()), Some(MAX_RUNS));
+        assert_eq!(runs(&mask(&alternating)), None);
+    }
+
+    /// Rows of windows ending at `ends[i]` minutes (the other state columns are not read by a split).
+    fn ends_batch(ends: &[i64]) -> RecordBatch {
+        use datafusion::arrow::array::TimestampMillisecondArray;
+        use datafusion::arrow::datatypes::TimeUnit;
+        let ts = |v: Vec<i64>| Arc::new(TimestampMillisecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("window_start", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new("window_end", DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false),
+            Field::new("row", DataType::Int64, false),
+        ]));
+        let cols = vec![
+            ts(ends.iter().map(|e| (e - 1) * 60_000).collect()),
+            ts(ends.iter().map(|e| e * 60_000).collect()),
+            Arc::new(datafusion::arrow::array::Int64Array::from_iter_values(0..ends.len() as i64)) as ArrayRef,
+        ];
+        RecordBatch::try_new(schema, cols).unwrap()
+    }
+
+    /// The closing rows of an ordered batch are slices of it; the rows that stay are slices when they are at
+    /// least half of it, else a copy (the state does not keep the batch alive for them); rows in more runs
+    /// than [`MAX_RUNS`] are copied to both sides.
+    #[test]
+    fn a_split_at_the_watermark_slices_ordered_rows_and_copies_a_small_remainder() {
+        let rows = |parts: &[RecordBatch]| -> Vec<i64> {
+            parts.iter().flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec()).collect()
+        };
+        // whether `part`'s values lie in `of`'s memory (a slice of it, not a copy)
+        let shares = |part: &RecordBatch, of: &RecordBatch| {
+            let at = |b: &RecordBatch| b.column(2).as_primitive::<Int64Type>().values().as_ptr() as usize;
+            (at(of)..at(of) + 8 * of.num_rows()).contains(&at(part))
+        };
+        // 2 closing rows, 3 staying: both sides slices
+        let b = ends_batch(&[1, 1, 2, 2, 2]);
+        let (c, o) = split_at(b.clone(), Some(60_000)).unwrap();
+        assert_eq!((rows(&c), rows(&o)), (vec![0, 1], vec![2, 3, 4]));
+        assert!(c.iter().chain(&o).all(|p| shares(p, &b)));
+        // 4 closing rows, 1 staying: the closing side a slice, the remainder a copy
+        let b = ends_batch(&[1, 1, 1, 1, 2]);
+        let (c, o) = split_at(b.clone(), Some(60_000)).unwrap();
+        assert_eq!((rows(&c), rows(&o)), (vec![0, 1, 2, 3], vec![4]));
+        assert!(shares(&c[0], &b) && !shares(&o[0], &b));
+        // alternating windows: copies, the same rows
+        let ends: Vec<i64> = (0..MAX_RUNS as i64 + 2).map(|i| 1 + i % 2).collect();
+        let b = ends_batch(&ends);
+        let (c, o) = split_at(b.clone(), Some(60_000)).unwrap();
+        assert_eq!(rows(&c), (0..ends.len() as i64).step_by(2).collect::<Vec<_>>());
+        assert_eq!(rows(&o), (1..ends.len() as i64).step_by(2).collect::<Vec<_>>());
+        assert!(!c.iter().chain(&o).any(|p| shares(p, &b)));
+        // every row on one side: the batch itself
+        let (c, o) = split_at(b.clone(), Some(10 * 60_000)).unwrap();
+        assert!(o.is_empty() && c.len() == 1 && shares(&c[0], &b));
+    }
 
     #[test]
     fn window_sizes_parse() {
@@ -1040,11 +1159,83 @@ mod engine_tests {
     use super::*;
     use crate::testutil::{Ev, batch};
     use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::concat_batches;
     use datafusion::arrow::datatypes::{Decimal128Type, Int64Type, TimestampMillisecondType};
 
     const MIN: i64 = 60_000;
     const HOUR: i64 = 3_600_000;
     const T0: i64 = 1_764_460_800_000; // a midnight UTC
+
+    /// Micro-batches of ordered events share their first and last minutes with the batches before and
+    /// after: a close emits the minutes a batch holds alone as slices of its partial rows, not copies, and
+    /// merges the shared ones, each window's rows in one part. Out-of-order rows (five sweeps through each
+    /// batch) come to the same rows.
+    #[tokio::test]
+    async fn a_close_slices_ordered_micro_batches_and_keeps_each_window_in_one_part() {
+        let idents: Vec<String> = (0..6).map(|i| format!("k{i}")).collect();
+        for shuffled in [false, true] {
+            let mut w = WindowEngine::new(vec![WindowSize::parse("1m").unwrap()]).unwrap();
+            // 150 events 10 s apart (6 keys a minute) in 3 batches of 50 (8 min 20 s each)
+            for k in 0..3usize {
+                let mut order: Vec<usize> = (k * 50..(k + 1) * 50).collect();
+                if shuffled {
+                    // five sweeps through the batch: its windows' rows in five ascending runs, interleaved
+                    order.sort_by_key(|&i| (i % 5, i));
+                }
+                let evs: Vec<Ev<'_>> = order
+                    .iter()
+                    .map(|&i| Ev {
+                        ts: T0 + i as i64 * 10_000,
+                        id: i as u128,
+                        owner: "o",
+                        identity: &idents[i % 6],
+                        input: 1,
+                        cost: Some(i as i128 + 1),
+                    })
+                    .collect();
+                w.add(batch(&evs), None, 0).await.unwrap();
+            }
+            let identity_buffers: Vec<*const u8> = w.series[0]
+                .pending
+                .iter()
+                .map(|b| b.column_by_name("identity").unwrap().as_string::<i32>().values().as_ptr())
+                .collect();
+            let closed = w.close(Some(T0 + 20 * MIN)).await.unwrap();
+            let parts = &closed[0].parts;
+            // minutes 0-7, 9-15 and 17-19 as slices of the three batches' rows, minutes 8 and 16 merged
+            let sliced = parts
+                .iter()
+                .filter(|p| {
+                    identity_buffers
+                        .contains(&p.column_by_name("identity").unwrap().as_string::<i32>().values().as_ptr())
+                })
+                .count();
+            if !shuffled {
+                assert_eq!((parts.len(), sliced), (4, 3));
+            }
+            let mut part_of: HashMap<i64, usize> = HashMap::new();
+            let mut per_minute: HashMap<i64, (usize, i64, i128)> = HashMap::new();
+            for (p, b) in parts.iter().enumerate() {
+                let start = b.column(0).as_primitive::<TimestampMillisecondType>();
+                let req = b.column_by_name("requests").unwrap().as_primitive::<Int64Type>();
+                let cost = b.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>();
+                for r in 0..b.num_rows() {
+                    assert_eq!(*part_of.entry(start.value(r)).or_insert(p), p, "a window in two parts");
+                    let m = per_minute.entry(start.value(r)).or_default();
+                    (m.0, m.1, m.2) = (m.0 + 1, m.1 + req.value(r), m.2 + cost.value(r));
+                }
+            }
+            assert_eq!(per_minute.len(), 20);
+            for minute in 0..20i64 {
+                // events 6m..6m+5, costing i + 1 each
+                let cost: i128 = (6 * minute as i128..6 * minute as i128 + 6).map(|i| i + 1).sum();
+                assert_eq!(per_minute[&(T0 + minute * MIN)], (6, 6, cost), "minute {minute}, shuffled: {shuffled}");
+            }
+            let rest = w.close(None).await.unwrap();
+            assert_eq!(sum(&rest, "1m", "requests"), 30);
+            assert_eq!(cost(&rest, "1m"), (120..150).map(|i| i + 1).sum::<i128>());
+        }
+    }
 
     fn engine() -> WindowEngine {
         WindowEngine::new(["1m", "1h", "1d"].iter().map(|s| WindowSize::parse(s).unwrap()).collect()).unwrap()
@@ -1068,7 +1259,7 @@ mod engine_tests {
         w.add(batch(&evs[..6]), None, HOUR).await.unwrap();
         w.add(batch(&evs[6..]), None, HOUR).await.unwrap();
         let out = w.close(None).await.unwrap();
-        let rows = &out[0].rows;
+        let rows = &out[0].rows();
         assert_eq!(w.overflowed(), 9, "12 keys, cap 3");
         let ident = rows.column_by_name("identity").unwrap().as_string::<i32>();
         let owner = rows.column_by_name("owner").unwrap().as_string::<i32>();
@@ -1104,7 +1295,7 @@ mod engine_tests {
     fn sum(rows: &[Emitted], label: &str, col: &str) -> i64 {
         rows.iter()
             .filter(|e| e.size.label == label)
-            .map(|e| e.rows.column_by_name(col).unwrap().as_primitive::<Int64Type>().iter().flatten().sum::<i64>())
+            .map(|e| e.rows().column_by_name(col).unwrap().as_primitive::<Int64Type>().iter().flatten().sum::<i64>())
             .sum()
     }
 
@@ -1112,7 +1303,7 @@ mod engine_tests {
         rows.iter()
             .filter(|e| e.size.label == label)
             .map(|e| {
-                e.rows
+                e.rows()
                     .column_by_name("cost_usd")
                     .unwrap()
                     .as_primitive::<Decimal128Type>()
@@ -1160,7 +1351,7 @@ mod engine_tests {
         }
         let out = w.close(None).await.unwrap();
         for e in &out {
-            assert_eq!(e.rows.num_rows(), 1, "{} rows merged", e.size.label);
+            assert_eq!(e.rows().num_rows(), 1, "{} rows merged", e.size.label);
         }
         assert_eq!(sum(&out, "1d", "requests"), 5);
     }
@@ -1175,7 +1366,8 @@ mod engine_tests {
         w.add(batch(&[ev(T0 + 20, "a", 1, Some(10))]), Some(T0 + 30 * HOUR), 24 * HOUR).await.unwrap();
         let late = w.close(Some(T0 + 30 * HOUR)).await.unwrap();
         for e in &late {
-            let flags = e.rows.column_by_name("late").unwrap().as_boolean();
+            let rows = e.rows();
+            let flags = rows.column_by_name("late").unwrap().as_boolean();
             match e.size.label.as_str() {
                 "1m" | "1h" => assert!(flags.value(0), "{} row flagged late", e.size.label),
                 // the day window ended 6 h before the watermark: within 24 h of lateness
@@ -1189,11 +1381,12 @@ mod engine_tests {
     fn per_key(rows: &[Emitted]) -> std::collections::BTreeMap<(String, i64, String), (usize, i64, i128)> {
         let mut m = std::collections::BTreeMap::new();
         for e in rows {
-            let start = e.rows.column(0).as_primitive::<TimestampMillisecondType>();
-            let ident = e.rows.column_by_name("identity").unwrap().as_string::<i32>();
-            let req = e.rows.column_by_name("requests").unwrap().as_primitive::<Int64Type>();
-            let cost = e.rows.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>();
-            for i in 0..e.rows.num_rows() {
+            let rows = e.rows();
+            let start = rows.column(0).as_primitive::<TimestampMillisecondType>();
+            let ident = rows.column_by_name("identity").unwrap().as_string::<i32>();
+            let req = rows.column_by_name("requests").unwrap().as_primitive::<Int64Type>();
+            let cost = rows.column_by_name("cost_usd").unwrap().as_primitive::<Decimal128Type>();
+            for i in 0..rows.num_rows() {
                 let v: &mut (usize, i64, i128) =
                     m.entry((e.size.label.clone(), start.value(i), ident.value(i).to_string())).or_default();
                 v.0 += 1;
@@ -1331,9 +1524,9 @@ mod engine_tests {
             assert_eq!(s.pending.len(), if compacted { 0 } else { 2 }, "watermark {watermark:?}");
             // either way each window's rows are emitted once, with exact totals
             let out = w.close(Some(T0 + 2 * MIN)).await.unwrap();
-            assert_eq!((out[0].rows.num_rows(), sum(&out, "1m", "requests"), cost(&out, "1m")), (3, 3, 1 + 2 + 3));
+            assert_eq!((out[0].rows().num_rows(), sum(&out, "1m", "requests"), cost(&out, "1m")), (3, 3, 1 + 2 + 3));
             let out = w.close(None).await.unwrap();
-            assert_eq!((out[0].rows.num_rows(), sum(&out, "1m", "requests"), cost(&out, "1m")), (3, 3, 4 + 5 + 6));
+            assert_eq!((out[0].rows().num_rows(), sum(&out, "1m", "requests"), cost(&out, "1m")), (3, 3, 4 + 5 + 6));
         }
     }
 

@@ -270,13 +270,13 @@ fn lock(meta: &Path, what: &str, wait: bool) -> Result<fs::File, SinkError> {
 
 /// Writes each `jobs[i]` to `paths[i]` as Parquet, largest first, on as many threads as this process
 /// may run on (its CPU affinity), at most one per file. Returns each file's size or error, in order.
-fn write_files(paths: &[PathBuf], jobs: &[(String, RecordBatch)]) -> Vec<Result<u64, SinkError>> {
+fn write_files(paths: &[PathBuf], jobs: &[(String, Vec<RecordBatch>)]) -> Vec<Result<u64, SinkError>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len());
     if threads <= 1 {
-        return paths.iter().zip(jobs).map(|(p, (_, b))| write_parquet(p, std::slice::from_ref(b))).collect();
+        return paths.iter().zip(jobs).map(|(p, (_, b))| write_parquet(p, b)).collect();
     }
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].1.num_rows()));
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].1.iter().map(|b| b.num_rows()).sum::<usize>()));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<std::sync::Mutex<Option<Result<u64, SinkError>>>> =
         jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -286,7 +286,7 @@ fn write_files(paths: &[PathBuf], jobs: &[(String, RecordBatch)]) -> Vec<Result<
                 loop {
                     let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some(&i) = order.get(k) else { break };
-                    let r = write_parquet(&paths[i], std::slice::from_ref(&jobs[i].1));
+                    let r = write_parquet(&paths[i], &jobs[i].1);
                     *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 }
             });
@@ -854,36 +854,31 @@ impl Lake {
         fs::create_dir_all(&staging).map_err(io_err(format!("creating {}", staging.display())))?;
         let mut info = CommitInfo { seq, ..Default::default() };
         let mut added = Vec::new();
-        // the data files of this commit: rollups (one file per window size and date) and dead letters
-        let mut jobs: Vec<(String, RecordBatch)> = Vec::new();
+        // the data files of this commit: rollups (one file per window size and date, from as many batches as
+        // the windows emitted: they are not copied into one) and dead letters
+        let mut files: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         // the commit's rollup rows are moved out of it: each batch is let go once split into its files' rows
-        let mut by_label: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         for (label, b) in std::mem::take(&mut c.rollups) {
-            if b.num_rows() > 0 {
-                by_label.entry(label).or_default().push(b);
+            if b.num_rows() == 0 {
+                continue;
             }
-        }
-        for (label, batches) in by_label {
-            // one batch comes back as itself (its arrays, not a copy); the inputs are let go here
-            let all = datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches)
-                .map_err(|e| SinkError::Arrow { context: "concatenating rollups".into(), source: e })?;
-            drop(batches);
-            info.rollup_rows += all.num_rows();
-            for (date, part) in by_date(all, 0)? {
+            info.rollup_rows += b.num_rows();
+            for (date, part) in by_date(b, 0)? {
                 let rel =
                     format!("rollups/window={label}/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq));
-                jobs.push((rel, part));
+                files.entry(rel).or_default().push(part);
             }
         }
         if !c.dead_letters.is_empty() {
             let b = dead_letters_batch(&c.dead_letters)?;
             for (date, part) in by_date(b, 4)? {
-                jobs.push((
-                    format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)),
-                    part,
-                ));
+                files
+                    .entry(format!("dead_letters/date={date}/part-{}{}-000.parquet", self.prefix, seq_name(seq)))
+                    .or_default()
+                    .push(part);
             }
         }
+        let jobs: Vec<(String, Vec<RecordBatch>)> = files.into_iter().collect();
         let staged: Vec<PathBuf> = jobs.iter().map(|(rel, _)| self.staged_path(seq, rel)).collect();
         // Parquet encoding is most of a commit's work: the files (and the state snapshot) are written in
         // parallel on the cores this process may use; every file is fsynced before the commit point.
