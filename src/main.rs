@@ -262,8 +262,9 @@ fn apply(o: &Overrides) -> anyhow::Result<Config> {
 /// decoding, the pipeline, and a commit's file writers, each of which glibc would give an arena of its
 /// own, and memory freed into one arena is not reused by the others (the decoder's batches are freed by
 /// the pipeline). Small allocations go through glibc's per-thread caches without the arena's lock. Measured
-/// on `replay` of 10M events: peak RSS 656 MiB with the default, 580–609 with two arenas (eleventh round),
-/// and, later, 443–450 with two against 425–430 with one, at the same speed (bench/README.md).
+/// on `replay` of 10M events: peak RSS 656 MiB with the default, 580–609 with two arenas (fifth round of
+/// issue 6), and in its thirteenth round 426–436 with two against 407–418 with one, at the same speed
+/// (bench/README.md).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any thread.

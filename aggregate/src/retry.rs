@@ -106,7 +106,8 @@ impl Detector for RetryStormDetector {
         if e.size.ms != self.window_ms {
             return Vec::new();
         }
-        // a window's rows are all in one part: each part's groups are complete
+        // a window's rows are in one part, its `__other__` rows (workflow `__other__`) in the next when it is
+        // over the key cap: each part's groups are complete
         let mut storms: Vec<(Group<'_>, Acc)> = e.parts.iter().flat_map(|b| self.storms(b)).collect();
         storms.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         let mut alerts = Vec::with_capacity(storms.len());

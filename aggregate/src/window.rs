@@ -95,7 +95,8 @@ fn given_up(name: &str) -> bool {
 }
 
 /// Rows emitted for one window size by one close, in parts as the close found or merged them (not copied
-/// into one batch): each window's rows are all in one part.
+/// into one batch): each window's rows are in one part, except that a window over the key cap has its
+/// `__other__` rows in the part after its kept rows.
 #[derive(Debug, Clone)]
 pub struct Emitted {
     pub size: WindowSize,
