@@ -265,6 +265,10 @@ fn describe() {
     describe_gauge!("aifinops_window_open_rows", "Open (window, key) rows held in memory, all window sizes");
     describe_gauge!("aifinops_window_open_keys", "Open (window, key) rows per window size after a commit");
     describe_gauge!("aifinops_window_open_windows", "Distinct open windows per window size after a commit");
+    describe_gauge!(
+        "aifinops_window_dimension_values",
+        "Values in the window state's dictionary per dimension (it grows while the process runs)"
+    );
     describe_counter!("aifinops_lake_commits_total", "Lake commits");
     describe_counter!("aifinops_lake_bytes_total", "Bytes of Parquet written to the lake");
     describe_counter!(

@@ -268,7 +268,8 @@ impl Pipeline {
         let orphans = self.lake.orphans()?;
         let n = orphans.len();
         for mut o in orphans {
-            let rows: usize = o.partials.iter().map(|(_, b)| b.num_rows()).sum();
+            let rows: usize =
+                o.partials.iter().filter(|(l, _)| l != aifinops_aggregate::DIMS_PART).map(|(_, b)| b.num_rows()).sum();
             tracing::info!(
                 writer = %o.writer, seq = o.seq, open_rows = rows, alerts = o.outbox.alerts.len(),
                 dead_letters = o.outbox.dead_letters.len(),
@@ -428,10 +429,11 @@ impl Pipeline {
         let (dedup_segment, dedup_max_ts) = self.dedup.take_segment();
         let partials = self.windows.snapshot();
         crate::health::window_state(&partials);
+        // the dictionary of the open rows' dimension ids, then the open rows
+        let dims = (aifinops_aggregate::DIMS_PART.to_string(), self.windows.dims_part());
         let state = StateSnapshot {
-            partials: partials
-                .into_iter()
-                .flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b)))
+            partials: std::iter::once(dims)
+                .chain(partials.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))))
                 .collect(),
             dedup: dedup_segment,
             dedup_max_ts,

@@ -6,6 +6,7 @@
 //! budget breach is reported within a commit interval, not when a day-long window closes.
 
 pub mod dedup;
+mod dims;
 pub mod drift;
 pub mod forecast;
 mod keyhash;
@@ -22,6 +23,7 @@ mod testutil;
 use datafusion::arrow::array::RecordBatch;
 
 pub use dedup::Deduplicator;
+pub use dims::DIMS_PART;
 pub use drift::DriftDetector;
 pub use retry::RetryStormDetector;
 pub use rules::{Action, AlertRules, BudgetConfig, Period, RulesState};

@@ -20,7 +20,9 @@ use aifinops_schemas::rollup::{LATE, REQUESTS, WINDOW_END, WINDOW_START, count_m
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use datafusion::arrow::compute::{FilterBuilder, cast, concat, filter, filter_record_batch, interleave, max, min, not};
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
@@ -32,6 +34,7 @@ use datafusion::prelude::{SessionConfig, SessionContext, col, lit};
 use datafusion::scalar::ScalarValue;
 
 use crate::AggregateError;
+use crate::dims::{DIMS_PART, Dims};
 
 /// A window size, e.g. 1 minute, with its lake label (`1m`, `1h`, `1d`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub struct WindowEngine {
     key_cap: usize,
     /// Rows folded into `__other__` rows since start, for metrics.
     overflowed: u64,
+    /// The values of the state rows' dimension ids.
+    dims: Dims,
 }
 
 /// The value the dimensions of keys beyond a window's key cap take (the owner is kept).
@@ -126,12 +131,13 @@ const COMPACT_ROWS: usize = 200_000;
 const KEY_HI: &str = "__key_hi";
 const KEY_LO: &str = "__key_lo";
 
-/// The schema of the engine's state rows: the rollup columns, then the key hash.
+/// The schema of the engine's state rows: the rollup columns with each dimension as its id in the engine's
+/// dictionary ([`crate::dims`]), then the key hash.
 fn state_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let mut fields: Vec<Field> = rollup_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+            let mut fields: Vec<Field> = id_rollup_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
             fields.push(Field::new(KEY_HI, DataType::UInt64, false));
             fields.push(Field::new(KEY_LO, DataType::UInt64, false));
             Arc::new(Schema::new(fields))
@@ -139,8 +145,30 @@ fn state_schema() -> SchemaRef {
         .clone()
 }
 
-/// Rollup rows with their key hash added (state rows).
-fn with_keys(rows: RecordBatch) -> Result<RecordBatch, AggregateError> {
+/// The rollup columns with each dimension as its id: state rows without the key hash, as the snapshot has
+/// them.
+fn id_rollup_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let fields: Vec<Field> = rollup_schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    if DIMENSIONS.contains(&f.name().as_str()) {
+                        Field::new(f.name(), DataType::UInt32, false)
+                    } else {
+                        f.as_ref().clone()
+                    }
+                })
+                .collect();
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// Rollup rows as state rows: their dimensions as ids in `dict`, and their key hash added.
+fn with_keys(rows: RecordBatch, dict: &mut Dims) -> Result<RecordBatch, AggregateError> {
     let dims = DIMENSIONS
         .iter()
         .map(|d| {
@@ -168,20 +196,39 @@ fn with_keys(rows: RecordBatch) -> Result<RecordBatch, AggregateError> {
         hi.push((h >> 64) as u64);
         lo.push(h as u64);
     }
-    let mut cols = rows.columns()[..rollup_schema().fields().len()].to_vec();
+    let rollup = rollup_schema();
+    let mut cols = Vec::with_capacity(rollup.fields().len() + 2);
+    for (f, c) in rollup.fields().iter().zip(rows.columns()) {
+        cols.push(match DIMENSIONS.iter().position(|d| d == f.name()) {
+            Some(d) => Arc::new(dict.intern(d, c.as_string::<i32>())?) as ArrayRef,
+            None => c.clone(),
+        });
+    }
     cols.push(Arc::new(UInt64Array::from(hi)));
     cols.push(Arc::new(UInt64Array::from(lo)));
     RecordBatch::try_new(state_schema(), cols)
         .map_err(|e| AggregateError::Arrow { context: "adding key hashes".into(), source: e })
 }
 
-/// State rows as rollup rows (the same arrays, without the key hash).
+/// State rows without the key hash (the same arrays, dimensions as ids), as the snapshot has them.
 fn strip_keys(rows: &RecordBatch) -> RecordBatch {
-    let n = rollup_schema().fields().len();
-    if rows.num_columns() == n {
-        return rows.clone();
+    let n = id_rollup_schema().fields().len();
+    RecordBatch::try_new(id_rollup_schema(), rows.columns()[..n].to_vec()).expect("state rows hold the rollup columns")
+}
+
+/// State rows (or rows of [`id_rollup_schema`]) as rollup rows: the dimension values of their ids in
+/// `dict`, every other column as it is.
+fn to_rollup(rows: &RecordBatch, dict: &Dims) -> Result<RecordBatch, AggregateError> {
+    let rollup = rollup_schema();
+    let mut cols = Vec::with_capacity(rollup.fields().len());
+    for (f, c) in rollup.fields().iter().zip(rows.columns()) {
+        cols.push(match DIMENSIONS.iter().position(|d| d == f.name()) {
+            Some(d) => Arc::new(dict.strings(d, crate::dims::ids(c))?) as ArrayRef,
+            None => c.clone(),
+        });
     }
-    RecordBatch::try_new(rollup_schema(), rows.columns()[..n].to_vec()).expect("state rows hold the rollup columns")
+    RecordBatch::try_new(rollup, cols)
+        .map_err(|source| AggregateError::Arrow { context: "the dimension values of rollup rows".into(), source })
 }
 
 impl WindowEngine {
@@ -198,7 +245,13 @@ impl WindowEngine {
             series.push(Series { size: s, from, pending: vec![], unmerged: vec![], open: vec![] });
         }
         let config = SessionConfig::new().with_target_partitions(1).with_batch_size(65536);
-        Ok(WindowEngine { ctx: SessionContext::new_with_config(config), series, key_cap: usize::MAX, overflowed: 0 })
+        Ok(WindowEngine {
+            ctx: SessionContext::new_with_config(config),
+            series,
+            key_cap: usize::MAX,
+            overflowed: 0,
+            dims: Dims::new(),
+        })
     }
 
     /// Bounds the state: a window holding more than `cap` distinct keys keeps the `cap` most expensive ones
@@ -219,7 +272,7 @@ impl WindowEngine {
     /// window's existing overflow rows, are summed per owner (see [`WindowEngine::fold_mask`]).
     fn cap(&mut self, merged: RecordBatch) -> Result<Vec<RecordBatch>, AggregateError> {
         let folded_dims = folded_dims(&merged);
-        let is_overflow = |i: usize| folded_dims.iter().all(|c| c.is_valid(i) && c.value(i) == OVERFLOW);
+        let is_overflow = |i: usize| folded_dims.iter().all(|c| c.value(i) == Dims::OVERFLOW_ID);
         let Some((mask, n_folded)) = self.fold_mask(&merged, is_overflow)? else { return Ok(vec![merged]) };
         let ae = |source| AggregateError::Arrow { context: "splitting rows at the key cap".into(), source };
         let keep = FilterBuilder::new(&not(&mask).map_err(ae)?).optimize().build();
@@ -227,7 +280,7 @@ impl WindowEngine {
         // the rows kept and the rows to fold (without copying the dimensions they give up), one column at a
         // time, each merged column let go once both sides have it: the cap runs on the largest batches the
         // engine holds, the day window's rows at its close
-        let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; mask.true_count()]));
+        let other: ArrayRef = Arc::new(UInt32Array::from(vec![Dims::OVERFLOW_ID; mask.true_count()]));
         let n_rollup = rollup_schema().fields().len();
         let (schema, columns, _) = merged.into_parts();
         let (mut kept, mut folding) = (Vec::with_capacity(columns.len()), Vec::with_capacity(n_rollup));
@@ -326,13 +379,15 @@ impl WindowEngine {
         Ok((n_folded > 0).then(|| (BooleanArray::from(fold), n_folded)))
     }
 
-    /// Sums rows the key cap folds (the rollup columns, their given-up dimensions already [`OVERFLOW`]) per
-    /// window, late flag and kept dimensions.
+    /// Sums rows the key cap folds (the rollup columns, dimensions as ids, the given-up ones already
+    /// [`OVERFLOW`]) per window, late flag and kept dimensions.
     fn fold(&mut self, cols: Vec<ArrayRef>, n_folded: usize) -> Result<RecordBatch, AggregateError> {
-        let folding = RecordBatch::try_new(rollup_schema(), cols)
+        let folding = RecordBatch::try_new(id_rollup_schema(), cols)
             .map_err(|source| AggregateError::Arrow { context: "folding keys".into(), source })?;
-        // their keys change: hashed again
-        let folded = self.merge(vec![with_keys(folding)?])?;
+        // their keys change: hashed again (from their values, as every key hash is)
+        let folding = to_rollup(&folding, &self.dims)?;
+        let folding = with_keys(folding, &mut self.dims)?;
+        let folded = self.merge(vec![folding])?;
         self.overflowed += n_folded as u64;
         metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
         tracing::debug!(keys = n_folded, cap = self.key_cap, "keys beyond the window key cap folded into __other__");
@@ -411,6 +466,8 @@ impl WindowEngine {
     ) -> Result<RecordBatch, AggregateError> {
         let cutoff = watermark_ms.map_or(0, |w| w.saturating_sub(allowed_lateness_ms).max(0));
         let mut partials: Vec<RecordBatch> = Vec::with_capacity(self.series.len());
+        // the finest size's partial rows with their dimension values, for the alert rules
+        let mut finest: Option<RecordBatch> = None;
         for i in 0..self.series.len() {
             let size = self.series[i].size.clone();
             let part = match self.series[i].from {
@@ -422,8 +479,11 @@ impl WindowEngine {
                     part
                 }
                 None => {
-                    let part = self.bucket(events.clone(), &size, cutoff).await?;
-                    let part = with_keys(with_ends(part, &size)?)?;
+                    let part = with_ends(self.bucket(events.clone(), &size, cutoff).await?, &size)?;
+                    if finest.is_none() {
+                        finest = Some(part.clone());
+                    }
+                    let part = with_keys(part, &mut self.dims)?;
                     if part.num_rows() > 0 {
                         self.series[i].pending.push(part.clone());
                     }
@@ -437,7 +497,8 @@ impl WindowEngine {
         for i in 0..self.series.len() {
             self.compact(i, watermark_ms)?;
         }
-        Ok(strip_keys(&partials.into_iter().next().expect("one series")))
+        drop(partials);
+        Ok(finest.expect("the finest size aggregates the events"))
     }
 
     /// Merges state rows into one row per window, key and late flag. The sums see only the bounds, the late
@@ -469,15 +530,13 @@ impl WindowEngine {
         let given_up_cols: Vec<usize> =
             (0..state.fields().len()).filter(|&i| given_up(state.field(i).name())).collect();
         let folded = {
-            let dims: Vec<Vec<&StringArray>> = inputs
+            let dims: Vec<Vec<&UInt32Array>> = inputs
                 .iter()
-                .map(|b| {
-                    given_up_cols.iter().map(|&c| b[c].as_ref().expect("a dimension").as_string::<i32>()).collect()
-                })
+                .map(|b| given_up_cols.iter().map(|&c| crate::dims::ids(b[c].as_ref().expect("a dimension"))).collect())
                 .collect();
             let is_overflow = |i: usize| {
                 let (b, r) = from[i];
-                dims[b].iter().all(|c| c.is_valid(r) && c.value(r) == OVERFLOW)
+                dims[b].iter().all(|c| c.value(r) == Dims::OVERFLOW_ID)
             };
             self.fold_mask(&merged, is_overflow)?
         };
@@ -492,7 +551,7 @@ impl WindowEngine {
         // the merged columns split one at a time, each let go once copied to both sides
         let narrow = narrow_schema();
         let mut merged: Vec<Option<ArrayRef>> = merged.into_parts().1.into_iter().map(Some).collect();
-        let other: ArrayRef = Arc::new(StringArray::from(vec![OVERFLOW; fold_from.len()]));
+        let other: ArrayRef = Arc::new(UInt32Array::from(vec![Dims::OVERFLOW_ID; fold_from.len()]));
         let n_rollup = rollup_schema().fields().len();
         let (mut kept, mut folding) = (Vec::with_capacity(state.fields().len()), Vec::with_capacity(n_rollup));
         for (i, f) in state.fields().iter().enumerate() {
@@ -567,7 +626,9 @@ impl WindowEngine {
                 // batch: at a close of many micro-batches' 1m rows that copy was the heap's peak
                 let mut parts = Vec::new();
                 for part in self.merge_parts(closing)? {
-                    parts.extend(self.cap(part)?.iter().filter(|b| b.num_rows() > 0).map(strip_keys));
+                    for b in self.cap(part)?.iter().filter(|b| b.num_rows() > 0) {
+                        parts.push(to_rollup(b, &self.dims)?);
+                    }
                 }
                 out.push(Emitted { size, parts });
             }
@@ -655,7 +716,7 @@ impl WindowEngine {
 
     /// The open state per window size, for the commit's state snapshot: the merged rows and the pending
     /// partial rows as they are (the snapshot is additive, a later merge sums them; restoring one puts it
-    /// back as rows to merge).
+    /// back as rows to merge), their dimensions as ids of [`WindowEngine::dims_part`].
     pub fn snapshot(&self) -> Vec<(WindowSize, Vec<RecordBatch>)> {
         self.series
             .iter()
@@ -664,23 +725,49 @@ impl WindowEngine {
             .collect()
     }
 
-    /// Replaces all state with a snapshot (on start and on rollback).
+    /// The dictionary of the snapshot's dimension ids, as the snapshot's part labelled [`DIMS_PART`]: the
+    /// same batch from commit to commit until a new value is seen.
+    pub fn dims_part(&mut self) -> RecordBatch {
+        self.dims.batch()
+    }
+
+    /// Replaces all state with a snapshot (on start and on rollback). The dictionary starts again from the
+    /// values of the rows restored.
     pub fn restore(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
         for s in &mut self.series {
             s.pending.clear();
             s.unmerged.clear();
             s.open.clear();
         }
+        self.dims = Dims::new();
         self.absorb(snapshot)
     }
 
     /// Adds open window rows of another pipeline's snapshot (a member of a shared lake that left without
     /// emitting them) to this one's: they are merged with the open state when their windows close or at the
-    /// next compaction.
+    /// next compaction. Rows with dimension ids take their values from the snapshot's own dictionary part;
+    /// rows with dimension values (a state written before the dictionary existed) are taken as they are.
     pub fn absorb(&mut self, snapshot: Vec<(String, RecordBatch)>) -> Result<(), AggregateError> {
+        let dict = snapshot.iter().find(|(l, _)| l == DIMS_PART).map(|(_, b)| Dims::from_batch(b)).transpose()?;
         for (label, batch) in snapshot {
+            if label == DIMS_PART {
+                continue;
+            }
             let i = self.series_of(&label, &batch)?;
-            self.series[i].unmerged.push(with_keys(conform(vec![batch])?)?);
+            let with_ids =
+                DIMENSIONS.iter().any(|d| batch.column_by_name(d).is_some_and(|c| crate::dims::is_ids(c.as_ref())));
+            let rows = if with_ids {
+                let dict = dict.as_ref().ok_or_else(|| {
+                    AggregateError::State(format!(
+                        "the state's {label} rows have dimension ids but the state has no {DIMS_PART} part"
+                    ))
+                })?;
+                let rows = conform_to(&id_rollup_schema(), vec![batch])?;
+                to_rollup(&rows, dict)?
+            } else {
+                conform(vec![batch])?
+            };
+            self.series[i].unmerged.push(with_keys(rows, &mut self.dims)?);
         }
         Ok(())
     }
@@ -763,12 +850,12 @@ fn narrow_schema() -> SchemaRef {
         .clone()
 }
 
-/// The dimensions of state or rollup rows that a row folded at the key cap gives up (all [`OVERFLOW`]).
-fn folded_dims(rows: &RecordBatch) -> Vec<&StringArray> {
+/// The ids of the dimensions of state rows that a row folded at the key cap gives up (all [`OVERFLOW`]).
+fn folded_dims(rows: &RecordBatch) -> Vec<&UInt32Array> {
     DIMENSIONS
         .iter()
         .filter(|d| given_up(d))
-        .map(|d| rows.column_by_name(d).expect("dimension").as_string::<i32>())
+        .map(|d| crate::dims::ids(rows.column_by_name(d).expect("dimension")))
         .collect()
 }
 
@@ -1072,13 +1159,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_merge_by_key_hash_keeps_keys_apart_whose_dimensions_concatenate_alike_and_sums_the_same_key() {
-        let w = WindowEngine::new(vec![WindowSize::parse("1h").unwrap()]).unwrap();
+        let mut w = WindowEngine::new(vec![WindowSize::parse("1h").unwrap()]).unwrap();
         // ("ab", "c") and ("a", "bc") are different keys; the second batch repeats both and adds ("", "abc")
-        let a = with_keys(rows(&[("ab", "c"), ("a", "bc")], &[1, 2])).unwrap();
-        let b = with_keys(rows(&[("a", "bc"), ("", "abc"), ("ab", "c")], &[10, 100, 1000])).unwrap();
+        let a = with_keys(rows(&[("ab", "c"), ("a", "bc")], &[1, 2]), &mut w.dims).unwrap();
+        let b = with_keys(rows(&[("a", "bc"), ("", "abc"), ("ab", "c")], &[10, 100, 1000]), &mut w.dims).unwrap();
         let merged = w.merge(vec![a, b]).unwrap();
         assert_eq!(merged.schema(), state_schema());
-        let out = strip_keys(&merged);
+        // the state holds ids: 3 values of team ("ab", "a", "") and of project after __other__
+        assert_eq!((w.dims.len(2), w.dims.len(3)), (4, 4));
+        let out = to_rollup(&merged, &w.dims).unwrap();
         assert_eq!(out.schema(), rollup_schema());
         let team = out.column_by_name("team").unwrap().as_string::<i32>();
         let project = out.column_by_name("project").unwrap().as_string::<i32>();
@@ -1196,10 +1285,11 @@ mod engine_tests {
                     .collect();
                 w.add(batch(&evs), None, 0).await.unwrap();
             }
-            let identity_buffers: Vec<*const u8> = w.series[0]
+            // where each batch's partial rows hold their tokens
+            let token_buffers: Vec<std::ops::Range<*const i64>> = w.series[0]
                 .pending
                 .iter()
-                .map(|b| b.column_by_name("identity").unwrap().as_string::<i32>().values().as_ptr())
+                .map(|b| b.column_by_name("input_tokens").unwrap().as_primitive::<Int64Type>().values().as_ptr_range())
                 .collect();
             let closed = w.close(Some(T0 + 20 * MIN)).await.unwrap();
             let parts = &closed[0].parts;
@@ -1207,8 +1297,9 @@ mod engine_tests {
             let sliced = parts
                 .iter()
                 .filter(|p| {
-                    identity_buffers
-                        .contains(&p.column_by_name("identity").unwrap().as_string::<i32>().values().as_ptr())
+                    let tokens = p.column_by_name("input_tokens").unwrap().as_primitive::<Int64Type>();
+                    // a slice of a batch's rows starts inside its column
+                    token_buffers.iter().any(|b| b.contains(&tokens.values().as_ptr()))
                 })
                 .count();
             if !shuffled {
@@ -1423,8 +1514,7 @@ mod engine_tests {
             snap.iter().filter(|(s, _)| s.label == "1h").flat_map(|(_, b)| b).map(|b| b.num_rows()).sum();
         assert_eq!(hour_rows, 5, "one row per key and batch waits for the hour to close");
         let mut w2 = engine();
-        w2.restore(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect())
-            .unwrap();
+        w2.restore(with_dims(&mut w, snap)).unwrap();
         w2.add(batch(&[e(T0 + 8 * MIN, "k2", 200)]), Some(T0 + 7 * MIN), 24 * HOUR).await.unwrap();
         let rest = w2.close(None).await.unwrap();
         let got = per_key(&rest);
@@ -1492,7 +1582,9 @@ mod engine_tests {
             lines.sort();
             lines
         };
-        // once from partial rows, then again with the first result's overflow rows among the inputs
+        // once from partial rows, then again with the first result's overflow rows among the inputs (the
+        // rows' dimension ids are the source's)
+        w.dims = src.dims.clone();
         let first = w.merge_capped(batches.clone()).unwrap();
         let merged = w.merge(batches.clone()).unwrap();
         let reference = w.cap(merged).unwrap();
@@ -1502,6 +1594,7 @@ mod engine_tests {
         let evs: Vec<Ev<'_>> = (120..160).map(ev).collect();
         src.add(batch(&evs), None, 0).await.unwrap();
         again.append(&mut src.series[0].pending);
+        w.dims = src.dims.clone();
         let merged = w.merge(again.clone()).unwrap();
         let reference = w.cap(merged).unwrap();
         assert_eq!(sorted(w.merge_capped(again).unwrap()), sorted(reference));
@@ -1531,16 +1624,62 @@ mod engine_tests {
         }
     }
 
+    /// A snapshot as the lake holds it: the dictionary's part, then the window rows.
+    fn with_dims(w: &mut WindowEngine, snap: Vec<(WindowSize, Vec<RecordBatch>)>) -> Vec<(String, RecordBatch)> {
+        std::iter::once((DIMS_PART.to_string(), w.dims_part()))
+            .chain(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))))
+            .collect()
+    }
+
     #[tokio::test]
     async fn snapshot_and_restore_keep_open_windows() {
         let mut w = engine();
         w.add(batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]), None, 24 * HOUR).await.unwrap();
         let snap = w.snapshot();
         let mut w2 = engine();
-        w2.restore(snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect())
-            .unwrap();
+        w2.restore(with_dims(&mut w, snap)).unwrap();
         let out = w2.close(None).await.unwrap();
         assert_eq!(sum(&out, "1d", "input_tokens"), 7);
         assert_eq!(cost(&out, "1h"), 11);
+    }
+
+    /// The snapshot's rows carry dimension ids: a restore takes their values from the snapshot's own
+    /// dictionary (not the restoring engine's, whose ids differ), rows written with values (a lake from
+    /// before the dictionary) restore as they are, and ids without a dictionary are an error.
+    #[tokio::test]
+    async fn a_restore_takes_dimension_values_from_the_snapshots_dictionary() {
+        let mut w = engine();
+        w.add(batch(&[ev(T0, "a", 3, Some(5)), ev(T0 + HOUR, "b", 4, Some(6))]), None, 24 * HOUR).await.unwrap();
+        let snap = w.snapshot();
+        // another engine that has seen other values first: "b" and "a" have other ids there
+        let mut w2 = engine();
+        w2.add(batch(&[ev(T0, "z", 1, Some(1)), ev(T0, "b", 1, Some(1))]), None, 24 * HOUR).await.unwrap();
+        w2.close(None).await.unwrap();
+        w2.absorb(with_dims(&mut w, snap.clone())).unwrap();
+        let per_owner = |out: &[Emitted]| {
+            let rows = out.iter().find(|e| e.size.label == "1d").unwrap().rows();
+            let owner = rows.column_by_name("owner").unwrap().as_string::<i32>();
+            let tokens = rows.column_by_name("input_tokens").unwrap().as_primitive::<Int64Type>();
+            let mut m = std::collections::BTreeMap::new();
+            for i in 0..rows.num_rows() {
+                *m.entry(owner.value(i).to_string()).or_insert(0) += tokens.value(i);
+            }
+            m
+        };
+        let out = w2.close(None).await.unwrap();
+        assert_eq!(per_owner(&out), [("a".to_string(), 3), ("b".to_string(), 4)].into());
+        // rows with values, as a lake written before the dictionary has them
+        let legacy: Vec<(String, RecordBatch)> = snap
+            .iter()
+            .flat_map(|(s, bs)| bs.iter().map(|b| (s.label.clone(), to_rollup(b, &w.dims).unwrap())))
+            .collect();
+        let mut w3 = engine();
+        w3.restore(legacy).unwrap();
+        assert_eq!(per_owner(&w3.close(None).await.unwrap()), [("a".to_string(), 3), ("b".to_string(), 4)].into());
+        // ids and no dictionary
+        let bare: Vec<(String, RecordBatch)> =
+            snap.into_iter().flat_map(|(s, bs)| bs.into_iter().map(move |b| (s.label.clone(), b))).collect();
+        let err = engine().restore(bare).unwrap_err().to_string();
+        assert!(err.contains("no __dims part"), "{err}");
     }
 }

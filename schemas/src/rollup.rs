@@ -16,6 +16,10 @@ pub const WINDOW_END: &str = "window_end";
 pub const REQUESTS: &str = "requests";
 pub const LATE: &str = "late";
 
+/// The label of the commit state's part that holds the window engine's dictionary of dimension values (the
+/// open window rows it keeps carry each dimension as an id into it): not a window size, and no open rows.
+pub const DIMS_PART: &str = "__dims";
+
 /// Every count measure of a rollup (all `Int64`, summed when merging).
 pub fn count_measures() -> impl Iterator<Item = &'static str> {
     std::iter::once(REQUESTS).chain(EVENT_COUNTS)

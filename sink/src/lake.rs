@@ -1042,7 +1042,7 @@ impl Lake {
                 outbox.alerts.extend(o.alerts);
                 outbox.dead_letters.extend(o.dead_letters);
             }
-            if partials.iter().all(|(_, b)| b.num_rows() == 0)
+            if partials.iter().all(|(l, b)| b.num_rows() == 0 || l == aifinops_schemas::rollup::DIMS_PART)
                 && outbox.alerts.is_empty()
                 && outbox.dead_letters.is_empty()
             {
