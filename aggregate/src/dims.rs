@@ -22,7 +22,11 @@ use crate::window::OVERFLOW;
 
 pub use aifinops_schemas::rollup::DIMS_PART;
 
-/// The values of one dimension: their bytes end to end, and a table from value to id.
+/// Bytes after the last value, so that a value of up to this many bytes is copied as one fixed-size block.
+const PAD: usize = 32;
+
+/// The values of one dimension: their bytes end to end (and [`PAD`] zero bytes), and a table from value
+/// to id.
 #[derive(Default, Clone)]
 struct Values {
     bytes: Vec<u8>,
@@ -33,7 +37,7 @@ struct Values {
 
 impl Values {
     fn new() -> Values {
-        Values { bytes: Vec::new(), offsets: vec![0], table: HashTable::new() }
+        Values { bytes: vec![0; PAD], offsets: vec![0], table: HashTable::new() }
     }
 
     fn len(&self) -> usize {
@@ -42,23 +46,25 @@ impl Values {
 
     fn get(&self, id: u32) -> &str {
         let (a, b) = (self.offsets[id as usize] as usize, self.offsets[id as usize + 1] as usize);
-        // SAFETY-free: every value was appended from a `&str`
+        // every value was appended from a `&str`
         std::str::from_utf8(&self.bytes[a..b]).expect("dimension values are UTF-8")
     }
 
-    /// The id of `v`, added if new. `Err` only when the dimension's values outgrow 4 GiB.
-    fn intern(&mut self, v: &str, hash: u64, state: &foldhash::fast::FixedState) -> Result<(u32, bool), String> {
+    /// The id of `v` (UTF-8), added if new. `Err` only when the dimension's values outgrow 4 GiB.
+    fn intern(&mut self, v: &[u8], hash: u64, state: &foldhash::fast::FixedState) -> Result<(u32, bool), String> {
         let Values { bytes, offsets, table } = self;
         let eq = |&id: &u32| {
             let (a, b) = (offsets[id as usize] as usize, offsets[id as usize + 1] as usize);
-            &bytes[a..b] == v.as_bytes()
+            &bytes[a..b] == v
         };
         if let Some(&id) = table.find(hash, eq) {
             return Ok((id, false));
         }
         let id = u32::try_from(offsets.len() - 1).map_err(|_| "more than 2^32 values".to_string())?;
-        bytes.extend_from_slice(v.as_bytes());
+        bytes.truncate(bytes.len() - PAD);
+        bytes.extend_from_slice(v);
         let end = u32::try_from(bytes.len()).map_err(|_| "values longer than 4 GiB".to_string())?;
+        bytes.extend_from_slice(&[0; PAD]);
         offsets.push(end);
         let (bytes, offsets) = (&*bytes, &*offsets);
         table.insert_unique(hash, id, |&id| {
@@ -100,7 +106,8 @@ impl Dims {
         let state = foldhash::fast::FixedState::with_seed(0x5eed_d1a5);
         let mut values: Vec<Values> = DIMENSIONS.iter().map(|_| Values::new()).collect();
         for v in &mut values {
-            let (id, _) = v.intern(OVERFLOW, hash_of(&state, OVERFLOW.as_bytes()), &state).expect("one value");
+            let (id, _) =
+                v.intern(OVERFLOW.as_bytes(), hash_of(&state, OVERFLOW.as_bytes()), &state).expect("one value");
             debug_assert_eq!(id, 0);
         }
         Dims { values, state, batch: None }
@@ -127,21 +134,21 @@ impl Dims {
         let mut ids = Vec::with_capacity(col.len());
         let mut added = false;
         let (values, state) = (&mut self.values[d], &self.state);
-        // rows of a GROUP BY often repeat the value of the row before (an owner, a model)
-        let mut last: Option<(&str, u32)> = None;
-        for v in col.iter().map(|v| v.unwrap_or_default()) {
-            if let Some((lv, lid)) = last
-                && lv == v
-            {
-                ids.push(lid);
+        let (offsets, data) = (col.value_offsets(), col.value_data());
+        // rows of a GROUP BY's output often repeat the value of the row before (half of them in replay)
+        let mut last: (&[u8], u32) = (&[], u32::MAX);
+        for w in offsets.windows(2) {
+            let v = &data[w[0] as usize..w[1] as usize];
+            if last.1 != u32::MAX && last.0 == v {
+                ids.push(last.1);
                 continue;
             }
             let (id, new) = values
-                .intern(v, hash_of(state, v.as_bytes()), state)
+                .intern(v, hash_of(state, v), state)
                 .map_err(|e| AggregateError::State(format!("dimension {}: {e}", DIMENSIONS[d])))?;
             added |= new;
             ids.push(id);
-            last = Some((v, id));
+            last = (v, id);
         }
         if added {
             self.batch = None;
@@ -168,10 +175,21 @@ impl Dims {
                 AggregateError::State(format!("{} values of one batch longer than 2 GiB", DIMENSIONS[d]))
             })?);
         }
-        let mut bytes = Vec::with_capacity(len);
-        for &id in ids.values().iter() {
-            bytes.extend_from_slice(&v.bytes[v.offsets[id as usize] as usize..v.offsets[id as usize + 1] as usize]);
+        // values of up to PAD bytes (nearly all) are copied as one PAD-byte block, the next value's copy
+        // overwriting what went past this one's end: no call to memcpy per value
+        let mut bytes = vec![0u8; len + PAD];
+        let mut at = 0usize;
+        for (&id, w) in ids.values().iter().zip(offsets.windows(2)) {
+            let n = (w[1] - w[0]) as usize;
+            let from = v.offsets[id as usize] as usize;
+            if n <= PAD {
+                bytes[at..at + PAD].copy_from_slice(&v.bytes[from..from + PAD]);
+            } else {
+                bytes[at..at + n].copy_from_slice(&v.bytes[from..from + n]);
+            }
+            at += n;
         }
+        bytes.truncate(len);
         let offsets = OffsetBuffer::new(ScalarBuffer::from(offsets));
         StringArray::try_new(offsets, Buffer::from_vec(bytes), ids.nulls().cloned())
             .map_err(|source| AggregateError::Arrow { context: format!("the values of {}", DIMENSIONS[d]), source })
@@ -234,7 +252,7 @@ impl Dims {
             }
             let v = value.value(i);
             let (values, state) = (&mut dims.values[d], &dims.state);
-            let (_, new) = values.intern(v, hash_of(state, v.as_bytes()), state).map_err(bad)?;
+            let (_, new) = values.intern(v.as_bytes(), hash_of(state, v.as_bytes()), state).map_err(bad)?;
             if !new {
                 return Err(bad(format!("has {v:?} twice in {}", DIMENSIONS[d])));
             }

@@ -167,6 +167,22 @@ fn id_rollup_schema() -> SchemaRef {
         .clone()
 }
 
+/// The key hash of one row's dimension values (in [`DIMENSIONS`] order).
+fn key_hash<'a>(buf: &mut Vec<u8>, values: impl Iterator<Item = Option<&'a [u8]>>) -> u128 {
+    buf.clear();
+    for v in values {
+        // length-prefixed, so ("ab", "c") and ("a", "bc") differ; a null (never written) is its own value
+        match v {
+            None => buf.extend_from_slice(&u32::MAX.to_le_bytes()),
+            Some(v) => {
+                buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                buf.extend_from_slice(v);
+            }
+        }
+    }
+    xxhash_rust::xxh3::xxh3_128(buf)
+}
+
 /// Rollup rows as state rows: their dimensions as ids in `dict`, and their key hash added.
 fn with_keys(rows: RecordBatch, dict: &mut Dims) -> Result<RecordBatch, AggregateError> {
     let dims = DIMENSIONS
@@ -181,18 +197,7 @@ fn with_keys(rows: RecordBatch, dict: &mut Dims) -> Result<RecordBatch, Aggregat
     let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut buf: Vec<u8> = Vec::with_capacity(256);
     for i in 0..n {
-        buf.clear();
-        for c in &dims {
-            // length-prefixed, so ("ab", "c") and ("a", "bc") differ; a null (never written) is its own value
-            if c.is_null(i) {
-                buf.extend_from_slice(&u32::MAX.to_le_bytes());
-            } else {
-                let v = c.value(i).as_bytes();
-                buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-                buf.extend_from_slice(v);
-            }
-        }
-        let h = xxhash_rust::xxh3::xxh3_128(&buf);
+        let h = key_hash(&mut buf, dims.iter().map(|c| c.is_valid(i).then(|| c.value(i).as_bytes())));
         hi.push((h >> 64) as u64);
         lo.push(h as u64);
     }
@@ -382,11 +387,33 @@ impl WindowEngine {
     /// Sums rows the key cap folds (the rollup columns, dimensions as ids, the given-up ones already
     /// [`OVERFLOW`]) per window, late flag and kept dimensions.
     fn fold(&mut self, cols: Vec<ArrayRef>, n_folded: usize) -> Result<RecordBatch, AggregateError> {
-        let folding = RecordBatch::try_new(id_rollup_schema(), cols)
+        // their keys change: hashed again, from their values as every key hash is, once per distinct key (the
+        // folded rows of a window have one key per owner)
+        let n = cols.first().map_or(0, |c| c.len());
+        let schema = id_rollup_schema();
+        let dim_cols: Vec<&UInt32Array> = schema
+            .fields()
+            .iter()
+            .zip(&cols)
+            .filter(|(f, _)| DIMENSIONS.contains(&f.name().as_str()))
+            .map(|(_, c)| crate::dims::ids(c))
+            .collect();
+        let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let mut seen: crate::keyhash::FastMap<[u32; DIMENSIONS.len()], u128> = Default::default();
+        let mut buf = Vec::with_capacity(256);
+        for i in 0..n {
+            let ids: [u32; DIMENSIONS.len()] = std::array::from_fn(|d| dim_cols[d].value(i));
+            let h = *seen.entry(ids).or_insert_with(|| {
+                key_hash(&mut buf, ids.iter().enumerate().map(|(d, &id)| Some(self.dims.get(d, id).as_bytes())))
+            });
+            hi.push((h >> 64) as u64);
+            lo.push(h as u64);
+        }
+        let mut cols = cols;
+        cols.push(Arc::new(UInt64Array::from(hi)));
+        cols.push(Arc::new(UInt64Array::from(lo)));
+        let folding = RecordBatch::try_new(state_schema(), cols)
             .map_err(|source| AggregateError::Arrow { context: "folding keys".into(), source })?;
-        // their keys change: hashed again (from their values, as every key hash is)
-        let folding = to_rollup(&folding, &self.dims)?;
-        let folding = with_keys(folding, &mut self.dims)?;
         let folded = self.merge(vec![folding])?;
         self.overflowed += n_folded as u64;
         metrics::counter!("aifinops_window_overflow_keys_total").increment(n_folded as u64);
