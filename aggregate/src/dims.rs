@@ -27,7 +27,7 @@ const PAD: usize = 32;
 
 /// The values of one dimension: their bytes end to end (and [`PAD`] zero bytes), and a table from value
 /// to id.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 struct Values {
     bytes: Vec<u8>,
     /// `offsets[id]..offsets[id + 1]` is the value of `id`.
@@ -50,8 +50,9 @@ impl Values {
         std::str::from_utf8(&self.bytes[a..b]).expect("dimension values are UTF-8")
     }
 
-    /// The id of `v` (UTF-8), added if new. `Err` only when the dimension's values outgrow 4 GiB.
-    fn intern(&mut self, v: &[u8], hash: u64, state: &foldhash::fast::FixedState) -> Result<(u32, bool), String> {
+    /// The id of `v` (UTF-8), and whether it was added. `Err` only when the dimension's values outgrow 4 GiB.
+    fn intern(&mut self, v: &[u8], state: &foldhash::fast::FixedState) -> Result<(u32, bool), String> {
+        let hash = hash_of(state, v);
         let Values { bytes, offsets, table } = self;
         let eq = |&id: &u32| {
             let (a, b) = (offsets[id as usize] as usize, offsets[id as usize + 1] as usize);
@@ -95,19 +96,12 @@ impl std::fmt::Debug for Dims {
     }
 }
 
-impl Default for Dims {
-    fn default() -> Self {
-        Dims::new()
-    }
-}
-
 impl Dims {
     pub(crate) fn new() -> Dims {
         let state = foldhash::fast::FixedState::with_seed(0x5eed_d1a5);
         let mut values: Vec<Values> = DIMENSIONS.iter().map(|_| Values::new()).collect();
         for v in &mut values {
-            let (id, _) =
-                v.intern(OVERFLOW.as_bytes(), hash_of(&state, OVERFLOW.as_bytes()), &state).expect("one value");
+            let (id, _) = v.intern(OVERFLOW.as_bytes(), &state).expect("one value");
             debug_assert_eq!(id, 0);
         }
         Dims { values, state, batch: None }
@@ -144,7 +138,7 @@ impl Dims {
                 continue;
             }
             let (id, new) = values
-                .intern(v, hash_of(state, v), state)
+                .intern(v, state)
                 .map_err(|e| AggregateError::State(format!("dimension {}: {e}", DIMENSIONS[d])))?;
             added |= new;
             ids.push(id);
@@ -252,7 +246,7 @@ impl Dims {
             }
             let v = value.value(i);
             let (values, state) = (&mut dims.values[d], &dims.state);
-            let (_, new) = values.intern(v.as_bytes(), hash_of(state, v.as_bytes()), state).map_err(bad)?;
+            let (_, new) = values.intern(v.as_bytes(), state).map_err(bad)?;
             if !new {
                 return Err(bad(format!("has {v:?} twice in {}", DIMENSIONS[d])));
             }
