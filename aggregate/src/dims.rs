@@ -12,9 +12,11 @@
 use std::sync::Arc;
 
 use aifinops_schemas::event::DIMENSIONS;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt8Array, UInt32Array};
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, DictionaryArray, RecordBatch, StringArray, UInt8Array, UInt32Array,
+};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt32Type};
 use hashbrown::HashTable;
 
 use crate::AggregateError;
@@ -189,6 +191,19 @@ impl Dims {
             .map_err(|source| AggregateError::Arrow { context: format!("the values of {}", DIMENSIONS[d]), source })
     }
 
+    /// A column of dimension `d` ids as a dictionary column (`Dictionary(UInt32, Utf8)`): the ids are its
+    /// keys as they are, and its values are every value of the dimension, a slice of the snapshot part's
+    /// column ([`Dims::batch`]), so the closes and the commit between two new values share one copy of
+    /// them and no row's string is copied.
+    pub(crate) fn dictionary(&mut self, d: usize, ids: &UInt32Array) -> Result<ArrayRef, AggregateError> {
+        let start = (0..d).map(|e| self.len(e)).sum();
+        let values = self.batch().column(1).slice(start, self.len(d));
+        // checks every id against the dimension's values: an id it does not have is an error, not a wrong value
+        DictionaryArray::<UInt32Type>::try_new(ids.clone(), values).map(|a| Arc::new(a) as ArrayRef).map_err(|e| {
+            AggregateError::State(format!("state rows with {} ids beyond the dictionary: {e}", DIMENSIONS[d]))
+        })
+    }
+
     fn schema() -> SchemaRef {
         static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
         SCHEMA
@@ -255,6 +270,37 @@ impl Dims {
             return Err(bad(format!("does not start {} with {OVERFLOW}", DIMENSIONS[d])));
         }
         Ok(dims)
+    }
+}
+
+/// The strings of a dimension column of rollup rows, plain (`Utf8`: rows read from the lake, tests) or as
+/// the window engine emits them (`Dictionary(UInt32, Utf8)`, [`Dims::dictionary`]). Detectors read closed
+/// windows' dimensions through it.
+#[derive(Clone, Copy)]
+pub(crate) enum Strs<'a> {
+    Plain(&'a StringArray),
+    Dict(&'a [u32], &'a StringArray),
+}
+
+impl<'a> Strs<'a> {
+    /// Column `name` of rollup rows; panics on a column that is neither (the rollup schema has only these).
+    pub(crate) fn of(rows: &'a RecordBatch, name: &str) -> Strs<'a> {
+        let c = rows.column_by_name(name).unwrap_or_else(|| panic!("rollup rows without column {name}"));
+        match c.data_type() {
+            DataType::Dictionary(k, v) if **k == DataType::UInt32 && **v == DataType::Utf8 => {
+                let d = c.as_dictionary::<UInt32Type>();
+                Strs::Dict(d.keys().values(), d.values().as_string::<i32>())
+            }
+            _ => Strs::Plain(c.as_string::<i32>()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn value(&self, row: usize) -> &'a str {
+        match self {
+            Strs::Plain(a) => a.value(row),
+            Strs::Dict(keys, values) => values.value(keys[row] as usize),
+        }
     }
 }
 

@@ -47,7 +47,7 @@ impl Detector for DriftDetector {
         }
         let mut groups: BTreeMap<(String, String, String, i64), Acc> = BTreeMap::new();
         for b in &e.parts {
-            let s = |n: &str| b.column_by_name(n).expect("rollup column").as_string::<i32>();
+            let s = |n: &str| crate::dims::Strs::of(b, n);
             let i = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Int64Type>();
             let m = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Decimal128Type>();
             let (owner, model, provider) = (s("owner"), s("model"), s("provider"));

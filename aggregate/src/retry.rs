@@ -26,7 +26,7 @@ impl RetryStormDetector {
 
     /// The groups of one part of a closed window's rows over the thresholds.
     fn storms<'b>(&self, b: &'b RecordBatch) -> Vec<(Group<'b>, Acc)> {
-        let s = |n: &str| b.column_by_name(n).expect("rollup column").as_string::<i32>();
+        let s = |n: &str| crate::dims::Strs::of(b, n);
         let i = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Int64Type>();
         let m = |n: &str| b.column_by_name(n).expect("rollup column").as_primitive::<Decimal128Type>();
         let (owner, risk, workflow) = (s("owner"), s("risk_owner"), s("workflow"));

@@ -810,7 +810,7 @@ impl SpikeDetector {
         let start =
             rows.column_by_name("window_start").expect("window_start").as_primitive::<TimestampMillisecondType>();
         let late = rows.column_by_name("late").map(|c| c.as_boolean().clone());
-        let s = |n: &str| rows.column_by_name(n).expect("rollup column").as_string::<i32>();
+        let s = |n: &str| crate::dims::Strs::of(rows, n);
         let (owner, identity) = (s("owner"), s("identity"));
         self.calls += 1;
         let call = self.calls;
@@ -866,7 +866,7 @@ impl SpikeDetector {
         }
         let (mut m, mut key) = (String::new(), String::new());
         for rows in batches {
-            let s = |n: &str| rows.column_by_name(n).expect("rollup column").as_string::<i32>();
+            let s = |n: &str| crate::dims::Strs::of(rows, n);
             let (owner, risk, identity, provider, model, workflow) =
                 (s("owner"), s("risk_owner"), s("identity"), s("provider"), s("model"), s("workflow"));
             let cost = rows.column_by_name("cost_usd").expect("cost_usd").as_primitive::<Decimal128Type>();

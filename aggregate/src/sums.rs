@@ -30,36 +30,59 @@ use crate::AggregateError;
 /// Multiplier mixing the window start into the table's hash (the key hash's low half is already uniform).
 const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Merges state rows (`state`'s columns; `key_hi`, `key_lo` the key hash) into one row per window bounds,
-/// late flag and key. Returns rows of `out` (the five group columns in the order window start, window end,
-/// late, key hi, key lo, then every count and money measure, each as named in `out`) in the order their
-/// groups first occur, and for each the (input batch, row) of its first input row, where the dimensions
-/// are taken from.
+/// The columns of input batches, by index in the state schema; a merge takes (and lets go of) the columns
+/// it has used, so that each input column is freed as soon as its sums are built.
+pub(crate) type Columns = Vec<Vec<Option<ArrayRef>>>;
+
+/// `batches` as [`Columns`], every column present.
+pub(crate) fn columns(batches: Vec<RecordBatch>) -> Columns {
+    batches.into_iter().map(|b| b.into_parts().1.into_iter().map(Some).collect()).collect()
+}
+
+/// Merges state rows (`inputs`: batches of `state`'s columns; `key_hi`, `key_lo` the key hash) into one
+/// row per window bounds, late flag and key. Returns rows of `out` (the five group columns in the order
+/// window start, window end, late, key hi, key lo, then every count and money measure, each as named in
+/// `out`) in the order their groups first occur, and for each the (input batch, row) of its first input
+/// row, where the dimensions are taken from. The group and measure columns of `inputs` are taken: each
+/// measure's input columns are let go once its sums are built, so the inputs' measures and the merged
+/// ones are not all live at once (the day window's compaction, where the engine's memory peaks, holds a
+/// few hundred thousand rows of 24 measures on each side); the other columns are left in `inputs`.
 pub(crate) fn sum_by_key(
-    batches: &[RecordBatch],
+    inputs: &mut Columns,
     state: &SchemaRef,
     out: &SchemaRef,
     key_hi: &str,
     key_lo: &str,
 ) -> Result<(RecordBatch, Vec<(usize, usize)>), AggregateError> {
-    let column = |b: &RecordBatch, name: &str| -> Result<ArrayRef, AggregateError> {
-        state
-            .index_of(name)
-            .ok()
-            .and_then(|i| b.columns().get(i).cloned())
+    let index = |name: &str| -> Result<usize, AggregateError> {
+        state.index_of(name).map_err(|_| AggregateError::State(format!("rows to merge without column {name}")))
+    };
+    let n_inputs = inputs.len();
+    let (i_start, i_end, i_late, i_hi, i_lo) =
+        (index(WINDOW_START)?, index(WINDOW_END)?, index(LATE)?, index(key_hi)?, index(key_lo)?);
+    let total: usize = inputs.iter().map(|b| b.get(i_start).and_then(|c| c.as_ref()).map_or(0, |c| c.len())).sum();
+    let mut take = |bi: usize, at: usize, name: &str| -> Result<ArrayRef, AggregateError> {
+        inputs[bi]
+            .get_mut(at)
+            .and_then(Option::take)
             .ok_or_else(|| AggregateError::State(format!("rows to merge without column {name}")))
     };
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut table: HashTable<u32> = HashTable::with_capacity(total);
     let mut groups = Groups::with_capacity(total);
     // each input row's group number, per batch
-    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(batches.len());
-    for (bi, b) in batches.iter().enumerate() {
-        let starts = column(b, WINDOW_START)?;
-        let ends = column(b, WINDOW_END)?;
-        let late = column(b, LATE)?;
-        let hi = column(b, key_hi)?;
-        let lo = column(b, key_lo)?;
+    let mut ids: Vec<Vec<u32>> = Vec::with_capacity(n_inputs);
+    for bi in 0..n_inputs {
+        let (starts, ends, late, hi, lo) = (
+            take(bi, i_start, WINDOW_START)?,
+            take(bi, i_end, WINDOW_END)?,
+            take(bi, i_late, LATE)?,
+            take(bi, i_hi, key_hi)?,
+            take(bi, i_lo, key_lo)?,
+        );
+        let rows = starts.len();
+        if [&ends, &late, &hi, &lo].iter().any(|c| c.len() != rows) {
+            return Err(uneven("the window bounds, late flag and key"));
+        }
         if [&starts, &ends, &late, &hi, &lo].iter().any(|c| c.null_count() > 0) {
             return Err(AggregateError::State("rows to merge with a null window bound, late flag or key".into()));
         }
@@ -68,8 +91,8 @@ pub(crate) fn sum_by_key(
         let late = late.as_boolean();
         let hi = hi.as_primitive::<UInt64Type>().values();
         let lo = lo.as_primitive::<UInt64Type>().values();
-        let mut row_ids = Vec::with_capacity(b.num_rows());
-        for r in 0..b.num_rows() {
+        let mut row_ids = Vec::with_capacity(rows);
+        for r in 0..rows {
             let key = GroupKey { start: starts[r], end: ends[r], late: late.value(r), hi: hi[r], lo: lo[r] };
             let hash = key.hash();
             let g = match table.entry(hash, |&g| groups.key(g) == key, |&g| groups.key(g).hash()) {
@@ -105,9 +128,13 @@ pub(crate) fn sum_by_key(
     for name in count_measures() {
         let mut sums = vec![0i64; n];
         let mut overflow = false;
-        for (b, row_ids) in batches.iter().zip(&ids) {
-            let v = column(b, name)?;
+        let at = index(name)?;
+        for (bi, row_ids) in ids.iter().enumerate() {
+            let v = take(bi, at, name)?;
             let v = v.as_primitive_opt::<Int64Type>().ok_or_else(|| not_a(name, "Int64", v.data_type()))?;
+            if v.len() != row_ids.len() {
+                return Err(uneven(name));
+            }
             if v.null_count() > 0 {
                 return Err(AggregateError::State(format!("rows to merge with a null {name}")));
             }
@@ -129,9 +156,13 @@ pub(crate) fn sum_by_key(
         let mut sums = vec![0i128; n];
         let mut valid = vec![false; n];
         let mut overflow = false;
-        for (b, row_ids) in batches.iter().zip(&ids) {
-            let v = column(b, name)?;
+        let at = index(name)?;
+        for (bi, row_ids) in ids.iter().enumerate() {
+            let v = take(bi, at, name)?;
             let v = v.as_primitive_opt::<Decimal128Type>().ok_or_else(|| not_a(name, "Decimal128", v.data_type()))?;
+            if v.len() != row_ids.len() {
+                return Err(uneven(name));
+            }
             let mut add = |g: u32, x: i128| {
                 let (s, o) = sums[g as usize].overflowing_add(x);
                 sums[g as usize] = s;
@@ -162,6 +193,10 @@ pub(crate) fn sum_by_key(
     let rows = RecordBatch::try_new(out.clone(), cols)
         .map_err(|source| AggregateError::Arrow { context: "building merged rows".into(), source })?;
     Ok((rows, groups.from))
+}
+
+fn uneven(name: &str) -> AggregateError {
+    AggregateError::State(format!("rows to merge with {name} of another length than their window bounds"))
 }
 
 fn not_a(name: &str, want: &str, got: &DataType) -> AggregateError {
@@ -295,7 +330,7 @@ mod tests {
     }
 
     fn merge(batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<(usize, usize)>), AggregateError> {
-        sum_by_key(batches, &schema(), &schema(), "hi", "lo")
+        sum_by_key(&mut columns(batches.to_vec()), &schema(), &schema(), "hi", "lo")
     }
 
     #[test]
@@ -355,5 +390,39 @@ mod tests {
         assert!(e.to_string().contains("cost_usd") && e.to_string().contains("38 digits"), "{e}");
         // one of them alone is fine
         assert!(merge(&[rows(&[(0, false, 1, 1, 1, Some(m))])]).is_ok());
+    }
+
+    /// The merge takes what it sums from its inputs (so each input measure is freed once summed) and leaves
+    /// the other columns; a column shorter than the window bounds is an error, not a partial sum.
+    #[test]
+    fn a_merge_takes_the_columns_it_sums_and_leaves_the_others() {
+        let mut fields: Vec<Field> = schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(Field::new("owner", DataType::Utf8, false));
+        let state = Arc::new(Schema::new(fields));
+        let with_owner = |b: RecordBatch| {
+            let mut cols = b.columns().to_vec();
+            cols.push(Arc::new(datafusion::arrow::array::StringArray::from(vec!["a"; b.num_rows()])));
+            RecordBatch::try_new(state.clone(), cols).unwrap()
+        };
+        let batches = vec![
+            with_owner(rows(&[(0, false, 1, 1, 2, Some(5)), (0, false, 1, 2, 3, None)])),
+            with_owner(rows(&[(0, false, 1, 1, 4, Some(1))])),
+        ];
+        let mut inputs = columns(batches.clone());
+        let (out, from) = sum_by_key(&mut inputs, &state, &schema(), "hi", "lo").unwrap();
+        assert_eq!(out.column_by_name("requests").unwrap().as_primitive::<Int64Type>().values().to_vec(), [6, 3]);
+        assert_eq!(from, [(0, 0), (0, 1)]);
+        let owner = state.index_of("owner").unwrap();
+        for b in &inputs {
+            for (i, c) in b.iter().enumerate() {
+                assert_eq!(c.is_some(), i == owner, "column {} of an input", state.field(i).name());
+            }
+        }
+        // a measure cut short
+        let mut inputs = columns(batches);
+        let at = state.index_of("input_tokens").unwrap();
+        inputs[0][at] = inputs[0][at].as_ref().map(|c| c.slice(0, 1));
+        let e = sum_by_key(&mut inputs, &state, &schema(), "hi", "lo").unwrap_err().to_string();
+        assert!(e.contains("input_tokens") && e.contains("length"), "{e}");
     }
 }

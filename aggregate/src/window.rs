@@ -101,7 +101,8 @@ fn given_up(name: &str) -> bool {
 
 /// Rows emitted for one window size by one close, in parts as the close found or merged them (not copied
 /// into one batch): each window's rows are in one part, except that a window over the key cap has its
-/// `__other__` rows in the part after its kept rows.
+/// `__other__` rows in the part after its kept rows. The parts have [`emitted_schema`]: the rollup columns
+/// with the dimensions dictionary-encoded (the Parquet writer takes them as the strings they stand for).
 #[derive(Debug, Clone)]
 pub struct Emitted {
     pub size: WindowSize,
@@ -113,10 +114,25 @@ impl Emitted {
         self.parts.iter().map(|b| b.num_rows()).sum()
     }
 
-    /// The parts as one batch (tests).
+    /// The parts as one batch of [`rollup_schema`], dimensions as plain strings (tests).
     #[cfg(test)]
     pub(crate) fn rows(&self) -> RecordBatch {
-        datafusion::arrow::compute::concat_batches(&rollup_schema(), &self.parts).expect("rollup rows")
+        let plain: Vec<RecordBatch> = self
+            .parts
+            .iter()
+            .map(|b| {
+                let cols: Vec<ArrayRef> = b
+                    .columns()
+                    .iter()
+                    .map(|c| match c.data_type() {
+                        DataType::Dictionary(..) => cast(c, &DataType::Utf8).expect("a dictionary of strings"),
+                        _ => c.clone(),
+                    })
+                    .collect();
+                RecordBatch::try_new(rollup_schema(), cols).expect("rollup rows")
+            })
+            .collect();
+        datafusion::arrow::compute::concat_batches(&rollup_schema(), &plain).expect("rollup rows")
     }
 }
 
@@ -219,6 +235,45 @@ fn with_keys(rows: RecordBatch, dict: &mut Dims) -> Result<RecordBatch, Aggregat
 fn strip_keys(rows: &RecordBatch) -> RecordBatch {
     let n = id_rollup_schema().fields().len();
     RecordBatch::try_new(id_rollup_schema(), rows.columns()[..n].to_vec()).expect("state rows hold the rollup columns")
+}
+
+/// The schema of the rows the engine emits ([`Emitted`]): the rollup columns, each dimension as a
+/// dictionary column (`Dictionary(UInt32, Utf8)`) whose keys are the state rows' ids and whose values are
+/// the engine's dictionary of that dimension.
+pub fn emitted_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let fields: Vec<Field> = rollup_schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    if DIMENSIONS.contains(&f.name().as_str()) {
+                        let dict = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+                        Field::new(f.name(), dict, false)
+                    } else {
+                        f.as_ref().clone()
+                    }
+                })
+                .collect();
+            Arc::new(Schema::new(fields))
+        })
+        .clone()
+}
+
+/// State rows as the rows a close emits ([`emitted_schema`]): each dimension's ids become the keys of a
+/// dictionary column over `dict`'s values (no string is copied), every other column as it is.
+fn to_emitted(rows: &RecordBatch, dict: &mut Dims) -> Result<RecordBatch, AggregateError> {
+    let schema = emitted_schema();
+    let mut cols = Vec::with_capacity(schema.fields().len());
+    for (f, c) in schema.fields().iter().zip(rows.columns()) {
+        cols.push(match DIMENSIONS.iter().position(|d| d == f.name()) {
+            Some(d) => dict.dictionary(d, crate::dims::ids(c))?,
+            None => c.clone(),
+        });
+    }
+    RecordBatch::try_new(schema, cols)
+        .map_err(|source| AggregateError::Arrow { context: "the dimension values of rollup rows".into(), source })
 }
 
 /// State rows (or rows of [`id_rollup_schema`]) as rollup rows: the dimension values of their ids in
@@ -536,8 +591,8 @@ impl WindowEngine {
         if batches.is_empty() {
             return Ok(RecordBatch::new_empty(state_schema()));
         }
-        let (merged, from) = Self::merge_narrow(&batches)?;
-        let mut inputs = dim_columns(batches);
+        let mut inputs = crate::sums::columns(batches);
+        let (merged, from) = Self::merge_narrow(&mut inputs)?;
         assemble(&mut inputs, merged, &from)
     }
 
@@ -550,9 +605,9 @@ impl WindowEngine {
         if batches.is_empty() {
             return Ok(vec![]);
         }
-        let (merged, from) = Self::merge_narrow(&batches)?;
-        // of the inputs only the dimensions are needed from here on
-        let mut inputs = dim_columns(batches);
+        // the merge takes the inputs' measures (each let go once summed): only their dimensions are left
+        let mut inputs = crate::sums::columns(batches);
+        let (merged, from) = Self::merge_narrow(&mut inputs)?;
         let state = state_schema();
         let given_up_cols: Vec<usize> =
             (0..state.fields().len()).filter(|&i| given_up(state.field(i).name())).collect();
@@ -607,11 +662,12 @@ impl WindowEngine {
 
     /// The first half of a merge of (non-empty) state rows: the merged bounds, late flag, key hash and
     /// measures ([`narrow_schema`]), and for each merged row the (input batch, row) of its first input row.
-    fn merge_narrow(batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<(usize, usize)>), AggregateError> {
-        if batches.iter().any(|b| b.num_columns() != state_schema().fields().len()) {
+    /// The group and measure columns of `inputs` are taken, their dimensions left.
+    fn merge_narrow(inputs: &mut DimColumns) -> Result<(RecordBatch, Vec<(usize, usize)>), AggregateError> {
+        if inputs.iter().any(|b| b.len() != state_schema().fields().len()) {
             return Err(AggregateError::State("rows to merge without their key hash".into()));
         }
-        crate::sums::sum_by_key(batches, &state_schema(), &narrow_schema(), KEY_HI, KEY_LO)
+        crate::sums::sum_by_key(inputs, &state_schema(), &narrow_schema(), KEY_HI, KEY_LO)
     }
 
     /// Returns the rows of every window whose end is at or before `watermark_ms` (`None` = end of input:
@@ -654,7 +710,7 @@ impl WindowEngine {
                 let mut parts = Vec::new();
                 for part in self.merge_parts(closing)? {
                     for b in self.cap(part)?.iter().filter(|b| b.num_rows() > 0) {
-                        parts.push(to_rollup(b, &self.dims)?);
+                        parts.push(to_emitted(b, &mut self.dims)?);
                     }
                 }
                 out.push(Emitted { size, parts });
@@ -886,24 +942,9 @@ fn folded_dims(rows: &RecordBatch) -> Vec<&UInt32Array> {
         .collect()
 }
 
-/// The dimension columns of state rows, per batch and state column (`None` for the others, and for a
-/// column once taken): what a merge needs of its inputs once the measures are summed.
-type DimColumns = Vec<Vec<Option<ArrayRef>>>;
-
-fn dim_columns(batches: Vec<RecordBatch>) -> DimColumns {
-    let state = state_schema();
-    batches
-        .into_iter()
-        .map(|b| {
-            state
-                .fields()
-                .iter()
-                .zip(b.columns())
-                .map(|(f, c)| DIMENSIONS.contains(&f.name().as_str()).then(|| c.clone()))
-                .collect()
-        })
-        .collect()
-}
+/// The columns of state rows, per batch and state column, `None` once taken: after a merge has summed the
+/// measures, only the dimensions are left.
+type DimColumns = crate::sums::Columns;
 
 /// Takes state column `col` of the inputs and returns, for each list of (input batch, row), those rows of
 /// it; the inputs' column is let go.
@@ -1668,6 +1709,40 @@ mod engine_tests {
         let out = w2.close(None).await.unwrap();
         assert_eq!(sum(&out, "1d", "input_tokens"), 7);
         assert_eq!(cost(&out, "1h"), 11);
+    }
+
+    /// A close emits each dimension as a dictionary column: its keys are the state rows' ids, its values the
+    /// engine's dictionary of the dimension, one array shared by every part and window size of the close
+    /// and by the commit's dictionary part (no row's string is copied); detectors read either kind.
+    #[tokio::test]
+    async fn a_close_emits_dimensions_as_ids_into_one_shared_dictionary() {
+        use datafusion::arrow::datatypes::UInt32Type;
+        let mut w = engine();
+        let evs = [ev(T0, "b", 1, Some(1)), ev(T0 + 2 * MIN, "a", 2, Some(2)), ev(T0 + HOUR, "b", 4, Some(4))];
+        w.add(batch(&evs), None, 24 * HOUR).await.unwrap();
+        let out = w.close(None).await.unwrap();
+        let part = w.dims_part();
+        let part_values = part.column(1).to_data().buffers()[1].as_ptr();
+        let mut owners = Vec::new();
+        for b in out.iter().flat_map(|e| &e.parts) {
+            assert_eq!(b.schema(), emitted_schema());
+            let owner = b.column_by_name("owner").unwrap().as_dictionary::<UInt32Type>();
+            // "b" was seen first: id 1 ("__other__" is 0)
+            assert_eq!(owner.values().len(), 3);
+            assert_eq!(owner.values().to_data().buffers()[1].as_ptr(), part_values, "the dictionary part's bytes");
+            let s = crate::dims::Strs::of(b, "owner");
+            owners.extend((0..b.num_rows()).map(|r| (owner.keys().value(r), s.value(r).to_string())));
+        }
+        owners.sort();
+        owners.dedup();
+        assert_eq!(owners, [(1, "b".to_string()), (2, "a".to_string())]);
+        // as plain strings, the same totals per owner
+        let day = out.iter().find(|e| e.size.label == "1d").unwrap().rows();
+        let names = crate::dims::Strs::of(&day, "owner");
+        let tokens = day.column_by_name("input_tokens").unwrap().as_primitive::<Int64Type>();
+        let mut per_owner: Vec<(&str, i64)> = (0..day.num_rows()).map(|r| (names.value(r), tokens.value(r))).collect();
+        per_owner.sort();
+        assert_eq!(per_owner, [("a", 2), ("b", 5)]);
     }
 
     /// The snapshot's rows carry dimension ids: a restore takes their values from the snapshot's own

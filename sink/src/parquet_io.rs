@@ -1,21 +1,29 @@
 //! Parquet writing: dictionaries for strings, LZ4 for strings and decimals, delta encoding for counts and
-//! times (plain and LZ4 for a count or time with one value in the file), chunk statistics, one row group
-//! per file of a commit, written to a staging path and fsynced.
+//! times (plain and LZ4 for a count or time with one value in the file), chunk statistics, row groups of
+//! up to [`ROW_GROUP_BYTES`] encoded (one for nearly every file of a commit), written to a staging path
+//! and fsynced.
 
 use std::fs::File;
 use std::path::Path;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, Encoding};
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
+use std::sync::Arc;
 
 use crate::{SinkError, io_err};
 
 /// String columns that keep chunk statistics (what readers filter rollups, alerts and dead letters by).
 const PRUNED_BY: [&str; 5] = ["owner", "provider", "model", "type", "kind"];
+
+/// Encoded bytes after which a file's row group is written out and the next one begun. The writer holds a
+/// row group's encoded pages in memory until the row group is complete (its column chunks go to the file
+/// one after the other), so without a bound a large file (a day window of many keys) was held whole. Every
+/// file of the benchmark's workload (up to ~180k rows) stays one row group under it.
+const ROW_GROUP_BYTES: usize = 8 << 20;
 
 /// Rows handed to the Parquet writer at a time (see [`write_parquet`]).
 const WRITE_SLICE_ROWS: usize = 16_384;
@@ -38,11 +46,31 @@ fn constant(batches: &[RecordBatch], i: usize) -> bool {
     value.is_some()
 }
 
-/// Writes `batches` (one schema) to `path` and fsyncs it. Returns bytes written.
+/// `schema` with each dictionary column as its values' type: the file's schema. The window engine emits
+/// rollup dimensions as dictionary columns; the writer takes them as the strings they stand for (it looks
+/// each row's value up in the dictionary), so the file, its Arrow schema hint and what readers get are
+/// the same as for plain strings.
+fn plain_schema(schema: &SchemaRef) -> SchemaRef {
+    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Dictionary(..))) {
+        return schema.clone();
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Dictionary(_, v) => f.as_ref().clone().with_data_type(v.as_ref().clone()),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Writes `batches` (one schema, or the same columns with some as dictionaries of the values' type) to
+/// `path` and fsyncs it. Returns bytes written.
 pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkError> {
     let schema = batches
         .first()
-        .map(|b| b.schema())
+        .map(|b| plain_schema(&b.schema()))
         .ok_or_else(|| SinkError::Manifest { path: path.display().to_string(), reason: "no rows to write".into() })?;
     let pe = |e| SinkError::Parquet { path: path.display().to_string(), source: e };
     let file = File::create(path).map_err(io_err(format!("creating {}", path.display())))?;
@@ -54,6 +82,7 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
     let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(1 << 20))
+        .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_created_by("aifinops".into());
@@ -124,9 +153,7 @@ pub fn write_parquet(path: &Path, batches: &[RecordBatch]) -> Result<u64, SinkEr
 mod tests {
     use super::*;
     use datafusion::arrow::array::{ArrayRef, Int64Array};
-    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-    use std::sync::Arc;
 
     #[test]
     fn a_count_with_one_value_in_the_file_is_plain_and_lz4_others_delta_and_all_read_back() {
@@ -196,5 +223,88 @@ mod tests {
         let back: Vec<RecordBatch> = r.build().unwrap().collect::<Result<_, _>>().unwrap();
         let back = datafusion::arrow::compute::concat_batches(&schema, &back).unwrap();
         assert_eq!(back, datafusion::arrow::compute::concat_batches(&schema, &batches).unwrap());
+    }
+
+    /// Dimensions as the window engine emits them (dictionary columns whose values are the whole
+    /// dictionary, keys sliced out of a larger batch) are written as the strings they stand for: the file's
+    /// schema says Utf8, it keeps the string columns' dictionary encoding and statistics, and it reads back
+    /// equal to the same rows with plain strings, also when a file mixes both kinds of batch.
+    #[test]
+    fn dictionary_columns_are_written_as_their_strings() {
+        use datafusion::arrow::array::{DictionaryArray, StringArray, UInt32Array};
+        use datafusion::arrow::datatypes::UInt32Type;
+        use datafusion::parquet::file::statistics::Statistics;
+        let dict_type = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
+        let emitted = Arc::new(Schema::new(vec![
+            Field::new("owner", dict_type, false),
+            Field::new("requests", DataType::Int64, false),
+        ]));
+        let plain = Arc::new(Schema::new(vec![
+            Field::new("owner", DataType::Utf8, false),
+            Field::new("requests", DataType::Int64, false),
+        ]));
+        // values the rows do not all use: "zz-unused" must not reach the statistics
+        let values: ArrayRef = Arc::new(StringArray::from(vec!["__other__", "team-b", "team-a", "zz-unused"]));
+        let keys = UInt32Array::from(vec![1, 2, 2, 0, 1, 2]).slice(1, 4); // team-a team-a __other__ team-b
+        let owner: ArrayRef = Arc::new(DictionaryArray::<UInt32Type>::try_new(keys, values).unwrap());
+        let dict_rows =
+            RecordBatch::try_new(emitted.clone(), vec![owner, Arc::new(Int64Array::from(vec![1, 2, 3, 4]))]).unwrap();
+        let plain_rows = RecordBatch::try_new(
+            plain.clone(),
+            vec![Arc::new(StringArray::from(vec!["team-c"])), Arc::new(Int64Array::from(vec![5]))],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.parquet");
+        write_parquet(&p, &[dict_rows, plain_rows]).unwrap();
+        let r = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap();
+        assert_eq!(r.schema().as_ref(), plain.as_ref(), "the file's schema has the strings' type");
+        let chunk = r.metadata().row_group(0).column(0).clone();
+        assert!(chunk.dictionary_page_offset().is_some(), "dictionary-encoded in the file");
+        match chunk.statistics() {
+            Some(Statistics::ByteArray(s)) => {
+                assert_eq!(s.min_opt().unwrap().as_utf8().unwrap(), "__other__");
+                assert_eq!(s.max_opt().unwrap().as_utf8().unwrap(), "team-c");
+            }
+            other => panic!("owner statistics: {other:?}"),
+        }
+        let back: Vec<RecordBatch> = r.build().unwrap().collect::<Result<_, _>>().unwrap();
+        let back = datafusion::arrow::compute::concat_batches(&plain, &back).unwrap();
+        let want = RecordBatch::try_new(
+            plain,
+            vec![
+                Arc::new(StringArray::from(vec!["team-a", "team-a", "__other__", "team-b", "team-c"])),
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(back, want);
+    }
+
+    /// A file whose encoded rows outgrow [`ROW_GROUP_BYTES`] is written in several row groups (the writer
+    /// does not hold all of it), and reads back whole.
+    #[test]
+    fn a_file_larger_than_the_row_group_bound_has_several_row_groups() {
+        let schema = Arc::new(Schema::new(vec![Field::new("tokens", DataType::Int64, false)]));
+        // pseudo-random values: ~8 bytes each delta-encoded, so 1.5M rows are ~12 MB
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let values: Vec<i64> = (0..1_500_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as i64
+            })
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.parquet");
+        write_parquet(&p, std::slice::from_ref(&batch)).unwrap();
+        let r = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap();
+        let groups = r.metadata().row_groups();
+        assert!(groups.len() >= 2, "{} row groups", groups.len());
+        assert!(groups.iter().all(|g| g.compressed_size() as usize <= ROW_GROUP_BYTES + (1 << 20)));
+        let back: Vec<RecordBatch> = r.build().unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(datafusion::arrow::compute::concat_batches(&schema, &back).unwrap(), batch);
     }
 }
