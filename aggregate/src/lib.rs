@@ -16,6 +16,7 @@ pub mod spike;
 mod sums;
 pub mod watermark;
 pub mod window;
+mod zeros;
 
 #[cfg(test)]
 mod testutil;

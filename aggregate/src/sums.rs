@@ -125,16 +125,26 @@ pub(crate) fn sum_by_key(
     cols.push(Arc::new(BooleanArray::from(groups.late)));
     cols.push(Arc::new(UInt64Array::from(groups.hi)));
     cols.push(Arc::new(UInt64Array::from(groups.lo)));
+    // per measure: the inputs' columns are taken (and let go once summed); a measure whose inputs are all
+    // the shared zero (or null) column is the shared column of the output's length, not summed
+    let mut measure = |name: &str| -> Result<Vec<ArrayRef>, AggregateError> {
+        let at = index(name)?;
+        let cols = (0..n_inputs).map(|bi| take(bi, at, name)).collect::<Result<Vec<_>, _>>()?;
+        if cols.iter().zip(&ids).any(|(c, row_ids)| c.len() != row_ids.len()) {
+            return Err(uneven(name));
+        }
+        Ok(cols)
+    };
     for name in count_measures() {
+        let inputs = measure(name)?;
+        if let Some(c) = all_shared(&inputs, out, name, n)? {
+            cols.push(c);
+            continue;
+        }
         let mut sums = vec![0i64; n];
         let mut overflow = false;
-        let at = index(name)?;
-        for (bi, row_ids) in ids.iter().enumerate() {
-            let v = take(bi, at, name)?;
+        for (v, row_ids) in inputs.iter().zip(&ids) {
             let v = v.as_primitive_opt::<Int64Type>().ok_or_else(|| not_a(name, "Int64", v.data_type()))?;
-            if v.len() != row_ids.len() {
-                return Err(uneven(name));
-            }
             if v.null_count() > 0 {
                 return Err(AggregateError::State(format!("rows to merge with a null {name}")));
             }
@@ -147,22 +157,22 @@ pub(crate) fn sum_by_key(
         if overflow {
             return Err(AggregateError::State(format!("the sum of {name} of a window and key overflows 64 bits")));
         }
-        cols.push(Arc::new(Int64Array::from(sums)));
+        cols.push(crate::zeros::compact(Arc::new(Int64Array::from(sums))));
     }
     for name in EVENT_MONEY {
         let DataType::Decimal128(precision, scale) = *out.field_with_name(name).map_err(not_in_out)?.data_type() else {
             return Err(AggregateError::State(format!("money column {name} is not a Decimal128")));
         };
+        let inputs = measure(name)?;
+        if let Some(c) = all_shared(&inputs, out, name, n)? {
+            cols.push(c);
+            continue;
+        }
         let mut sums = vec![0i128; n];
         let mut valid = vec![false; n];
         let mut overflow = false;
-        let at = index(name)?;
-        for (bi, row_ids) in ids.iter().enumerate() {
-            let v = take(bi, at, name)?;
+        for (v, row_ids) in inputs.iter().zip(&ids) {
             let v = v.as_primitive_opt::<Decimal128Type>().ok_or_else(|| not_a(name, "Decimal128", v.data_type()))?;
-            if v.len() != row_ids.len() {
-                return Err(uneven(name));
-            }
             let mut add = |g: u32, x: i128| {
                 let (s, o) = sums[g as usize].overflowing_add(x);
                 sums[g as usize] = s;
@@ -188,11 +198,29 @@ pub(crate) fn sum_by_key(
                 "the sum of {name} of a window and key does not fit in {precision} digits"
             )));
         }
-        cols.push(Arc::new(sums));
+        cols.push(crate::zeros::compact(Arc::new(sums)));
     }
     let rows = RecordBatch::try_new(out.clone(), cols)
         .map_err(|source| AggregateError::Arrow { context: "building merged rows".into(), source })?;
     Ok((rows, groups.from))
+}
+
+/// The merged column of measure `name` when every input of it is a shared column of one fill (all zero,
+/// or all null: money only, a count is never null): the shared column of `n` rows, of the output's type.
+/// `None` otherwise.
+fn all_shared(inputs: &[ArrayRef], out: &SchemaRef, name: &str, n: usize) -> Result<Option<ArrayRef>, AggregateError> {
+    use crate::zeros::{Fill, fill_of, shared};
+    let Some(fill) = inputs.first().and_then(|c| fill_of(c.as_ref())) else { return Ok(None) };
+    if inputs.iter().any(|c| fill_of(c.as_ref()) != Some(fill)) {
+        return Ok(None);
+    }
+    if fill == Fill::Null
+        && !matches!(out.field_with_name(name).map_err(not_in_out)?.data_type(), DataType::Decimal128(..))
+    {
+        return Err(AggregateError::State(format!("rows to merge with a null {name}")));
+    }
+    let t = out.field_with_name(name).map_err(not_in_out)?.data_type();
+    Ok(shared(t, n, fill))
 }
 
 fn uneven(name: &str) -> AggregateError {
@@ -424,5 +452,41 @@ mod tests {
         inputs[0][at] = inputs[0][at].as_ref().map(|c| c.slice(0, 1));
         let e = sum_by_key(&mut inputs, &state, &schema(), "hi", "lo").unwrap_err().to_string();
         assert!(e.contains("input_tokens") && e.contains("length"), "{e}");
+    }
+
+    /// A measure whose inputs are all the shared zero (or, for money, null) column is that shared column in
+    /// the output, not summed; one input with values makes it an ordinary sum; a sum that comes out all
+    /// zero is made shared.
+    #[test]
+    fn shared_zero_and_null_columns_merge_into_shared_columns() {
+        use crate::zeros::{Fill, fill_of, shared};
+        let s = schema();
+        let share = |b: RecordBatch, name: &str, fill: Fill| {
+            let i = s.index_of(name).unwrap();
+            let mut cols = b.columns().to_vec();
+            cols[i] = shared(s.field(i).data_type(), b.num_rows(), fill).unwrap();
+            RecordBatch::try_new(s.clone(), cols).unwrap()
+        };
+        let a = rows(&[(0, false, 1, 1, 2, Some(5)), (0, false, 1, 2, 3, None)]);
+        let b = rows(&[(0, false, 1, 1, 4, Some(1))]);
+        let a = share(share(a, "audio_input_tokens", Fill::Zero), "reported_cost_usd", Fill::Null);
+        let b = share(share(b, "audio_input_tokens", Fill::Zero), "reported_cost_usd", Fill::Null);
+        // requests summed as usual; error_requests (1 a row) summed; input_tokens: one side shared zero
+        let b = share(b, "input_tokens", Fill::Zero);
+        let (out, _) = merge(&[a.clone(), b.clone()]).unwrap();
+        let col = |name: &str| out.column_by_name(name).unwrap().clone();
+        assert_eq!(fill_of(col("audio_input_tokens").as_ref()), Some(Fill::Zero));
+        assert_eq!(col("audio_input_tokens").len(), 2);
+        assert_eq!(fill_of(col("reported_cost_usd").as_ref()), Some(Fill::Null));
+        assert_eq!(col("reported_cost_usd").data_type(), &DataType::Decimal128(COST_PRECISION, COST_SCALE));
+        assert_eq!(col("requests").as_primitive::<Int64Type>().values().to_vec(), [6, 3]);
+        assert_eq!(col("input_tokens").as_primitive::<Int64Type>().values().to_vec(), [1, 1]);
+        assert_eq!(fill_of(col("input_tokens").as_ref()), None);
+        assert_eq!(col("cost_usd").as_primitive::<Decimal128Type>().iter().collect::<Vec<_>>(), [Some(6), None]);
+        // sums that come out zero everywhere are made shared
+        let zero = rows(&[(0, false, 1, 1, 0, Some(0))]);
+        let (out, _) = merge(&[zero.clone(), zero]).unwrap();
+        assert_eq!(fill_of(out.column_by_name("requests").unwrap().as_ref()), Some(Fill::Zero));
+        assert_eq!(fill_of(out.column_by_name("cost_usd").unwrap().as_ref()), Some(Fill::Zero));
     }
 }

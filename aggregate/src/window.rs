@@ -23,7 +23,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
-use datafusion::arrow::compute::{FilterBuilder, cast, concat, filter, filter_record_batch, interleave, max, min, not};
+use datafusion::arrow::compute::{FilterBuilder, cast, concat, filter, interleave, max, min, not};
 use datafusion::arrow::datatypes::{
     DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef, TimestampMillisecondType, UInt64Type,
 };
@@ -222,7 +222,8 @@ fn with_keys(rows: RecordBatch, dict: &mut Dims) -> Result<RecordBatch, Aggregat
     for (f, c) in rollup.fields().iter().zip(rows.columns()) {
         cols.push(match DIMENSIONS.iter().position(|d| d == f.name()) {
             Some(d) => Arc::new(dict.intern(d, c.as_string::<i32>())?) as ArrayRef,
-            None => c.clone(),
+            // a measure that is zero (or null) in every row is kept as the shared column
+            None => crate::zeros::compact(c.clone()),
         });
     }
     cols.push(Arc::new(UInt64Array::from(hi)));
@@ -345,12 +346,12 @@ impl WindowEngine {
         let (schema, columns, _) = merged.into_parts();
         let (mut kept, mut folding) = (Vec::with_capacity(columns.len()), Vec::with_capacity(n_rollup));
         for (i, c) in columns.into_iter().enumerate() {
-            kept.push(keep.filter(c.as_ref()).map_err(ae)?);
+            kept.push(crate::zeros::select(&c, keep.count(), |c| keep.filter(c)).map_err(ae)?);
             if i < n_rollup {
                 folding.push(if given_up(schema.field(i).name()) {
                     other.clone()
                 } else {
-                    fold.filter(c.as_ref()).map_err(ae)?
+                    crate::zeros::select(&c, fold.count(), |c| fold.filter(c)).map_err(ae)?
                 });
             }
         }
@@ -648,7 +649,11 @@ impl WindowEngine {
                 let c = merged[narrow.index_of(name).map_err(ae)?]
                     .take()
                     .ok_or_else(|| AggregateError::State(format!("merged column {name} taken twice")))?;
-                (filter(&c, &keep_mask).map_err(ae)?, filter(&c, &mask).map_err(ae)?)
+                let (n_keep, n_fold) = (keep_from.len(), fold_from.len());
+                (
+                    crate::zeros::select(&c, n_keep, |c| filter(c, &keep_mask)).map_err(ae)?,
+                    crate::zeros::select(&c, n_fold, |c| filter(c, &mask)).map_err(ae)?,
+                )
             };
             kept.push(k);
             if i < n_rollup {
@@ -763,8 +768,8 @@ impl WindowEngine {
                         }
                     }
                     None => {
-                        to_merge.push(filter_record_batch(&b, &mask).map_err(ae)?);
-                        direct.push(filter_record_batch(&b, &not(&mask).map_err(ae)?).map_err(ae)?);
+                        to_merge.push(filter_rows(&b, &mask).map_err(ae)?);
+                        direct.push(filter_rows(&b, &not(&mask).map_err(ae)?).map_err(ae)?);
                     }
                 },
             }
@@ -1094,12 +1099,24 @@ fn split_at(b: RecordBatch, watermark_ms: Option<i64>) -> Result<(Vec<RecordBatc
             return Ok((c, o));
         }
         let ae = |source| AggregateError::Arrow { context: "splitting windows".into(), source };
-        let open = filter_record_batch(&b, &not(&closed).map_err(ae)?).map_err(ae)?;
+        let open = filter_rows(&b, &not(&closed).map_err(ae)?).map_err(ae)?;
         let c = runs.into_iter().filter(|r| r.2).map(|(at, len, _)| b.slice(at, len)).collect();
         return Ok((c, vec![open]));
     }
     let (c, o) = split_by(b, &closed, "splitting windows")?;
     Ok((some(c), some(o)))
+}
+
+/// The rows of `b` that `mask` (no nulls) selects; shared zero and null columns stay shared
+/// ([`crate::zeros`]).
+fn filter_rows(b: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch, datafusion::arrow::error::ArrowError> {
+    let pick = FilterBuilder::new(mask).optimize().build();
+    let cols = b
+        .columns()
+        .iter()
+        .map(|c| crate::zeros::select(c, pick.count(), |c| pick.filter(c)))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(b.schema(), cols)
 }
 
 /// Splits rows into those `mask` selects and the others, one column at a time: each column of `b` is let
@@ -1112,8 +1129,8 @@ fn split_by(b: RecordBatch, mask: &BooleanArray, context: &str) -> Result<(Recor
     let (schema, columns, _) = b.into_parts();
     let (mut a, mut o) = (Vec::with_capacity(columns.len()), Vec::with_capacity(columns.len()));
     for c in columns {
-        a.push(yes.filter(c.as_ref()).map_err(ae)?);
-        o.push(no.filter(c.as_ref()).map_err(ae)?);
+        a.push(crate::zeros::select(&c, yes.count(), |c| yes.filter(c)).map_err(ae)?);
+        o.push(crate::zeros::select(&c, no.count(), |c| no.filter(c)).map_err(ae)?);
     }
     Ok((RecordBatch::try_new(schema.clone(), a).map_err(ae)?, RecordBatch::try_new(schema, o).map_err(ae)?))
 }
@@ -1713,7 +1730,8 @@ mod engine_tests {
 
     /// A close emits each dimension as a dictionary column: its keys are the state rows' ids, its values the
     /// engine's dictionary of the dimension, one array shared by every part and window size of the close
-    /// and by the commit's dictionary part (no row's string is copied); detectors read either kind.
+    /// and by the commit's dictionary part (no row's string is copied); detectors read either kind. Measures
+    /// that no event has stay shared zero columns ([`crate::zeros`]).
     #[tokio::test]
     async fn a_close_emits_dimensions_as_ids_into_one_shared_dictionary() {
         use datafusion::arrow::datatypes::UInt32Type;
@@ -1736,6 +1754,15 @@ mod engine_tests {
         owners.sort();
         owners.dedup();
         assert_eq!(owners, [(1, "b".to_string()), (2, "a".to_string())]);
+        // the measures no event has are the shared zero (or null) columns in every part, through the GROUP
+        // BY, the 1h and 1d windows' merges and the close; those with values are not
+        use crate::zeros::{Fill, fill_of};
+        for b in out.iter().flat_map(|e| &e.parts) {
+            let fill = |n: &str| fill_of(b.column_by_name(n).unwrap().as_ref());
+            let shared = (fill("audio_input_tokens"), fill("retry_cost_usd"), fill("reported_cost_usd"));
+            assert_eq!(shared, (Some(Fill::Zero), Some(Fill::Zero), Some(Fill::Null)));
+            assert_eq!((fill("input_tokens"), fill("requests"), fill("cost_usd")), (None, None, None));
+        }
         // as plain strings, the same totals per owner
         let day = out.iter().find(|e| e.size.label == "1d").unwrap().rows();
         let names = crate::dims::Strs::of(&day, "owner");
