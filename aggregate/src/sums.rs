@@ -136,14 +136,14 @@ pub(crate) fn sum_by_key(
         Ok(cols)
     };
     for name in count_measures() {
-        let inputs = measure(name)?;
-        if let Some(c) = all_shared(&inputs, out, name, n)? {
+        let taken = measure(name)?;
+        if let Some(c) = all_shared(&taken, out, name, n)? {
             cols.push(c);
             continue;
         }
         let mut sums = vec![0i64; n];
         let mut overflow = false;
-        for (v, row_ids) in inputs.iter().zip(&ids) {
+        for (v, row_ids) in taken.iter().zip(&ids) {
             let v = v.as_primitive_opt::<Int64Type>().ok_or_else(|| not_a(name, "Int64", v.data_type()))?;
             if v.null_count() > 0 {
                 return Err(AggregateError::State(format!("rows to merge with a null {name}")));
@@ -163,15 +163,15 @@ pub(crate) fn sum_by_key(
         let DataType::Decimal128(precision, scale) = *out.field_with_name(name).map_err(not_in_out)?.data_type() else {
             return Err(AggregateError::State(format!("money column {name} is not a Decimal128")));
         };
-        let inputs = measure(name)?;
-        if let Some(c) = all_shared(&inputs, out, name, n)? {
+        let taken = measure(name)?;
+        if let Some(c) = all_shared(&taken, out, name, n)? {
             cols.push(c);
             continue;
         }
         let mut sums = vec![0i128; n];
         let mut valid = vec![false; n];
         let mut overflow = false;
-        for (v, row_ids) in inputs.iter().zip(&ids) {
+        for (v, row_ids) in taken.iter().zip(&ids) {
             let v = v.as_primitive_opt::<Decimal128Type>().ok_or_else(|| not_a(name, "Decimal128", v.data_type()))?;
             let mut add = |g: u32, x: i128| {
                 let (s, o) = sums[g as usize].overflowing_add(x);

@@ -101,8 +101,9 @@ fn given_up(name: &str) -> bool {
 
 /// Rows emitted for one window size by one close, in parts as the close found or merged them (not copied
 /// into one batch): each window's rows are in one part, except that a window over the key cap has its
-/// `__other__` rows in the part after its kept rows. The parts have [`emitted_schema`]: the rollup columns
-/// with the dimensions dictionary-encoded (the Parquet writer takes them as the strings they stand for).
+/// `__other__` rows in the part after its kept rows. The parts have the rollup columns with the dimensions
+/// as dictionary columns, `Dictionary(UInt32, Utf8)` (the Parquet writer takes them as the strings they
+/// stand for).
 #[derive(Debug, Clone)]
 pub struct Emitted {
     pub size: WindowSize,
@@ -241,7 +242,7 @@ fn strip_keys(rows: &RecordBatch) -> RecordBatch {
 /// The schema of the rows the engine emits ([`Emitted`]): the rollup columns, each dimension as a
 /// dictionary column (`Dictionary(UInt32, Utf8)`) whose keys are the state rows' ids and whose values are
 /// the engine's dictionary of that dimension.
-pub fn emitted_schema() -> SchemaRef {
+pub(crate) fn emitted_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
     SCHEMA
         .get_or_init(|| {
