@@ -166,22 +166,23 @@ fn state_schema() -> SchemaRef {
 /// them.
 fn id_rollup_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            let fields: Vec<Field> = rollup_schema()
-                .fields()
-                .iter()
-                .map(|f| {
-                    if DIMENSIONS.contains(&f.name().as_str()) {
-                        Field::new(f.name(), DataType::UInt32, false)
-                    } else {
-                        f.as_ref().clone()
-                    }
-                })
-                .collect();
-            Arc::new(Schema::new(fields))
+    SCHEMA.get_or_init(|| rollup_with_dimensions_as(DataType::UInt32)).clone()
+}
+
+/// The rollup schema with every dimension of type `t` (not null).
+fn rollup_with_dimensions_as(t: DataType) -> SchemaRef {
+    let fields: Vec<Field> = rollup_schema()
+        .fields()
+        .iter()
+        .map(|f| {
+            if DIMENSIONS.contains(&f.name().as_str()) {
+                Field::new(f.name(), t.clone(), false)
+            } else {
+                f.as_ref().clone()
+            }
         })
-        .clone()
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// The key hash of one row's dimension values (in [`DIMENSIONS`] order).
@@ -246,19 +247,7 @@ pub(crate) fn emitted_schema() -> SchemaRef {
     static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
     SCHEMA
         .get_or_init(|| {
-            let fields: Vec<Field> = rollup_schema()
-                .fields()
-                .iter()
-                .map(|f| {
-                    if DIMENSIONS.contains(&f.name().as_str()) {
-                        let dict = DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8));
-                        Field::new(f.name(), dict, false)
-                    } else {
-                        f.as_ref().clone()
-                    }
-                })
-                .collect();
-            Arc::new(Schema::new(fields))
+            rollup_with_dimensions_as(DataType::Dictionary(Box::new(DataType::UInt32), Box::new(DataType::Utf8)))
         })
         .clone()
 }
