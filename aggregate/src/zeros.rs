@@ -2,8 +2,8 @@
 //! has: audio, 1-hour cache writes, retries, errors, unpriced calls… are zero in most rows of most
 //! deployments) or null (a money column no call reported, `reported_cost_usd` when the gateway sends no cost).
 //! Such a column of the window state does not hold its own buffer of zeros: it is a slice of one zeroed
-//! allocation shared by all of them, which the process never writes (its pages are the kernel's zero page
-//! until then, so they take no memory), with, for a null column, a validity bitmap of its own.
+//! allocation shared by all of them, which is never written (so its pages stay the kernel's zero page and
+//! take no memory), with, for a null column, a validity bitmap of its own.
 //!
 //! The engine makes a column shared where it is built (the GROUP BY's output, a merge's sums) and keeps it
 //! shared where rows are selected ([`select`]): a merge does not add up a measure whose inputs are all
