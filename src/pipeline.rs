@@ -128,7 +128,7 @@ impl Pipeline {
             cfg: cfg.clone(),
             decoder,
             owners,
-            dedup: Deduplicator::default(),
+            dedup: Deduplicator::new(cfg.pipeline.dedup_horizon.as_millis() as i64),
             windows,
             rules,
             detectors: vec![
@@ -210,7 +210,7 @@ impl Pipeline {
 
     async fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
         self.windows.restore(state.partials)?;
-        self.dedup = Deduplicator::from_bytes(&state.dedup)?;
+        self.dedup = Deduplicator::from_bytes(&state.dedup, self.cfg.pipeline.dedup_horizon.as_millis() as i64)?;
         if let Some(w) = watermark {
             self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
         }

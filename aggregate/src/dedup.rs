@@ -1,17 +1,19 @@
 //! Deduplication of redelivered events by `event_id` within a horizon of event time.
 //!
-//! The set holds 96 bits of a 128-bit hash of each accepted `event_id` with its event time in seconds
-//! (16 bytes an entry); segments on disk hold the whole hash and the time in milliseconds. Entries older
-//! than `watermark - horizon` are evicted at each commit; a duplicate arriving later than that is counted
-//! again (documented in DESIGN.md). Each commit persists only the entries added since the previous one
-//! (an append-only segment), so commit cost is O(new events), not O(events in the horizon); a restart
-//! loads the live segments back.
+//! The set holds 96 bits of a 128-bit hash of each accepted `event_id` with its event time in ticks of
+//! 1/8192 of the horizon (12 bytes an entry); segments on disk hold the whole hash and the time in
+//! milliseconds. Entries older than `watermark - horizon` are evicted at each commit; a duplicate arriving
+//! later than that is counted again (documented in DESIGN.md). Each commit persists only the entries added
+//! since the previous one (an append-only segment), so commit cost is O(new events), not O(events in the
+//! horizon); a restart loads the live segments back.
 //!
-//! In memory the set is two parts: the entries of the last few hundred thousand events in a hash table,
-//! and all older ones in one array sorted by key with an index over its first word, into which the table
-//! is merged (in place) once it holds an eighth as many. A hash table alone is sized by doubling: with the
-//! 2.2M events of a day at 25 events/s it held 4.2M slots of 17 bytes (71 MB); the array holds exactly
-//! its entries (35 MB), and the horizon is the one state that grows with the event rate.
+//! In memory the set is two parts: the entries of the last events (up to ~230 thousand) in a hash table,
+//! and all older ones in one array sorted by key, into which the table is merged (in place) once it holds
+//! an eighth as many. The array is indexed by the top 16 to 24 bits of the key (about four entries a
+//! bucket, never fewer than 65,536 buckets), so an entry leaves out its top 16 bits: where it sits says
+//! them. A hash table alone is sized by doubling: with the 2.2M events of a day at 25 events/s it held 4.2M
+//! slots of 17 bytes (71 MB); the array holds exactly its entries (26 MB), and the horizon is the one state
+//! that grows with the event rate.
 
 use std::collections::HashMap;
 
@@ -22,8 +24,7 @@ use datafusion::arrow::datatypes::TimestampMillisecondType;
 
 use crate::AggregateError;
 
-/// An event key (a 128-bit xxh3 hash) as two words: 8-byte aligned, so an entry with its time is 24 bytes
-/// (a `u128` key made it 32), and already uniform, so the table hashes it by folding, not SipHash.
+/// An event key (a 128-bit xxh3 hash) as two words, as the segments on disk hold it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Id(u64, u64);
 
@@ -33,13 +34,7 @@ impl Id {
     }
 }
 
-impl std::hash::Hash for Id {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u64(self.0 ^ self.1.rotate_left(32));
-    }
-}
-
-/// Passes an [`Id`]'s folded word through.
+/// Passes a [`Key`]'s folded word through (the key is a hash already, uniform: no SipHash needed).
 #[derive(Default, Clone, Copy)]
 struct IdHasher(u64);
 
@@ -59,17 +54,23 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// What the set holds of an event key: 96 of its 128 bits, 4-byte aligned, so an entry with its time in
-/// seconds is 16 bytes (the set is what grows with the event rate times the horizon: 2.2M entries for a day
-/// of 25 events/s). Two distinct keys share 96 bits with probability 2^-96 per pair: with 10M keys in the
-/// horizon and 1M new events a second, one event wrongly dropped as a duplicate every ~10^8 years. Segments
-/// on disk keep all 128 bits.
+/// What the set holds of an event key: 96 of its 128 bits, 4-byte aligned (the set is what grows with the
+/// event rate times the horizon: 2.2M entries for a day of 25 events/s). Two distinct keys share 96 bits
+/// with probability 2^-96 per pair: with 10M keys in the horizon and 1M new events a second, one event
+/// wrongly dropped as a duplicate every ~10^8 years. Segments on disk keep all 128 bits. Ordered as the
+/// 96-bit number whose most significant word is the first ([`Key::wide`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Key([u32; 3]);
 
 impl Key {
     fn of(id: Id) -> Key {
         Key([id.0 as u32, (id.0 >> 32) as u32, id.1 as u32])
+    }
+
+    /// The key as a 96-bit number.
+    fn wide(self) -> u128 {
+        let [a, b, c] = self.0;
+        (u128::from(a) << 64) | (u128::from(b) << 32) | u128::from(c)
     }
 }
 
@@ -80,41 +81,105 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// Event time in whole seconds since the epoch (until 2106); the horizon is kept to the second, rounding
-/// in favour of keeping an entry (up to a second longer, never shorter).
-fn secs(ts_ms: i64) -> u32 {
-    ts_ms.div_euclid(1000).clamp(0, i64::from(u32::MAX)) as u32
+/// Event time in ticks of 1/8192 of the horizon (whole seconds; 11 s for 24 h), counted modulo 2^16: an
+/// entry's age is read against the cutoff within ±4 horizons ([`live`]). The horizon is kept to the tick,
+/// rounding in favour of keeping an entry (up to a tick longer, never shorter).
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    tick_ms: i64,
 }
 
-type SeenMap = HashMap<Key, u32, std::hash::BuildHasherDefault<IdHasher>>;
+impl Clock {
+    fn new(horizon_ms: i64) -> Clock {
+        let secs = (horizon_ms.max(0) as u64).div_ceil(8192 * 1000).max(1);
+        Clock { tick_ms: secs as i64 * 1000 }
+    }
 
-/// An entry of the sorted part: a key and its event second (16 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Entry {
+    fn tick(self, ts_ms: i64) -> u16 {
+        ts_ms.div_euclid(self.tick_ms) as u16
+    }
+}
+
+/// Whether an entry of `tick` is at or after the cutoff's tick: within 2^15 ticks (4 horizons) of the
+/// cutoff the answer is exact. An entry more than 4 horizons ahead of the cutoff (a producer's clock years
+/// off) reads as behind it and is forgotten at the next eviction; one more than 4 behind is kept until it
+/// reads as behind again, at most 4 horizons longer.
+fn live(tick: u16, cutoff: u16) -> bool {
+    tick.wrapping_sub(cutoff) as i16 >= 0
+}
+
+type SeenMap = HashMap<Key, u16, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The top 16 bits of a 96-bit key: they pick the sorted part's group, so its entries leave them out.
+const GROUP_BITS: u32 = 16;
+const GROUPS: usize = 1 << GROUP_BITS;
+/// The 80 bits of a key that an entry of the sorted part holds.
+const REST: u128 = (1 << 80) - 1;
+
+/// An entry of the sorted part (12 bytes): the low 80 bits of its key, then its tick.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Slot([u32; 3]);
+
+impl Slot {
+    fn new(key: u128, tick: u16) -> Slot {
+        let v = ((key & REST) << 16) | u128::from(tick);
+        Slot([(v >> 64) as u32, (v >> 32) as u32, v as u32])
+    }
+
+    /// The low 80 bits of the key.
+    fn rest(self) -> u128 {
+        let [a, b, c] = self.0;
+        (u128::from(a) << 48) | (u128::from(b) << 16) | u128::from(c >> 16)
+    }
+
+    fn tick(self) -> u16 {
+        self.0[2] as u16
+    }
+}
+
+/// An entry being merged into the sorted part.
+#[derive(Debug, Clone, Copy)]
+struct New {
     key: Key,
-    secs: u32,
+    tick: u16,
 }
 
 /// The recent part is merged into the sorted part once it holds this many entries, or an eighth of the
-/// sorted part when that is more (each entry is then moved about eight times while it lives).
+/// sorted part when that is more (each entry is then moved about eight times while it lives), up to
+/// [`RECENT_MAX`].
 #[cfg(not(test))]
 const RECENT_MIN: usize = 65_536;
 /// Small in unit tests, so that they merge often.
 #[cfg(test)]
 const RECENT_MIN: usize = 16;
+/// The most entries the recent part holds: as many as a table of 2^18 slots takes before it doubles (it
+/// takes 7/8 of its slots).
+const RECENT_MAX: usize = (1 << 18) / 8 * 7;
 
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Deduplicator {
+    clock: Clock,
     /// Entries added since the last merge.
     recent: SeenMap,
+    /// Merge the recent part once it holds this many.
+    merge_at: usize,
     /// Older entries, sorted by key.
-    sorted: Vec<Entry>,
-    /// `index[b]..index[b + 1]` is the range of `sorted` whose keys' first word has `b` in its top `bits`
-    /// bits (about four entries a bucket).
+    sorted: Vec<Slot>,
+    /// `index[b]..index[b + 1]` is the range of `sorted` whose keys have `b` in their top `bits` bits
+    /// (16 to 24; empty when `sorted` is).
     index: Vec<u32>,
     bits: u32,
-    /// Entries added since the last [`Deduplicator::take_segment`].
-    fresh: Vec<(Id, i64)>,
+    /// Entries added since the last [`Deduplicator::take_segment`], as the segment's bytes.
+    fresh: Vec<u8>,
+    /// The largest event time in `fresh`.
+    fresh_max: i64,
+}
+
+/// A set for the default horizon of 24 h.
+impl Default for Deduplicator {
+    fn default() -> Self {
+        Deduplicator::new(24 * 3_600_000)
+    }
 }
 
 /// Millions of hashes say nothing in a log: the set shows its sizes only.
@@ -123,12 +188,26 @@ impl std::fmt::Debug for Deduplicator {
         f.debug_struct("Deduplicator")
             .field("recent", &self.recent.len())
             .field("sorted", &self.sorted.len())
-            .field("fresh", &self.fresh.len())
+            .field("fresh", &(self.fresh.len() / SEGMENT_ENTRY))
             .finish()
     }
 }
 
 impl Deduplicator {
+    /// An empty set for a horizon of `horizon_ms` of event time (it sets the resolution of entries' times).
+    pub fn new(horizon_ms: i64) -> Self {
+        Deduplicator {
+            clock: Clock::new(horizon_ms),
+            recent: SeenMap::default(),
+            merge_at: RECENT_MIN,
+            sorted: Vec::new(),
+            index: Vec::new(),
+            bits: 0,
+            fresh: Vec::new(),
+            fresh_max: i64::MIN,
+        }
+    }
+
     /// Drops events already seen (in earlier batches or earlier in this one). Returns the kept batch and
     /// the number of duplicates dropped.
     pub fn filter(&mut self, batch: &RecordBatch) -> Result<(RecordBatch, u64), AggregateError> {
@@ -152,7 +231,6 @@ impl Deduplicator {
                 Some(fresh)
             })
             .collect();
-        self.merge_if_due();
         if dups == 0 {
             return Ok((batch.clone(), 0));
         }
@@ -186,7 +264,6 @@ impl Deduplicator {
                 marked.push(i);
             }
         }
-        self.merge_if_due();
         if marked.is_empty() {
             return Ok((batch.clone(), 0));
         }
@@ -221,40 +298,50 @@ impl Deduplicator {
 
     /// Whether the set holds `key`.
     fn contains(&self, key: Key) -> bool {
-        self.recent.contains_key(&key) || self.in_sorted(key)
+        self.recent.contains_key(&key) || self.in_sorted(key.wide())
     }
 
-    /// Whether the sorted part holds `key`: a scan of its bucket.
-    fn in_sorted(&self, key: Key) -> bool {
+    /// Whether the sorted part holds the 96-bit `key`: a scan of its bucket.
+    fn in_sorted(&self, key: u128) -> bool {
         if self.sorted.is_empty() {
             return false;
         }
-        let b = bucket(key, self.bits);
-        self.sorted[self.index[b] as usize..self.index[b + 1] as usize].iter().any(|e| e.key == key)
+        let b = (key >> (96 - self.bits)) as usize;
+        let rest = key & REST;
+        self.sorted[self.index[b] as usize..self.index[b + 1] as usize].iter().any(|e| e.rest() == rest)
     }
 
     /// Adds event key `id` first seen at `ts_ms` (persisted with the next segment); false when it is
     /// already in the set (nothing changes).
     fn insert(&mut self, id: Id, ts_ms: i64) -> bool {
         let key = Key::of(id);
-        if self.in_sorted(key) {
+        if self.in_sorted(key.wide()) {
             return false;
         }
         match self.recent.entry(key) {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(secs(ts_ms));
-                self.fresh.push((id, ts_ms));
+                v.insert(self.clock.tick(ts_ms));
+                self.fresh.extend_from_slice(&id.0.to_le_bytes());
+                self.fresh.extend_from_slice(&id.1.to_le_bytes());
+                self.fresh.extend_from_slice(&ts_ms.to_le_bytes());
+                self.fresh_max = self.fresh_max.max(ts_ms);
+                if self.recent.len() >= self.merge_at {
+                    self.merge_recent();
+                }
                 true
             }
         }
     }
 
-    /// Merges the recent entries into the sorted ones once they are many enough.
-    fn merge_if_due(&mut self) {
-        if self.recent.len() >= RECENT_MIN.max(self.sorted.len() / 8) {
-            self.merge_recent();
+    /// Where each group (the keys' top 16 bits) starts in the sorted part, and its end: `GROUPS + 1`
+    /// positions.
+    fn groups(&self) -> Vec<u32> {
+        if self.sorted.is_empty() {
+            return vec![0; GROUPS + 1];
         }
+        let step = 1usize << (self.bits - GROUP_BITS);
+        (0..GROUPS).map(|g| self.index[g * step]).chain([self.sorted.len() as u32]).collect()
     }
 
     /// Merges the recent entries into the sorted ones, in place from the back (the array grows by the
@@ -263,55 +350,97 @@ impl Deduplicator {
         if self.recent.is_empty() {
             return;
         }
-        let mut new: Vec<Entry> = self.recent.drain().map(|(key, secs)| Entry { key, secs }).collect();
+        let mut new: Vec<New> = self.recent.drain().map(|(key, tick)| New { key, tick }).collect();
         new.sort_unstable_by_key(|e| e.key);
+        let mut groups = self.groups();
         let (n, m) = (self.sorted.len(), new.len());
         self.sorted.reserve_exact(m);
-        self.sorted.resize(n + m, Entry { key: Key([0; 3]), secs: 0 });
+        self.sorted.resize(n + m, Slot::default());
         // from the back: the largest remaining entry of either part goes last; once the recent ones are all
         // placed, the sorted ones left are already where they belong (keys are unique across both parts: a
-        // key is only added when the set does not hold it)
-        let (mut i, mut j) = (n, m);
+        // key is only added when the set does not hold it). An old entry's group is where it sits.
+        let (mut i, mut j, mut g) = (n, m, GROUPS - 1);
         while j > 0 {
-            if i > 0 && self.sorted[i - 1].key > new[j - 1].key {
-                self.sorted[i + j - 1] = self.sorted[i - 1];
-                i -= 1;
-            } else {
-                self.sorted[i + j - 1] = new[j - 1];
-                j -= 1;
+            let key = new[j - 1].key.wide();
+            if i > 0 {
+                while groups[g] as usize > i - 1 {
+                    g -= 1;
+                }
+                if ((g as u128) << 80 | self.sorted[i - 1].rest()) > key {
+                    self.sorted[i + j - 1] = self.sorted[i - 1];
+                    i -= 1;
+                    continue;
+                }
+            }
+            self.sorted[i + j - 1] = Slot::new(key, new[j - 1].tick);
+            j -= 1;
+        }
+        // each group starts later by the new entries of the groups before it
+        let mut added = 0u32;
+        let mut next = new.iter().peekable();
+        for (g, start) in groups.iter_mut().enumerate() {
+            *start += added;
+            while next.next_if(|e| (e.key.wide() >> 80) as usize == g).is_some() {
+                added += 1;
             }
         }
-        self.reindex();
+        self.reindex(&groups);
     }
 
-    /// Rebuilds the bucket index of the sorted entries (about four entries a bucket).
-    fn reindex(&mut self) {
+    /// Rebuilds the bucket index (about four entries a bucket, at least one bucket a group) from where
+    /// each group starts, and the merge threshold.
+    fn reindex(&mut self, groups: &[u32]) {
         let n = self.sorted.len();
-        self.bits = if n < 64 { 0 } else { (n / 4).ilog2().min(24) };
-        let (bits, buckets) = (self.bits, 1usize << self.bits);
+        self.merge_at = RECENT_MIN.max(n / 8).min(RECENT_MAX);
         self.index.clear();
-        self.index.reserve_exact(buckets + 1);
-        let mut at = 0usize;
-        for b in 0..buckets {
-            self.index.push(at as u32);
-            while at < n && bucket(self.sorted[at].key, bits) == b {
-                at += 1;
+        if n == 0 {
+            self.bits = 0;
+            self.index.shrink_to_fit();
+            return;
+        }
+        self.bits = (n / 4).max(1).ilog2().clamp(GROUP_BITS, 24);
+        let k = self.bits - GROUP_BITS;
+        let buckets = (1usize << self.bits) + 1;
+        if self.index.capacity() > 2 * buckets {
+            self.index.shrink_to(buckets);
+        }
+        self.index.reserve_exact(buckets);
+        for g in 0..GROUPS {
+            let (mut at, end) = (groups[g] as usize, groups[g + 1] as usize);
+            for q in 0..1u128 << k {
+                // the first entry of the group whose next k bits are at least q
+                while at < end && self.sorted[at].rest() >> (80 - k) < q {
+                    at += 1;
+                }
+                self.index.push(at as u32);
             }
         }
         self.index.push(n as u32);
     }
 
-    /// Forgets events older than `cutoff_ms` (event time).
+    /// Forgets events older than `cutoff_ms` (event time; to the tick, see [`Clock`]).
     pub fn evict_before(&mut self, cutoff_ms: i64) {
-        let cutoff = secs(cutoff_ms);
-        self.recent.retain(|_, ts| *ts >= cutoff);
-        let before = self.sorted.len();
-        self.sorted.retain(|e| e.secs >= cutoff);
-        if self.sorted.len() != before {
-            if self.sorted.capacity() > self.sorted.len() + self.sorted.len() / 4 + RECENT_MIN {
+        let cutoff = self.clock.tick(cutoff_ms);
+        self.recent.retain(|_, t| live(*t, cutoff));
+        let groups = self.groups();
+        let mut kept = Vec::with_capacity(GROUPS + 1);
+        let mut w = 0usize;
+        for g in 0..GROUPS {
+            kept.push(w as u32);
+            for r in groups[g] as usize..groups[g + 1] as usize {
+                if live(self.sorted[r].tick(), cutoff) {
+                    self.sorted[w] = self.sorted[r];
+                    w += 1;
+                }
+            }
+        }
+        kept.push(w as u32);
+        if w != self.sorted.len() {
+            self.sorted.truncate(w);
+            if self.sorted.capacity() > w + w / 4 + RECENT_MIN {
                 self.sorted.shrink_to_fit();
             }
-            self.reindex();
+            self.reindex(&kept);
         }
     }
 
@@ -326,66 +455,65 @@ impl Deduplicator {
     /// The entries added since the last call, as a segment (24 bytes per entry: key, 16 little endian,
     /// then event time, 8), with their largest event time.
     pub fn take_segment(&mut self) -> (Vec<u8>, i64) {
-        let max = self.fresh.iter().map(|e| e.1).max().unwrap_or(i64::MIN);
-        let bytes = encode(self.fresh.iter().copied(), self.fresh.len());
-        self.fresh.clear();
-        (bytes, max)
+        let max = std::mem::replace(&mut self.fresh_max, i64::MIN);
+        (std::mem::take(&mut self.fresh), max)
     }
 
     /// Merges entries another writer of a shared lake committed (a segment's bytes): they count as seen,
     /// but are not this writer's to persist.
     pub fn absorb(&mut self, bytes: &[u8]) -> Result<(), AggregateError> {
-        for (key, secs) in entries(bytes)? {
+        for (key, ts_ms) in entries(bytes)? {
             if !self.contains(key) {
-                self.recent.insert(key, secs);
+                self.recent.insert(key, self.clock.tick(ts_ms));
+                if self.recent.len() >= self.merge_at {
+                    self.merge_recent();
+                }
             }
         }
-        self.merge_if_due();
         Ok(())
     }
 
-    /// The set that segments (concatenated) hold. A key held twice was seen again after it left the
-    /// horizon: it keeps its latest time.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AggregateError> {
-        let mut sorted: Vec<Entry> = entries(bytes)?.map(|(key, secs)| Entry { key, secs }).collect();
-        sorted.sort_unstable_by_key(|e| e.key);
-        sorted.dedup_by(|later, kept| {
-            let same = later.key == kept.key;
+    /// The set that segments (concatenated) hold, for a horizon of `horizon_ms`. A key held twice was seen
+    /// again after it left the horizon: it keeps its latest time.
+    pub fn from_bytes(bytes: &[u8], horizon_ms: i64) -> Result<Self, AggregateError> {
+        let mut all: Vec<(Key, i64)> = entries(bytes)?.collect();
+        all.sort_unstable_by_key(|e| e.0);
+        all.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
             if same {
-                kept.secs = kept.secs.max(later.secs);
+                kept.1 = kept.1.max(later.1);
             }
             same
         });
-        sorted.shrink_to_fit();
-        let mut d = Deduplicator { sorted, ..Default::default() };
-        d.reindex();
+        let mut d = Deduplicator::new(horizon_ms);
+        let mut groups = vec![0u32; GROUPS + 1];
+        for (key, _) in &all {
+            groups[(key.wide() >> 80) as usize + 1] += 1;
+        }
+        for g in 0..GROUPS {
+            groups[g + 1] += groups[g];
+        }
+        d.sorted = all.iter().map(|&(key, ts)| Slot::new(key.wide(), d.clock.tick(ts))).collect();
+        drop(all);
+        d.reindex(&groups);
         Ok(d)
     }
 }
 
-/// The bucket of the sorted part's index that `key` falls in: the top `bits` bits of its first word.
-fn bucket(key: Key, bits: u32) -> usize {
-    if bits == 0 { 0 } else { (key.0[0] >> (32 - bits)) as usize }
-}
+/// Bytes of an entry of a segment.
+const SEGMENT_ENTRY: usize = 24;
 
-/// The (key, event second) entries of segments' bytes.
-fn entries(bytes: &[u8]) -> Result<impl Iterator<Item = (Key, u32)> + '_, AggregateError> {
-    if !bytes.len().is_multiple_of(24) {
-        return Err(AggregateError::State(format!("dedup state has {} bytes, not a multiple of 24", bytes.len())));
+/// The (key, event time in ms) entries of segments' bytes.
+fn entries(bytes: &[u8]) -> Result<impl Iterator<Item = (Key, i64)> + '_, AggregateError> {
+    if !bytes.len().is_multiple_of(SEGMENT_ENTRY) {
+        return Err(AggregateError::State(format!(
+            "dedup state has {} bytes, not a multiple of {SEGMENT_ENTRY}",
+            bytes.len()
+        )));
     }
     Ok(bytes
-        .chunks_exact(24)
-        .map(|c| (Key::of(Id::from_bytes(&c[..16])), secs(i64::from_le_bytes(c[16..].try_into().expect("8"))))))
-}
-
-fn encode(entries: impl Iterator<Item = (Id, i64)>, n: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(n * 24);
-    for (k, ts) in entries {
-        out.extend_from_slice(&k.0.to_le_bytes());
-        out.extend_from_slice(&k.1.to_le_bytes());
-        out.extend_from_slice(&ts.to_le_bytes());
-    }
-    out
+        .chunks_exact(SEGMENT_ENTRY)
+        .map(|c| (Key::of(Id::from_bytes(&c[..16])), i64::from_le_bytes(c[16..].try_into().expect("8")))))
 }
 
 #[cfg(test)]
@@ -407,27 +535,42 @@ mod tests {
         assert_eq!(d.len(), 3);
     }
 
+    /// A horizon of an hour: ticks of a second.
+    const HOUR: i64 = 3_600_000;
+
     #[test]
     fn the_set_survives_a_restart_and_forgets_beyond_the_horizon() {
-        let mut d = Deduplicator::default();
+        let mut d = Deduplicator::new(HOUR);
         d.filter(&batch(&[ev(1, 1_000), ev(2, 5_000)])).unwrap();
-        let mut restored = Deduplicator::from_bytes(&d.take_segment().0).unwrap();
+        let mut restored = Deduplicator::from_bytes(&d.take_segment().0, HOUR).unwrap();
         assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 1, "redelivery after restart");
         restored.evict_before(2_000);
         assert_eq!(restored.filter(&batch(&[ev(1, 1_000)])).unwrap().1, 0, "beyond the horizon it counts again");
-        assert!(Deduplicator::from_bytes(&[0; 7]).is_err());
+        assert!(Deduplicator::from_bytes(&[0; 7], HOUR).is_err());
     }
 
     #[test]
-    fn an_entry_is_16_bytes_and_the_horizon_rounds_towards_keeping() {
-        assert_eq!(std::mem::size_of::<(Key, u32)>(), 16);
-        assert_eq!(std::mem::size_of::<Entry>(), 16);
-        let mut d = Deduplicator::default();
+    fn an_entry_is_12_bytes_and_the_horizon_rounds_towards_keeping() {
+        assert_eq!(std::mem::size_of::<Slot>(), 12);
+        assert_eq!(std::mem::size_of::<(Key, u16)>(), 16);
+        let mut d = Deduplicator::new(HOUR);
         d.filter(&batch(&[ev(1, 1_999), ev(2, 2_000), ev(3, 2_999)])).unwrap();
+        d.merge_recent();
         // 2.5 s: the entry at 2.0 s and the one at 2.999 s stay (same second), the one at 1.999 s goes
         d.evict_before(2_500);
         assert_eq!(d.len(), 2);
         assert_eq!(d.filter(&batch(&[ev(1, 1_999), ev(2, 2_000), ev(3, 2_999)])).unwrap().1, 2);
+        // a day's horizon has ticks of 11 s: an entry stays up to a tick past the horizon, never less
+        let mut d = Deduplicator::default();
+        assert_eq!(d.clock.tick_ms, 11_000);
+        d.filter(&batch(&[ev(1, 21_999), ev(2, 22_000), ev(3, 33_000)])).unwrap();
+        d.merge_recent();
+        d.evict_before(22_000);
+        assert_eq!(d.len(), 2, "21.999 s is in the tick before 22 s");
+        d.evict_before(32_999);
+        assert_eq!(d.len(), 2, "22 s stays until the cutoff leaves its tick");
+        d.evict_before(33_000);
+        assert_eq!(d.len(), 1);
         // keys that differ only in the 32 bits the set does not hold are one entry; on disk all 128 bits stay
         let (a, b) = (5u128, 5u128 | (7u128 << 96));
         let mut d = Deduplicator::default();
@@ -435,6 +578,53 @@ mod tests {
         let (seg, _) = d.take_segment();
         assert_eq!(seg.len(), 24);
         assert_eq!(u128::from_le_bytes(seg[..16].try_into().unwrap()) & !(u128::MAX >> 32), 0);
+    }
+
+    /// Ticks count modulo 2^16: ages read right across the wrap, and an entry years ahead of the cutoff is
+    /// let go at the next eviction instead of being held for years.
+    #[test]
+    fn ticks_wrap_around_and_far_future_entries_do_not_stay() {
+        let wrap = 65_536 * 1_000; // tick 0 again, with ticks of a second
+        let mut d = Deduplicator::new(HOUR);
+        let evs = [ev(1, wrap - 10_000), ev(2, wrap - 1_000), ev(3, wrap + 5_000), ev(4, wrap + 3_600_000)];
+        d.filter(&batch(&evs)).unwrap();
+        d.filter(&batch(&[ev(5, wrap + 40_000_000)])).unwrap(); // 11 h ahead: more than 2^15 ticks
+        d.merge_recent();
+        d.evict_before(wrap - 1_000);
+        assert_eq!(d.len(), 3, "1 is behind the cutoff and 5 reads as behind it; 2, 3 and 4 stay across the wrap");
+        let dropped = d.filter(&batch(&evs)).unwrap().1;
+        assert_eq!(dropped, 3, "2, 3 and 4 are still known");
+    }
+
+    /// Sets large enough for buckets finer than the 16 group bits (bits 17 and 18): every key stays found
+    /// through merges and an eviction of half of them, and nothing else is.
+    #[test]
+    fn a_large_set_finds_exactly_its_keys() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut d = Deduplicator::new(HOUR);
+        let ids: Vec<Id> = (0..1_100_000).map(|_| Id(next(), next())).collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert!(d.insert(*id, (i % 2) as i64 * 10_000), "{i}");
+        }
+        d.merge_recent();
+        assert_eq!((d.bits, d.len()), (18, ids.len()));
+        assert!(ids.iter().all(|id| d.contains(Key::of(*id))));
+        d.evict_before(5_000);
+        assert_eq!((d.bits, d.len()), (17, ids.len() / 2));
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(d.contains(Key::of(*id)), i % 2 == 1, "{i}");
+        }
+        assert!((0..1000).all(|_| !d.contains(Key::of(Id(next(), next())))));
+        let (seg, max) = d.take_segment();
+        let restored = Deduplicator::from_bytes(&seg, HOUR).unwrap();
+        assert_eq!((restored.len(), restored.bits, max), (ids.len(), 18, 10_000));
+        assert!(ids.iter().all(|id| restored.contains(Key::of(*id))));
     }
 
     /// The set against a plain map of every id with its first time, through batches with redeliveries,
@@ -450,7 +640,7 @@ mod tests {
             state
         };
         let mut model: HashMap<u128, i64> = HashMap::new();
-        let mut d = Deduplicator::default();
+        let mut d = Deduplicator::new(HOUR);
         let mut segments: Vec<(Vec<u8>, i64)> = Vec::new();
         let (mut cutoff, mut merges_seen) = (0i64, 0usize);
         for step in 0..300i64 {
@@ -474,9 +664,10 @@ mod tests {
                     }
                 })
                 .count();
+            let sorted_before = d.sorted.len();
             let (kept, dups) = d.filter(&batch(&evs)).unwrap();
             assert_eq!((kept.num_rows(), dups as usize), (want, evs.len() - want), "step {step}");
-            merges_seen += usize::from(d.recent.is_empty());
+            merges_seen += usize::from(d.sorted.len() > sorted_before);
             match next() % 10 {
                 0 | 1 => {
                     // whole seconds, where the set's rounding and the lake's list of segments agree
@@ -489,7 +680,7 @@ mod tests {
                     segments.push(d.take_segment());
                     let live: Vec<u8> =
                         segments.iter().filter(|(_, max)| *max >= cutoff).flat_map(|(b, _)| b.clone()).collect();
-                    d = Deduplicator::from_bytes(&live).unwrap();
+                    d = Deduplicator::from_bytes(&live, HOUR).unwrap();
                     d.evict_before(cutoff);
                     model.retain(|_, t| *t >= cutoff);
                 }
@@ -519,7 +710,7 @@ mod tests {
         d.filter(&batch(&[ev(2, 20), ev(3, 30)])).unwrap();
         let (s2, max2) = d.take_segment();
         assert_eq!((s1.len(), max1, s2.len(), max2), (48, 20, 24, 30));
-        let mut restored = Deduplicator::from_bytes(&[s1, s2].concat()).unwrap();
+        let mut restored = Deduplicator::from_bytes(&[s1, s2].concat(), HOUR).unwrap();
         assert_eq!(restored.filter(&batch(&[ev(1, 10), ev(3, 30), ev(4, 40)])).unwrap().1, 2);
     }
 }
