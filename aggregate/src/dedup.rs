@@ -307,8 +307,10 @@ impl Deduplicator {
             return false;
         }
         let b = (key >> (96 - self.bits)) as usize;
-        let rest = key & REST;
-        self.sorted[self.index[b] as usize..self.index[b + 1] as usize].iter().any(|e| e.rest() == rest)
+        let Slot([x, y, z]) = Slot::new(key, 0);
+        self.sorted[self.index[b] as usize..self.index[b + 1] as usize]
+            .iter()
+            .any(|s| s.0[0] == x && s.0[1] == y && s.0[2] >> 16 == z >> 16)
     }
 
     /// Adds event key `id` first seen at `ts_ms` (persisted with the next segment); false when it is
@@ -322,9 +324,11 @@ impl Deduplicator {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(self.clock.tick(ts_ms));
-                self.fresh.extend_from_slice(&id.0.to_le_bytes());
-                self.fresh.extend_from_slice(&id.1.to_le_bytes());
-                self.fresh.extend_from_slice(&ts_ms.to_le_bytes());
+                let mut entry = [0u8; SEGMENT_ENTRY];
+                entry[..8].copy_from_slice(&id.0.to_le_bytes());
+                entry[8..16].copy_from_slice(&id.1.to_le_bytes());
+                entry[16..].copy_from_slice(&ts_ms.to_le_bytes());
+                self.fresh.extend_from_slice(&entry);
                 self.fresh_max = self.fresh_max.max(ts_ms);
                 if self.recent.len() >= self.merge_at {
                     self.merge_recent();
@@ -353,27 +357,28 @@ impl Deduplicator {
         let mut new: Vec<New> = self.recent.drain().map(|(key, tick)| New { key, tick }).collect();
         new.sort_unstable_by_key(|e| e.key);
         let mut groups = self.groups();
-        let (n, m) = (self.sorted.len(), new.len());
-        self.sorted.reserve_exact(m);
-        self.sorted.resize(n + m, Slot::default());
-        // from the back: the largest remaining entry of either part goes last; once the recent ones are all
-        // placed, the sorted ones left are already where they belong (keys are unique across both parts: a
-        // key is only added when the set does not hold it). An old entry's group is where it sits.
-        let (mut i, mut j, mut g) = (n, m, GROUPS - 1);
-        while j > 0 {
-            let key = new[j - 1].key.wide();
-            if i > 0 {
-                while groups[g] as usize > i - 1 {
-                    g -= 1;
-                }
-                if ((g as u128) << 80 | self.sorted[i - 1].rest()) > key {
-                    self.sorted[i + j - 1] = self.sorted[i - 1];
-                    i -= 1;
-                    continue;
-                }
-            }
-            self.sorted[i + j - 1] = Slot::new(key, new[j - 1].tick);
-            j -= 1;
+        let (n, bits) = (self.sorted.len(), self.bits);
+        self.sorted.reserve_exact(new.len());
+        self.sorted.resize(n + new.len(), Slot::default());
+        // from the largest new entry down: the old entries after where it goes move up by the new entries
+        // not yet placed, as one block (keys are unique across both parts: a key is only added when the set
+        // does not hold it). Within a bucket every key has the bucket's top bits (16 or more), so the rest
+        // of the key orders them.
+        let mut end = n;
+        for (j, e) in new.iter().enumerate().rev() {
+            let key = e.key.wide();
+            let at = if n == 0 {
+                0
+            } else {
+                let b = (key >> (96 - bits)) as usize;
+                // old entries from `end` on have moved already (none of them is smaller than this key)
+                let (lo, hi) = ((self.index[b] as usize).min(end), (self.index[b + 1] as usize).min(end));
+                let rest = key & REST;
+                lo + self.sorted[lo..hi].iter().take_while(|s| s.rest() < rest).count()
+            };
+            self.sorted.copy_within(at..end, at + j + 1);
+            self.sorted[at + j] = Slot::new(key, e.tick);
+            end = at;
         }
         // each group starts later by the new entries of the groups before it
         let mut added = 0u32;
@@ -422,6 +427,9 @@ impl Deduplicator {
     pub fn evict_before(&mut self, cutoff_ms: i64) {
         let cutoff = self.clock.tick(cutoff_ms);
         self.recent.retain(|_, t| live(*t, cutoff));
+        if self.sorted.iter().all(|s| live(s.tick(), cutoff)) {
+            return;
+        }
         let groups = self.groups();
         let mut kept = Vec::with_capacity(GROUPS + 1);
         let mut w = 0usize;
