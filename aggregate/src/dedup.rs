@@ -546,6 +546,16 @@ mod tests {
     /// A horizon of an hour: ticks of a second.
     const HOUR: i64 = 3_600_000;
 
+    /// Pseudo-random words, the same on every run.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     #[test]
     fn the_set_survives_a_restart_and_forgets_beyond_the_horizon() {
         let mut d = Deduplicator::new(HOUR);
@@ -608,13 +618,7 @@ mod tests {
     /// through merges and an eviction of half of them, and nothing else is.
     #[test]
     fn a_large_set_finds_exactly_its_keys() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         let mut d = Deduplicator::new(HOUR);
         let ids: Vec<Id> = (0..1_100_000).map(|_| Id(next(), next())).collect();
         for (i, id) in ids.iter().enumerate() {
@@ -640,13 +644,7 @@ mod tests {
     /// dropped, at every step, while the recent part is merged into the sorted one again and again.
     #[test]
     fn the_set_drops_exactly_what_a_plain_map_of_first_sightings_drops() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut model: HashMap<u128, i64> = HashMap::new();
         let mut d = Deduplicator::new(HOUR);
         let mut segments: Vec<(Vec<u8>, i64)> = Vec::new();
