@@ -381,13 +381,8 @@ impl Deduplicator {
             end = at;
         }
         // each group starts later by the new entries of the groups before it
-        let mut added = 0u32;
-        let mut next = new.iter().peekable();
-        for (g, start) in groups.iter_mut().enumerate() {
+        for (start, added) in groups.iter_mut().zip(group_starts(new.iter().map(|e| e.key))) {
             *start += added;
-            while next.next_if(|e| (e.key.wide() >> 80) as usize == g).is_some() {
-                added += 1;
-            }
         }
         self.reindex(&groups);
     }
@@ -494,18 +489,25 @@ impl Deduplicator {
             same
         });
         let mut d = Deduplicator::new(horizon_ms);
-        let mut groups = vec![0u32; GROUPS + 1];
-        for (key, _) in &all {
-            groups[(key.wide() >> 80) as usize + 1] += 1;
-        }
-        for g in 0..GROUPS {
-            groups[g + 1] += groups[g];
-        }
+        let groups = group_starts(all.iter().map(|e| e.0));
         d.sorted = all.iter().map(|&(key, ts)| Slot::new(key.wide(), d.clock.tick(ts))).collect();
         drop(all);
         d.reindex(&groups);
         Ok(d)
     }
+}
+
+/// Where each group (the keys' top 16 bits) starts among `keys` in order, and their end: `GROUPS + 1`
+/// positions.
+fn group_starts(keys: impl Iterator<Item = Key>) -> Vec<u32> {
+    let mut starts = vec![0u32; GROUPS + 1];
+    for key in keys {
+        starts[(key.wide() >> 80) as usize + 1] += 1;
+    }
+    for g in 0..GROUPS {
+        starts[g + 1] += starts[g];
+    }
+    starts
 }
 
 /// Bytes of an entry of a segment.
