@@ -189,8 +189,9 @@ fn toml_defaults() -> SpikeConfig {
 /// One series' history: its window costs (missing = 0 after `first`) and the EWMAs.
 ///
 /// The history is what grows with time (a cost per series and window with spend, for `seasonal_weeks`:
-/// 22 000 series of hourly costs over 8 weeks are 30M values), so a cost is an `f32` (7 significant digits;
-/// baselines are medians of these, while alerts report the window's exact cost), held as [`History`].
+/// 22 000 series of hourly costs over 8 weeks are 30M values), so a cost is a [`Cost16`] (2 bytes, within
+/// 0.034 %; baselines are medians of these, while alerts report the window's exact cost), held as
+/// [`History`].
 #[derive(Debug, Clone)]
 struct Series {
     /// First window index with spend: the start of the history.
@@ -213,7 +214,7 @@ impl Series {
     }
 
     fn value_at(&self, idx: i64) -> f64 {
-        f64::from(self.hist.get(self.rel(idx)))
+        self.hist.get(self.rel(idx)).usd()
     }
 
     /// EWMAs decayed over the empty windows since the last value, as of just before `idx`.
@@ -234,26 +235,69 @@ impl Series {
             self.fast = a_fast * x + (1.0 - a_fast) * f;
             self.slow = a_slow * x + (1.0 - a_slow) * s;
         }
-        self.hist.add(self.rel(idx), x as f32);
+        self.hist.add(self.rel(idx), x);
         self.last = self.last.max(idx);
         self.hist.evict_before(self.rel(keep_from));
     }
 }
 
+/// A window's cost in a series' history, in 2 bytes: 0 for no cost, else a step on a logarithmic scale of
+/// 1/1024 of an octave from 2^-20 USD (about a millionth of a dollar) to 2^44 USD. Reading one back is
+/// within 0.034 % of what was stored (a cost below the scale reads as its bottom, never as 0; one above it as
+/// its top). Baselines are medians and MADs of these, and the MAD has a floor of 5 % of the median, so the
+/// rounding does not move a score; an alert reports the window's exact cost, not this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Cost16(u16);
+
+impl Cost16 {
+    /// Steps per octave.
+    const STEPS: f64 = 1024.0;
+    /// log2 of the smallest cost above 0 (code 1).
+    const MIN_LOG2: f64 = -20.0;
+
+    /// The code of `usd` (costs are not negative: anything not above 0 is 0).
+    fn new(usd: f64) -> Cost16 {
+        if usd.is_nan() || usd <= 0.0 {
+            return Cost16(0);
+        }
+        let step = ((usd.log2() - Self::MIN_LOG2) * Self::STEPS).round();
+        Cost16((step + 1.0).clamp(1.0, f64::from(u16::MAX)) as u16)
+    }
+
+    fn usd(self) -> f64 {
+        match self.0 {
+            0 => 0.0,
+            c => (f64::from(c - 1) / Self::STEPS + Self::MIN_LOG2).exp2(),
+        }
+    }
+
+    fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// This cost plus `usd`.
+    fn plus(self, usd: f64) -> Cost16 {
+        Cost16::new(self.usd() + usd)
+    }
+}
+
 /// A series' window costs by window index (relative to the series' first): sparse (index, cost) pairs, 8
-/// bytes a window with spend, or, once at least half of the windows in its span have spend, the costs of
-/// consecutive windows with 0 where none, 4 bytes a window (back to sparse below a third). A series that
-/// spends every hour, the usual case, takes half the memory, and looking a window up is an index, not a
-/// binary search. Adding to a window already held adds to its cost.
+/// bytes a window with spend, or, once at least a quarter of the windows in its span have spend, the costs
+/// of consecutive windows with 0 where none, 2 bytes a window (back to sparse below a sixth). A series that
+/// spends every hour, the usual case, takes a quarter of the memory, and looking a window up is an index,
+/// not a binary search. Adding to a window already held adds to its cost.
 #[derive(Debug, Clone)]
 enum History {
-    Sparse(VecDeque<(i32, f32)>),
-    Dense { start: i32, costs: VecDeque<f32> },
+    Sparse(VecDeque<(i32, Cost16)>),
+    Dense { start: i32, costs: VecDeque<Cost16> },
 }
 
 impl History {
     /// Sparse histories at least this long are checked for density.
     const MIN_DENSE: usize = 16;
+    /// Bytes of a dense window against a sparse one: a sparse history turns dense once at least 1 in
+    /// `RATIO` of the windows in its span are held, and a dense one sparse below 1 in `RATIO * 3 / 2`.
+    const RATIO: usize = std::mem::size_of::<(i32, Cost16)>() / std::mem::size_of::<Cost16>();
 
     fn is_empty(&self) -> bool {
         match self {
@@ -262,34 +306,34 @@ impl History {
         }
     }
 
-    fn get(&self, rel: i32) -> f32 {
+    fn get(&self, rel: i32) -> Cost16 {
         match self {
-            History::Sparse(v) => v.binary_search_by_key(&rel, |(i, _)| *i).map_or(0.0, |p| v[p].1),
+            History::Sparse(v) => v.binary_search_by_key(&rel, |(i, _)| *i).map_or(Cost16(0), |p| v[p].1),
             History::Dense { start, costs } => usize::try_from(i64::from(rel) - i64::from(*start))
                 .ok()
                 .and_then(|k| costs.get(k))
                 .copied()
-                .unwrap_or(0.0),
+                .unwrap_or_default(),
         }
     }
 
-    fn add(&mut self, rel: i32, x: f32) {
+    fn add(&mut self, rel: i32, x: f64) {
         match self {
             History::Sparse(v) => {
                 match v.back_mut() {
-                    Some(b) if b.0 == rel => b.1 += x,
+                    Some(b) if b.0 == rel => b.1 = b.1.plus(x),
                     Some(b) if b.0 > rel => match v.binary_search_by_key(&rel, |(i, _)| *i) {
-                        Ok(p) => v[p].1 += x,
-                        Err(p) => v.insert(p, (rel, x)),
+                        Ok(p) => v[p].1 = v[p].1.plus(x),
+                        Err(p) => v.insert(p, (rel, Cost16::new(x))),
                     },
-                    _ => v.push_back((rel, x)),
+                    _ => v.push_back((rel, Cost16::new(x))),
                 }
                 let span = v.back().map_or(0, |b| i64::from(b.0) - i64::from(v[0].0) + 1);
-                if v.len() >= Self::MIN_DENSE && 2 * v.len() as i64 >= span {
+                if v.len() >= Self::MIN_DENSE && (Self::RATIO * v.len()) as i64 >= span {
                     let start = v[0].0;
                     let mut costs = VecDeque::with_capacity(span as usize);
                     for &(i, c) in v.iter() {
-                        costs.resize((i - start) as usize, 0.0);
+                        costs.resize((i - start) as usize, Cost16(0));
                         costs.push_back(c);
                     }
                     *self = History::Dense { start, costs };
@@ -301,13 +345,16 @@ impl History {
                 }
                 let (k, len) = (i64::from(rel) - i64::from(*start), costs.len());
                 if (0..len as i64).contains(&k) {
-                    costs[k as usize] += x;
+                    costs[k as usize] = costs[k as usize].plus(x);
                     return;
                 }
-                // a window before the history, or after a gap that would leave it less than a third full:
+                // a window before the history, or after a gap that would leave it less than a sixth full:
                 // sparse (never an allocation for the windows of a long gap)
-                let held = costs.iter().filter(|&&c| c != 0.0).count() + 1;
-                if k < 0 || (k > len as i64 && k as usize + 1 >= Self::MIN_DENSE && 3 * held < k as usize + 1) {
+                let held = costs.iter().filter(|c| !c.is_zero()).count() + 1;
+                let sparse_below = Self::RATIO * 3 / 2;
+                if k < 0
+                    || (k > len as i64 && k as usize + 1 >= Self::MIN_DENSE && sparse_below * held < k as usize + 1)
+                {
                     *self = History::Sparse(Self::sparse(*start, costs));
                     self.add(rel, x);
                     return;
@@ -317,19 +364,19 @@ impl History {
                     // by half, not doubling: a full history of 8 weeks of hours is 1 345 costs
                     costs.reserve_exact((k + 1 - len).max(len / 2).max(8));
                 }
-                costs.resize(k, 0.0);
-                costs.push_back(x);
+                costs.resize(k, Cost16(0));
+                costs.push_back(Cost16::new(x));
             }
         }
     }
 
     /// The (window, cost) pairs of a dense history: its windows with a cost, and its newest window (which
     /// may have calls and no cost).
-    fn sparse(start: i32, costs: &VecDeque<f32>) -> VecDeque<(i32, f32)> {
+    fn sparse(start: i32, costs: &VecDeque<Cost16>) -> VecDeque<(i32, Cost16)> {
         (start..)
             .zip(costs.iter())
             .enumerate()
-            .filter(|&(j, (_, &c))| c != 0.0 || j + 1 == costs.len())
+            .filter(|&(j, (_, &c))| !c.is_zero() || j + 1 == costs.len())
             .map(|(_, (i, &c))| (i, c))
             .collect()
     }
@@ -1049,7 +1096,7 @@ mod tests {
     #[test]
     fn a_history_reads_like_a_map_of_window_costs_through_dense_and_sparse_phases() {
         let mut h = History::Sparse(VecDeque::new());
-        let mut model: BTreeMap<i32, f32> = BTreeMap::new();
+        let mut model: BTreeMap<i32, Cost16> = BTreeMap::new();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut rnd = |n: u64| {
             seed ^= seed << 13;
@@ -1059,10 +1106,10 @@ mod tests {
         };
         let (mut rel, mut forms, mut keep) = (0i32, [0usize; 2], 0i32);
         for step in 0..20_000 {
-            // phases of 500 steps: every window, then one window in 5, then a mix
+            // phases of 500 steps: every window, then one window in 8, then a mix
             let gap = match (step / 500) % 3 {
                 0 => 1,
-                1 => 5,
+                1 => 8,
                 _ => 1 + rnd(3) as i32,
             };
             let r = match rnd(20) {
@@ -1071,9 +1118,10 @@ mod tests {
                 _ => rel + gap,
             };
             rel = rel.max(r);
-            let x = (rnd(1000) as f32) / 8.0; // 0 now and then, as a window with calls and no cost
+            let x = rnd(1000) as f64 / 8.0; // 0 now and then, as a window with calls and no cost
             h.add(r, x);
-            *model.entry(r).or_default() += x;
+            let m = model.entry(r).or_default();
+            *m = m.plus(x);
             if rnd(10) == 0 {
                 keep = rel - 200 - rnd(50) as i32;
                 h.evict_before(keep);
@@ -1082,11 +1130,11 @@ mod tests {
             forms[usize::from(matches!(h, History::Dense { .. }))] += 1;
             assert_eq!(h.is_empty(), model.is_empty(), "step {step}");
             for q in (rel - 260)..=(rel + 2) {
-                assert_eq!(h.get(q), model.get(&q).copied().unwrap_or(0.0), "step {step}, window {q}");
+                assert_eq!(h.get(q), model.get(&q).copied().unwrap_or_default(), "step {step}, window {q}");
             }
         }
         assert!(forms[0] > 1000 && forms[1] > 1000, "both forms were exercised: {forms:?}");
-        // a dense history of every window takes 4 bytes a window, a sparse one 8 a window with spend
+        // a dense history of every window takes 2 bytes a window, a sparse one 8 a window with spend
         let mut dense = History::Sparse(VecDeque::new());
         (0..1345).for_each(|i| dense.add(i, 1.0));
         let History::Dense { costs, .. } = &dense else { panic!("a series with spend in every window is dense") };
@@ -1094,11 +1142,11 @@ mod tests {
         // a window with calls and no cost, the newest, is still held once the history turns sparse
         let mut h = History::Sparse(VecDeque::new());
         (0..20).for_each(|i| h.add(i, 1.0));
-        h.add(100, 0.0);
+        h.add(200, 0.0);
         assert!(matches!(h, History::Sparse(_)), "{h:?}");
         h.evict_before(50);
         assert!(!h.is_empty());
-        assert_eq!(h.get(100), 0.0);
+        assert_eq!(h.get(200), Cost16(0));
         // a dense history: a window before its start, then one after a long gap, neither allocating the gap
         let mut h = History::Sparse(VecDeque::new());
         (100..140).for_each(|i| h.add(i, 2.0));
@@ -1107,7 +1155,8 @@ mod tests {
         h.add(1_000_000_000, 3.0);
         let History::Sparse(v) = &h else { panic!("a long gap makes the history sparse: {h:?}") };
         assert_eq!(v.len(), 42);
-        assert_eq!((h.get(90), h.get(99), h.get(139), h.get(1_000_000_000)), (1.0, 0.0, 2.0, 3.0));
+        let usd = |rel| h.get(rel).usd();
+        assert_eq!((usd(90), usd(99), usd(139), usd(1_000_000_000)), (1.0, 0.0, 2.0, Cost16::new(3.0).usd()));
         // a dense history whose newest window has calls and no cost keeps that window when it turns sparse
         let mut h = History::Sparse(VecDeque::new());
         (0..20).for_each(|i| h.add(i, 1.0));
@@ -1116,6 +1165,35 @@ mod tests {
         assert!(matches!(h, History::Sparse(_)), "{h:?}");
         h.evict_before(20);
         assert!(!h.is_empty(), "{h:?}");
+    }
+
+    /// A history's cost reads back within 0.034 % over twelve orders of magnitude, in order; 0 is 0, and
+    /// no cost above 0 reads as 0.
+    #[test]
+    fn a_history_cost_is_two_bytes_within_a_thirtieth_of_a_percent() {
+        assert_eq!(std::mem::size_of::<Cost16>(), 2);
+        let mut last = Cost16(0);
+        let mut worst = 0f64;
+        let mut usd = 1e-6;
+        while usd < 1e12 {
+            let c = Cost16::new(usd);
+            worst = worst.max((c.usd() - usd).abs() / usd);
+            assert!(c.0 >= last.0, "{usd}: {c:?} after {last:?}");
+            last = c;
+            usd *= 1.000_37;
+        }
+        assert!(worst <= 0.000_34, "worst relative error {worst}");
+        assert!(worst > 0.000_3, "the scale is as fine as stated: {worst}");
+        for exact in [0.5, 1.0, 2.0, 1024.0] {
+            assert_eq!(Cost16::new(exact).usd(), exact);
+        }
+        assert_eq!((Cost16::new(0.0), Cost16::new(-1.0), Cost16::new(f64::NAN)), (Cost16(0), Cost16(0), Cost16(0)));
+        assert_eq!(Cost16::new(1e-12), Cost16(1), "a cost below the scale reads as its bottom, not 0");
+        assert_eq!(Cost16::new(1e30), Cost16(u16::MAX));
+        assert!(Cost16(u16::MAX).usd() > 1.75e13, "the top of the scale is about 2^44 USD");
+        // adding to a window re-rounds once: within the same bound of the exact sum
+        let (a, b) = (12.345_678, 0.987_654);
+        assert!((Cost16::new(a).plus(b).usd() - (a + b)).abs() / (a + b) < 0.000_7);
     }
 
     /// (owner, identity, cost, requests) rows of the hour `h` (hours since a Monday 00:00 UTC).
