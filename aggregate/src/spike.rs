@@ -275,7 +275,9 @@ impl Cost16 {
         self.0 == 0
     }
 
-    /// This cost plus `usd`.
+    /// This cost plus `usd`, rounded again. A window's spend reaches its history as one exact sum per
+    /// series (a close's, or the lake's rows summed per window on start), so this runs once per window,
+    /// not once per row.
     fn plus(self, usd: f64) -> Cost16 {
         Cost16::new(self.usd() + usd)
     }
