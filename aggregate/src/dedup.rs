@@ -529,7 +529,7 @@ fn entries(bytes: &[u8]) -> Result<impl Iterator<Item = (Key, i64)> + '_, Aggreg
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::{Ev, batch};
+    use crate::testutil::{Ev, batch, xorshift};
 
     fn ev(id: u128, ts: i64) -> Ev<'static> {
         Ev { ts, id, owner: "o", identity: "i", input: 1, cost: Some(1) }
@@ -547,16 +547,6 @@ mod tests {
 
     /// A horizon of an hour: ticks of a second.
     const HOUR: i64 = 3_600_000;
-
-    /// Pseudo-random words, the same on every run.
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
-    }
 
     #[test]
     fn the_set_survives_a_restart_and_forgets_beyond_the_horizon() {

@@ -1099,13 +1099,8 @@ mod tests {
     fn a_history_reads_like_a_map_of_window_costs_through_dense_and_sparse_phases() {
         let mut h = History::Sparse(VecDeque::new());
         let mut model: BTreeMap<i32, Cost16> = BTreeMap::new();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::testutil::xorshift(0x2545_f491_4f6c_dd1du64);
+        let mut rnd = |n: u64| next() % n;
         let (mut rel, mut forms, mut keep) = (0i32, [0usize; 2], 0i32);
         for step in 0..20_000 {
             // phases of 500 steps: every window, then one window in 8, then a mix

@@ -8,6 +8,16 @@ use datafusion::arrow::array::{
     ArrayRef, Decimal128Array, FixedSizeBinaryArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 
+/// Pseudo-random words (xorshift64), the same on every run.
+pub fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 /// One test event: time, owner, identity, input tokens, cost in 10^-18 USD (None = unpriced).
 pub struct Ev<'a> {
     pub ts: i64,
