@@ -101,13 +101,15 @@ fn member(config: &Path, brokers: &str, topic: &str, group: &str, writer: &str, 
         .expect("spawn aifinops run")
 }
 
-/// Whether a chain has a commit that consumed offsets.
+/// Whether a chain has a commit that consumed offsets: a manifest (`*.json`), not one still being written
+/// (`*.tmp`, whose rename is the commit point: a member killed before it has committed nothing).
 fn consumed_by(manifests: &Path) -> bool {
     std::fs::read_dir(manifests).into_iter().flatten().flatten().any(|e| {
-        std::fs::read_to_string(e.path())
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|m| m["ranges"].as_object().is_some_and(|r| !r.is_empty()))
+        e.path().extension().is_some_and(|x| x == "json")
+            && std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|m| m["ranges"].as_object().is_some_and(|r| !r.is_empty()))
     })
 }
 

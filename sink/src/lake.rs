@@ -1022,7 +1022,10 @@ impl Lake {
                 tracing::debug!(writer = %w, "not an orphan: running");
                 continue;
             };
-            let Some(m) = latest_manifest(&meta)? else { continue };
+            let Some(m) = latest_manifest(&meta)? else {
+                tracing::debug!(writer = %w, "gone before its first commit, with nothing to adopt");
+                continue;
+            };
             // a writer killed between its commit point and the renames of its files: finish them, or its
             // committed rows would stay invisible until it starts again (which it may never do)
             self.roll_forward_in(&meta, &m)?;
