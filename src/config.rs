@@ -66,6 +66,9 @@ pub struct PipelineConfig {
     /// Redelivered events (same `event_id`) within this much event time count once.
     #[serde(with = "humantime_serde")]
     pub dedup_horizon: Duration,
+    /// Where the dedup set keeps the ids of its horizon (unlinked files, gone when the process ends); the
+    /// system's temporary directory (`$TMPDIR`, else `/tmp`) when unset. Best on a local disk, not tmpfs.
+    pub spill_dir: Option<PathBuf>,
     /// Most records decoded into one micro-batch.
     pub batch_max_events: usize,
     /// Longest wait to fill a micro-batch.
@@ -93,6 +96,7 @@ impl Default for PipelineConfig {
             idle_timeout: Duration::from_secs(30),
             max_future_skew: Duration::from_secs(3600),
             dedup_horizon: Duration::from_secs(24 * 3600),
+            spill_dir: None,
             batch_max_events: 50_000,
             batch_max_wait: Duration::from_millis(500),
             commit_interval: Duration::from_secs(2),

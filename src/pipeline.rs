@@ -128,7 +128,8 @@ impl Pipeline {
             cfg: cfg.clone(),
             decoder,
             owners,
-            dedup: Deduplicator::new(cfg.pipeline.dedup_horizon.as_millis() as i64),
+            dedup: Deduplicator::new(cfg.pipeline.dedup_horizon.as_millis() as i64)
+                .spilling_to(cfg.pipeline.spill_dir.clone()),
             windows,
             rules,
             detectors: vec![
@@ -210,9 +211,9 @@ impl Pipeline {
 
     async fn restore(&mut self, watermark: Option<i64>, state: StateSnapshot) -> anyhow::Result<()> {
         self.windows.restore(state.partials)?;
-        self.dedup = Deduplicator::from_bytes(&state.dedup, self.cfg.pipeline.dedup_horizon.as_millis() as i64)?;
+        self.dedup.restore(&state.dedup)?;
         if let Some(w) = watermark {
-            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
+            self.dedup.evict_before(w - self.cfg.pipeline.dedup_horizon.as_millis() as i64)?;
         }
         // `{"rules": …, "detectors": {name: …}}`; lakes written before detectors had state hold the rules only
         let (rules, detectors) = match state.rules {
@@ -421,7 +422,7 @@ impl Pipeline {
         }
         let dedup_cutoff = self.watermark.map(|w| w - self.cfg.pipeline.dedup_horizon.as_millis() as i64);
         if let (Some(w), Some(cut)) = (self.watermark, dedup_cutoff) {
-            self.dedup.evict_before(cut);
+            self.dedup.evict_before(cut)?;
             if !shared {
                 self.rules.prune(w);
             }
@@ -521,6 +522,8 @@ impl Pipeline {
         metrics::counter!("aifinops_lake_bytes_total").increment(info.bytes);
         metrics::gauge!("aifinops_window_open_rows").set(self.windows.open_rows() as f64);
         metrics::gauge!("aifinops_dedup_keys").set(self.dedup.len() as f64);
+        metrics::gauge!("aifinops_dedup_memory_bytes").set(self.dedup.memory_bytes() as f64);
+        metrics::counter!("aifinops_dedup_disk_reads_total").absolute(self.dedup.disk_reads());
         tracing::debug!(seq = info.seq, files = info.files, bytes = info.bytes, rows = info.rollup_rows, "lake commit");
         Ok(info)
     }

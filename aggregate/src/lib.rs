@@ -69,6 +69,12 @@ pub enum AggregateError {
     Config(String),
     #[error("state: {0}")]
     State(String),
+    #[error("dedup spill file: {context}: {source}")]
+    Spill {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("datafusion error while {context}: {source}")]
     DataFusion {
         context: String,
