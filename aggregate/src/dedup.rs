@@ -850,7 +850,7 @@ mod tests {
             let evs: Vec<Ev<'static>> = (0..1 + next() % 40)
                 .map(|_| {
                     let id = u128::from(next() % (20 + 8 * step as u64)) | (u128::from(next() % 3) << 100);
-                    let late = if next() % 16 == 0 { 30_000 } else { 0 };
+                    let late = if next().is_multiple_of(16) { 30_000 } else { 0 };
                     ev(id, (step * 1_000 + (next() % 5_000) as i64 - late).max(0))
                 })
                 .collect();
