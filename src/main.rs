@@ -258,23 +258,42 @@ fn apply(o: &Overrides) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-/// One glibc malloc arena (the default allows eight per core). Several threads allocate large buffers:
-/// decoding, the pipeline, and a commit's file writers, each of which glibc would give an arena of its
-/// own, and memory freed into one arena is not reused by the others (the decoder's batches are freed by
-/// the pipeline). Small allocations go through glibc's per-thread caches without the arena's lock. Measured
-/// on `replay` of 10M events: peak RSS 656 MiB with the default, 580–609 with two arenas (fifth round of
-/// issue 6), and in its thirteenth round 426–436 with two against 407–418 with one, at the same speed
-/// (bench/README.md).
-fn limit_malloc_arenas() {
+/// One glibc malloc arena (the default allows eight per core), and a fixed mmap threshold of 1 MiB.
+///
+/// Several threads allocate large buffers: decoding, the pipeline, and a commit's file writers, each of
+/// which glibc would give an arena of its own, and memory freed into one arena is not reused by the others
+/// (the decoder's batches are freed by the pipeline). Small allocations go through glibc's per-thread
+/// caches without the arena's lock. Measured on `replay` of 10M events: peak RSS 656 MiB with the default,
+/// 580–609 with two arenas (fifth round of issue 6), and in its thirteenth round 426–436 with two against
+/// 407–418 with one, at the same speed (bench/README.md).
+///
+/// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so after the
+/// first batches every column buffer and Parquet page came from the heap, where a buffer freed among live
+/// small blocks cannot go back to the system: the heap crept up with the run's length. Blocks of 1 MiB and
+/// more (batch columns, a commit's encoded pages, a dedup run's merge buffers) are mapped and unmapped
+/// instead. Measured on `replay` (nineteenth round of issue 6, idle machine, three runs each): peak RSS at
+/// 10M events 239–246 → 227–231 MiB, at 1M 216–218 → 210–212 MiB, for ~3 % more CPU (system time: page
+/// faults of fresh mappings); 2 MiB gave 228–232 at 10M. `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=N` or
+/// `MALLOC_MMAP_THRESHOLD_=N` overrides it.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called first thing in main, before any thread.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
+    {
+        // unless the threshold is set in the environment (glibc reads it there before `main`)
+        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
+        let threshold_set =
+            tunables.contains("malloc.mmap_threshold") || std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some();
+        // SAFETY: mallopt only sets allocator parameters; called first thing in main, before any thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+            if !threshold_set {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            }
+        }
     }
 }
 
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

@@ -9,7 +9,7 @@
 //!
 //! The horizon is the one state that grows with the event rate, so the set keeps it on local disk, as a
 //! small log-structured merge tree:
-//! - the ids of the last events (up to ~230 thousand) are in a hash table in memory;
+//! - the ids of the last events (up to ~115 thousand) are in a hash table in memory;
 //! - older ones are in *runs*: unlinked files in the spill directory, 16 bytes an id, sorted by key. The
 //!   table is flushed as a new run once it holds an eighth as many ids as the runs; four runs of a tier
 //!   are merged into one of the next, so an id is rewritten once a tier and a lookup looks in at most three
@@ -101,9 +101,9 @@ const RECENT_MIN: usize = 65_536;
 /// Small in unit tests, so that they merge often.
 #[cfg(test)]
 const RECENT_MIN: usize = 16;
-/// The most ids the recent part holds: as many as a table of 2^18 slots takes before it doubles (it takes
+/// The most ids the recent part holds: as many as a table of 2^17 slots takes before it doubles (it takes
 /// 7/8 of its slots).
-const RECENT_MAX: usize = (1 << 18) / 8 * 7;
+const RECENT_MAX: usize = (1 << 17) / 8 * 7;
 
 pub struct Deduplicator {
     /// The horizon in seconds (it sets the resolution of a run's age counts).
