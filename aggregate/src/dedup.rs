@@ -304,7 +304,11 @@ impl Deduplicator {
         if let Some(run) = self.write_run(vec![Box::new(new.into_iter().map(Ok)) as Source<'_>], upper, 0)? {
             self.runs.push(run);
         }
-        self.recent.retain(|_, s| *s < cutoff);
+        // emptied, not `retain`ed: erasing leaves tombstones that fill the table as inserts do, and a
+        // table of 2^17 slots then grew to 2^18 at its next fill (heaptrack, 10M events)
+        let late: Vec<(Key, u32)> = self.recent.iter().filter(|e| *e.1 < cutoff).map(|(k, s)| (*k, *s)).collect();
+        self.recent.clear();
+        self.recent.extend(late);
         if self.recent.capacity() > 2 * RECENT_MAX {
             self.recent.shrink_to(RECENT_MAX);
         }

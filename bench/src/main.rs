@@ -11,6 +11,10 @@
 //!   small process, not from the Python driver: a child's peak RSS counts the memory of the process it was
 //!   spawned from (Linux keeps the spawning process's high-water mark across `exec`), and the driver holds
 //!   hundreds of MiB once DuckDB has cross-checked the lakes.
+//! - `dedup`: the dedup set alone at a high event rate (default 10,000 events/s for 26 hours of event time
+//!   against a 24-hour horizon, 1 % redeliveries): its speed, memory, disk and disk reads as it fills and
+//!   evicts, and whether it found exactly the redeliveries it was given. Not part of `bench/run` (it writes
+//!   tens of GB); see bench/README.md.
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -74,6 +78,29 @@ enum Cmd {
         batch: usize,
         file: PathBuf,
     },
+    /// Feed the dedup set `rate` events/s of event time for `hours` and report its speed, memory and disk.
+    Dedup {
+        /// Events per second of event time.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Hours of event time to feed.
+        #[arg(long, default_value_t = 26.0)]
+        hours: f64,
+        /// The dedup horizon, in hours (`pipeline.dedup_horizon`).
+        #[arg(long, default_value_t = 24.0)]
+        horizon_hours: f64,
+        /// Percent of events that redeliver an id first seen up to `dup_within_s` seconds before.
+        #[arg(long, default_value_t = 1.0)]
+        dup_percent: f64,
+        #[arg(long, default_value_t = 3600)]
+        dup_within_s: u64,
+        /// Events per batch; the horizon is evicted and the segment taken after each (as a commit does).
+        #[arg(long, default_value_t = 50_000)]
+        batch: usize,
+        /// Where the runs go (`pipeline.spill_dir`; default the system's temporary directory).
+        #[arg(long)]
+        spill_dir: Option<PathBuf>,
+    },
     /// Run `cmd` and write its wall time, CPU time and memory peaks to `out` (JSON); exits with its code.
     Measure {
         #[arg(long)]
@@ -89,6 +116,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Consume { brokers, topic, group, expect, timeout } => consume(&brokers, &topic, &group, expect, timeout),
         Cmd::Stages { owners, lake, scratch, batch, file } => stages(&owners, &lake, &scratch, batch, &file),
         Cmd::Measure { out, cmd } => measure(&out, &cmd),
+        Cmd::Dedup { rate, hours, horizon_hours, dup_percent, dup_within_s, batch, spill_dir } => {
+            dedup(&DedupLoad { rate, hours, horizon_hours, dup_percent, dup_within_s, batch }, spill_dir)
+        }
     }
 }
 
@@ -232,6 +262,177 @@ fn consume(brokers: &str, topic: &str, group: &str, expect: u64, timeout: u64) -
     let join = first.map_or(0.0, |f| (f - started).as_secs_f64());
     eprintln!("consumed {n} messages ({bytes} bytes) in {s:.2}s (first message after {join:.2}s)");
     println!("{n} {bytes} {s:.3} {join:.3}");
+    Ok(())
+}
+
+struct DedupLoad {
+    rate: u64,
+    hours: f64,
+    horizon_hours: f64,
+    dup_percent: f64,
+    dup_within_s: u64,
+    batch: usize,
+}
+
+/// The event key of the `n`th distinct event: two words of splitmix64 (keys are hashes, uniform).
+fn nth_key(n: u64) -> [u8; 16] {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let a = mix(n.wrapping_mul(2).wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let b = mix(n.wrapping_mul(2).wrapping_add(1).wrapping_add(0x9e37_79b9_7f4a_7c15));
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&a.to_le_bytes());
+    k[8..].copy_from_slice(&b.to_le_bytes());
+    k
+}
+
+/// Bytes of the files this process holds open and has unlinked under `dir` (the dedup set's runs).
+fn unlinked_bytes(dir: &Path) -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return 0 };
+    fds.filter_map(Result::ok)
+        .filter(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|t| t.starts_with(dir) && t.to_string_lossy().ends_with(" (deleted)"))
+        })
+        .filter_map(|fd| std::fs::metadata(fd.path()).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// This process's resident memory now, and its peak, in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn dedup(load: &DedupLoad, spill_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use aifinops_aggregate::Deduplicator;
+    use aifinops_schemas::event::{EVENT_KEY, EVENT_KEY_LEN, TS};
+    use datafusion::arrow::array::{ArrayRef, FixedSizeBinaryBuilder, RecordBatch, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    if load.rate == 0 || load.batch == 0 || !(0.0..100.0).contains(&load.dup_percent) {
+        bail!("--rate and --batch must be positive and --dup-percent in [0, 100)");
+    }
+    let dir = spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let horizon_ms = (load.horizon_hours * 3_600_000.0) as i64;
+    let events = (load.hours * 3600.0 * load.rate as f64) as u64;
+    let mut set = Deduplicator::new(horizon_ms).spilling_to(spill_dir);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new(EVENT_KEY, DataType::FixedSizeBinary(EVENT_KEY_LEN), false),
+        Field::new(TS, DataType::Timestamp(TimeUnit::Millisecond, None), false),
+    ]));
+    // 2026-11-01T00:00:00Z
+    let t0 = 1_793_491_200_000i64;
+    let ts_of = |i: u64| t0 + (i as i128 * 1000 / load.rate as i128) as i64;
+    let dup_every = if load.dup_percent > 0.0 { 100.0 / load.dup_percent } else { f64::INFINITY };
+    let within = load.dup_within_s * load.rate;
+    let (mut distinct, mut injected, mut found) = (0u64, 0u64, 0u64);
+    let (mut max_mem, mut max_disk, mut max_held) = (0usize, 0u64, 0usize);
+    let (cpu0, wall0) = (thread_cpu(), Instant::now());
+    let (mut next_report, report_every) = (t0 + 3_600_000, 3_600_000);
+    println!(
+        "dedup set: {} events/s for {} h of event time ({events} events), horizon {} h, {} % redeliveries of ids \
+         up to {} s old, batches of {}, runs in {}",
+        load.rate,
+        load.hours,
+        load.horizon_hours,
+        load.dup_percent,
+        load.dup_within_s,
+        load.batch,
+        dir.display()
+    );
+    println!(
+        "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>9}",
+        "hour", "events", "ids held", "memory MB", "disk MB", "RSS MiB", "disk reads", "CPU s"
+    );
+    let mut i = 0u64;
+    let mut dup_credit = 0.0f64;
+    while i < events {
+        let n = (load.batch as u64).min(events - i) as usize;
+        let mut keys = FixedSizeBinaryBuilder::with_capacity(n, EVENT_KEY_LEN);
+        let mut ts = Vec::with_capacity(n);
+        for j in i..i + n as u64 {
+            dup_credit += 1.0;
+            let key = if dup_credit >= dup_every && distinct > 0 {
+                dup_credit -= dup_every;
+                injected += 1;
+                // a redelivery of one of the last `within` distinct ids (a multiplicative hash picks which)
+                let back = 1 + (j.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % within.min(distinct).max(1);
+                nth_key(distinct - back)
+            } else {
+                distinct += 1;
+                nth_key(distinct - 1)
+            };
+            keys.append_value(key)?;
+            ts.push(ts_of(j));
+        }
+        i += n as u64;
+        let last_ts = *ts.last().expect("a batch has rows");
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(keys.finish()) as ArrayRef, Arc::new(TimestampMillisecondArray::from(ts)) as ArrayRef],
+        )?;
+        let (_, dups) = set.filter(&batch)?;
+        found += dups;
+        set.evict_before(last_ts - horizon_ms)?;
+        drop(set.take_segment());
+        max_mem = max_mem.max(set.memory_bytes());
+        max_held = max_held.max(set.len());
+        if last_ts >= next_report || i == events {
+            let disk = unlinked_bytes(&dir);
+            max_disk = max_disk.max(disk);
+            println!(
+                "{:>6.1} {:>12} {:>12} {:>10.1} {:>10.1} {:>10} {:>12} {:>9.1}",
+                (last_ts - t0) as f64 / 3_600_000.0,
+                i,
+                set.len(),
+                set.memory_bytes() as f64 / 1e6,
+                disk as f64 / 1e6,
+                rss_kib().0 / 1024,
+                set.disk_reads(),
+                thread_cpu() - cpu0
+            );
+            next_report += report_every;
+        }
+    }
+    let (cpu, wall) = (thread_cpu() - cpu0, wall0.elapsed().as_secs_f64());
+    let lookups_new = events - injected;
+    println!(
+        "{events} events in {wall:.1} s wall, {cpu:.1} CPU s: {:.0} events/s a core, {:.0} ns an event",
+        events as f64 / cpu,
+        cpu * 1e9 / events as f64
+    );
+    println!(
+        "at most {max_held} ids held; memory at most {:.1} MB ({:.2} bytes an id held), disk at most {:.1} MB \
+         (sampled hourly), peak RSS {} MiB",
+        max_mem as f64 / 1e6,
+        max_mem as f64 / max_held.max(1) as f64,
+        max_disk as f64 / 1e6,
+        rss_kib().1 / 1024
+    );
+    println!(
+        "disk reads: {} for {injected} redeliveries and {lookups_new} new ids ({:.2} % of lookups)",
+        set.disk_reads(),
+        set.disk_reads() as f64 * 100.0 / events as f64
+    );
+    if found != injected {
+        bail!("the set dropped {found} events as duplicates, but {injected} were redeliveries");
+    }
+    println!("redeliveries found: {found} of {injected} (exact)");
     Ok(())
 }
 
