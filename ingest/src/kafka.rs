@@ -686,7 +686,21 @@ impl KafkaSource {
     }
 
     /// True when every partition of the subscribed topics has been consumed up to its high watermark.
+    ///
+    /// Asks the broker only when the high watermarks librdkafka last reported (every second, with its
+    /// statistics) do not already show records waiting in an assigned partition: the metadata and
+    /// watermark requests went to the broker every half second and made the main loop wait on them while
+    /// it consumed a backlog (a high watermark never goes back, so a partition known behind is behind).
     pub fn caught_up(&self, timeout: Duration) -> Result<bool, IngestError> {
+        let ends = self.shared.ends.lock().expect("lock").clone();
+        let known_behind = self.progress.iter().any(|(t, parts)| {
+            parts.iter().any(|(p, pp)| {
+                ends.get(&(t.clone(), *p)).is_some_and(|&(_, hi)| pp.next_offset >= 0 && pp.next_offset < hi)
+            })
+        });
+        if known_behind {
+            return Ok(false);
+        }
         let md = self
             .consumer
             .fetch_metadata(None, timeout)
