@@ -139,14 +139,9 @@ fn measure(out: &Path, cmd: &[String]) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let path = format!("/proc/{pid}/status");
             while !done.load(Ordering::Relaxed) {
-                for line in std::fs::read_to_string(&path).unwrap_or_default().lines() {
-                    let kib = || line.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                    if line.starts_with("RssAnon:") {
-                        anon.fetch_max(kib(), Ordering::Relaxed);
-                    } else if line.starts_with("RssFile:") {
-                        file.fetch_max(kib(), Ordering::Relaxed);
-                    }
-                }
+                let [a, f] = status_kib(&path, ["RssAnon:", "RssFile:"]);
+                anon.fetch_max(a, Ordering::Relaxed);
+                file.fetch_max(f, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         })
@@ -302,18 +297,23 @@ fn unlinked_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
-/// This process's resident memory now, and its peak, in KiB.
-fn rss_kib() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
+/// The KiB values of `fields` (e.g. `"VmRSS:"`) in a `/proc/<pid>/status` file; 0 for one not there.
+fn status_kib<const N: usize>(path: &str, fields: [&str; N]) -> [u64; N] {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
+    fields.map(|name| {
         status
             .lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    })
+}
+
+/// This process's resident memory now, and its peak, in KiB.
+fn rss_kib() -> (u64, u64) {
+    let [now, peak] = status_kib("/proc/self/status", ["VmRSS:", "VmHWM:"]);
+    (now, peak)
 }
 
 fn dedup(load: &DedupLoad, spill_dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -329,6 +329,16 @@ fn dedup(load: &DedupLoad, spill_dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let dir = spill_dir.clone().unwrap_or_else(std::env::temp_dir);
     let horizon_ms = (load.horizon_hours * 3_600_000.0) as i64;
+    // every redelivery must be of an id still in the horizon (the cutoff trails the last batch by the
+    // horizon, to the second), or the set rightly counts it as new and the exact check below cannot hold
+    let batch_span_ms = (load.batch as u64 * 1000).div_ceil(load.rate) as i64;
+    if (load.dup_within_s as i64) * 1000 + batch_span_ms + 1000 >= horizon_ms {
+        bail!(
+            "--dup-within-s ({} s) plus a batch ({batch_span_ms} ms of event time) must stay inside the horizon ({} h)",
+            load.dup_within_s,
+            load.horizon_hours
+        );
+    }
     let events = (load.hours * 3600.0 * load.rate as f64) as u64;
     let mut set = Deduplicator::new(horizon_ms).spilling_to(spill_dir);
     let schema = Arc::new(Schema::new(vec![

@@ -692,12 +692,14 @@ impl KafkaSource {
     /// watermark requests went to the broker every half second and made the main loop wait on them while
     /// it consumed a backlog (a high watermark never goes back, so a partition known behind is behind).
     pub fn caught_up(&self, timeout: Duration) -> Result<bool, IngestError> {
-        let ends = self.shared.ends.lock().expect("lock").clone();
-        let known_behind = self.progress.iter().any(|(t, parts)| {
-            parts.iter().any(|(p, pp)| {
-                ends.get(&(t.clone(), *p)).is_some_and(|&(_, hi)| pp.next_offset >= 0 && pp.next_offset < hi)
+        let known_behind = {
+            let ends = self.shared.ends.lock().expect("lock");
+            self.progress.iter().any(|(t, parts)| {
+                parts.iter().any(|(p, pp)| {
+                    ends.get(&(t.clone(), *p)).is_some_and(|&(_, hi)| pp.next_offset >= 0 && pp.next_offset < hi)
+                })
             })
-        });
+        };
         if known_behind {
             return Ok(false);
         }
