@@ -269,6 +269,10 @@ fn describe() {
         "aifinops_window_dimension_values",
         "Values in the window state's dictionary per dimension (it grows while the process runs)"
     );
+    describe_counter!(
+        "aifinops_run_stage_microseconds_total",
+        "Time of run's main loop per stage: receive (wait + decode), process, commit"
+    );
     describe_counter!("aifinops_lake_commits_total", "Lake commits");
     describe_counter!("aifinops_lake_bytes_total", "Bytes of Parquet written to the lake");
     describe_counter!(

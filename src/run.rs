@@ -154,6 +154,41 @@ fn offsets_map(src: &KafkaSource) -> BTreeMap<String, BTreeMap<i32, i64>> {
     m
 }
 
+/// Where the main loop's time goes, so that an operator (and the benchmark) can tell a run that waits on the
+/// broker from one that waits on its own work: also `aifinops_run_stage_microseconds_total{stage}`.
+#[derive(Clone, Copy)]
+enum Stage {
+    /// Waiting for records and decoding them (`poll_into`).
+    Receive,
+    /// Dedup, windows, rules.
+    Process,
+    /// Closing windows and the lake commit (Parquet, fsyncs, manifest).
+    Commit,
+}
+
+#[derive(Default)]
+struct Spent([Duration; 3]);
+
+impl Spent {
+    fn add(&mut self, stage: Stage, since: Instant) {
+        let d = since.elapsed();
+        self.0[stage as usize] += d;
+        let label = match stage {
+            Stage::Receive => "receive",
+            Stage::Process => "process",
+            Stage::Commit => "commit",
+        };
+        metrics::counter!("aifinops_run_stage_microseconds_total", "stage" => label).increment(d.as_micros() as u64);
+    }
+}
+
+impl std::fmt::Display for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [r, p, c] = self.0.map(|d| d.as_secs_f64());
+        write!(f, "receiving and decoding {r:.1}s, processing {p:.1}s, committing {c:.1}s")
+    }
+}
+
 pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> anyhow::Result<String> {
     let started = Instant::now();
     let (mut p, manifest) = Pipeline::open(cfg).await?;
@@ -203,12 +238,15 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
     let skew = cfg.pipeline.max_future_skew.as_millis() as i64;
     let mut last_caught_up_check = Instant::now();
     let mut health = KafkaHealth::default();
+    let mut spent = Spent::default();
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
+            let t = Instant::now();
             let poll = src
                 .poll_into(&mut p.decoder, cfg.pipeline.batch_max_events, cfg.pipeline.batch_max_wait, now_ms)
                 .await?;
+            spent.add(Stage::Receive, t);
             health.update(src.connected());
             if let Some(e) = src.security_failure(&cfg.kafka.brokers) {
                 // a configuration error at startup, not an outage: fail instead of retrying forever
@@ -269,7 +307,9 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
             if wm.clamped_partitions > 0 {
                 metrics::counter!("aifinops_watermark_clamped_total").increment(wm.clamped_partitions as u64);
             }
+            let t = Instant::now();
             p.process(poll.records, wm.watermark_ms).await?;
+            spent.add(Stage::Process, t);
         }
         let caught_up = until_caught_up
             && !stopping
@@ -290,7 +330,10 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
             let offsets = offsets_map(&src);
             // a member leaving a shared lake emits its open windows (rows are additive): nobody else would
             let final_flush = caught_up || (stopping && p.shared_lake());
-            match p.commit(offsets.clone(), src.consumed_ranges(), BTreeMap::new(), true, final_flush).await {
+            let t = Instant::now();
+            let committed = p.commit(offsets.clone(), src.consumed_ranges(), BTreeMap::new(), true, final_flush).await;
+            spent.add(Stage::Commit, t);
+            match committed {
                 Ok(info) => {
                     let flat = offsets
                         .iter()
@@ -322,7 +365,7 @@ pub async fn run(cfg: &Config, stop: Arc<AtomicBool>, until_caught_up: bool) -> 
     outbox.close(Duration::from_secs(30)).await;
     let t = &p.totals;
     Ok(format!(
-        "run: {} records in {:.1}s: {} events, {} duplicates dropped, {} dead letters, {} unpriced, {} unattributed; {} alerts; {} commits; lake {}",
+        "run: {} records in {:.1}s ({spent}): {} events, {} duplicates dropped, {} dead letters, {} unpriced, {} unattributed; {} alerts; {} commits; lake {}",
         t.records,
         started.elapsed().as_secs_f64(),
         t.accepted - t.duplicates,

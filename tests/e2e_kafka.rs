@@ -193,9 +193,23 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
     assert!(m.contains("aifinops_events_decoded_total"), "{m}");
     assert!(m.contains("aifinops_dead_letters_total"), "{m}");
     assert!(m.contains("aifinops_lake_commits_total"), "{m}");
+    // and where the main loop's time went
+    for stage in ["receive", "process", "commit"] {
+        let us = metric(&m, &format!("aifinops_run_stage_microseconds_total{{stage=\"{stage}\"}}"));
+        assert!(us.is_some_and(|us| us > 0.0), "time in {stage}: {m}");
+    }
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let (status, stderr) = wait_output(child, Duration::from_secs(60));
     assert!(status.success(), "SIGTERM must flush, commit and exit 0: {status}\n{stderr}");
+    // the summary splits the run's time into its stages, which add up to no more than the whole
+    let secs = |after: &str| -> f64 {
+        let at = stderr.find(after).unwrap_or_else(|| panic!("{after:?} in the summary: {stderr}")) + after.len();
+        stderr[at..].split('s').next().unwrap().trim().parse().unwrap()
+    };
+    let (whole, stages) =
+        (secs("records in "), [secs("receiving and decoding "), secs("processing "), secs("committing ")]);
+    assert!(stages.iter().all(|s| *s >= 0.0) && stages[0] > 0.0, "{stages:?}: {stderr}");
+    assert!(stages.iter().sum::<f64>() <= whole + 0.1, "{stages:?} in {whole} s: {stderr}");
     assert_eq!(committed_offsets(&s.lake), total, "all offsets committed to the lake");
 
     // 2. a second run resumes from the lake's offsets and, caught up, flushes every open window

@@ -707,8 +707,12 @@ impl KafkaSource {
             .consumer
             .fetch_metadata(None, timeout)
             .map_err(|e| IngestError::Kafka { context: "fetching metadata".into(), source: e })?;
+        // a partition the metadata leaves out (an incomplete answer, a leader being elected) is not known to
+        // be consumed: every assigned partition must be checked
+        let mut unchecked = self.assigned();
         for t in md.topics().iter().filter(|t| self.topic_names.iter().any(|n| n == t.name())) {
             for p in t.partitions() {
+                unchecked.retain(|(ut, up)| !(ut == t.name() && *up == p.id()));
                 let (low, high) = self.consumer.fetch_watermarks(t.name(), p.id(), timeout).map_err(|e| {
                     IngestError::Kafka { context: format!("watermarks of {}/{}", t.name(), p.id()), source: e }
                 })?;
@@ -729,6 +733,10 @@ impl KafkaSource {
                     return Ok(false);
                 }
             }
+        }
+        if !unchecked.is_empty() {
+            tracing::debug!(?unchecked, "assigned partitions missing from the broker's metadata: not known caught up");
+            return Ok(false);
         }
         Ok(true)
     }
