@@ -186,8 +186,8 @@ def main():
         res[key] = measure(key, [sys.executable, os.path.join(HERE, "duck_full.py"), events, prices, owners_csv,
                                  out, str(threads)], cpus)
     cfg = os.path.join(ARGS.work, "run.toml")
-    # c and d twice, alternately: the broker's pace varies by up to ~20 % from one read of the topic to the
-    # next (either job, often the first after the produce), and one slow read of either decided c/d. Each
+    # c and d twice, alternately: one read of the topic can take up to ~25 % longer than the next on this
+    # broker, for either job, and one slow read of either decided c/d (bench/README.md). Each
     # job's faster run is its figure; both are printed. Each run of c writes a fresh lake, in a fresh group,
     # and both lakes are cross-checked.
     runs = {"c": [], "d": []}

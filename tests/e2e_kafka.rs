@@ -209,7 +209,8 @@ fn run_writes_exact_totals_publishes_alerts_and_dead_letters_and_flushes_on_sigt
     let (whole, stages) =
         (secs("records in "), [secs("receiving and decoding "), secs("processing "), secs("committing ")]);
     assert!(stages.iter().all(|s| *s >= 0.0) && stages[0] > 0.0, "{stages:?}: {stderr}");
-    assert!(stages.iter().sum::<f64>() <= whole + 0.1, "{stages:?} in {whole} s: {stderr}");
+    // (each is rounded to 0.1 s)
+    assert!(stages.iter().sum::<f64>() <= whole + 0.2, "{stages:?} in {whole} s: {stderr}");
     assert_eq!(committed_offsets(&s.lake), total, "all offsets committed to the lake");
 
     // 2. a second run resumes from the lake's offsets and, caught up, flushes every open window
